@@ -1,0 +1,84 @@
+"""A durable response cache shared by every stage: SQLite in WAL mode, one row per request key.
+
+A finished (paid) call is committed the moment it returns, so a crash or a rerun never pays for it
+twice. Several Snakemake jobs may use the same file at once; SQLite's locking serialises writers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from covip.clients.base import ChatRequest, ImagePart, ImageRequest, TextPart
+
+
+def _canonical_part(part) -> dict[str, Any]:
+    if isinstance(part, TextPart):
+        return {"text": part.text}
+    if isinstance(part, ImagePart):
+        return {"image_sha256": part.sha256, "mime": part.mime}
+    raise TypeError(f"unknown message part {type(part).__name__}")
+
+
+def request_key(backend: str, model: str, request: ChatRequest | ImageRequest) -> str:
+    """A stable hash of everything that determines a response (images by content hash)."""
+    if isinstance(request, ChatRequest):
+        body = {
+            "messages": [{"role": m.role, "parts": [_canonical_part(p) for p in m.parts]} for m in request.messages],
+            "sampling": request.sampling,
+            "schema": request.response_schema,
+            "task": request.task,
+            "seed": request.seed,
+        }
+    else:
+        body = {
+            "instruction": request.instruction,
+            "references": [_canonical_part(p) for p in request.reference_images],
+            "task": request.task,
+            "seed": request.seed,
+        }
+    blob = json.dumps({"backend": backend, "model": model, "request": body}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class ResponseCache:
+    """Maps request keys to stored responses (JSON payload plus optional binary)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._connect() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, backend TEXT, model TEXT, "
+                "payload TEXT NOT NULL, blob BLOB, created REAL)"
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+        return db
+
+    def get(self, key: str) -> tuple[dict[str, Any], bytes | None] | None:
+        row = self._connect().execute("SELECT payload, blob FROM responses WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        return json.loads(row[0]), row[1]
+
+    def put(self, key: str, backend: str, model: str, payload: dict[str, Any], blob: bytes | None = None) -> None:
+        self._connect().execute(
+            "INSERT OR REPLACE INTO responses (key, backend, model, payload, blob, created) VALUES (?, ?, ?, ?, ?, ?)",
+            (key, backend, model, json.dumps(payload), blob, time.time()),
+        )
+
+    def __len__(self) -> int:
+        return self._connect().execute("SELECT COUNT(*) FROM responses").fetchone()[0]

@@ -1,0 +1,294 @@
+"""The model registry: named endpoints from the config, built lazily into cached, accounted clients.
+
+Stages ask for a model by its role name (`dialogue_writer`, `verifier`, ...). The registry entry says
+which backend serves it; this module builds the backend on first use, wraps it with the response
+cache and usage counters, and checks API keys before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from tqdm import tqdm
+
+from covip.clients.base import (
+    ChatModel,
+    ChatRequest,
+    ChatResponse,
+    ImageEmbedder,
+    ImageGenerator,
+    ImageRequest,
+    ImageResponse,
+    MissingCredentialsError,
+    Usage,
+)
+from covip.clients.cache import ResponseCache, request_key
+
+# Backends that run offline on this machine. They are deterministic and fast, so they skip the
+# response cache by default; the report marks their numbers as produced by a stand-in.
+LOCAL_BACKENDS = {
+    "local_compositor",
+    "local_pixel_verifier",
+    "local_color_texture",
+    "local_facts_writer",
+}
+REMOTE_BACKENDS = {"openai", "gemini"}
+DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "gemini": "GEMINI_API_KEY"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One entry of the config's `models:` registry."""
+
+    name: str
+    backend: str
+    model: str = ""
+    base_url: str | None = None
+    api_key_env: str | None = None
+    sampling: dict[str, Any] = field(default_factory=dict)
+    structured_output: str = "json_schema"  # 'json_schema' | 'json_object' | 'none'
+    concurrency: int = 4
+    timeout_s: float = 120.0
+    max_retries: int = 4
+    pretrained: str | None = None  # open_clip weights tag or checkpoint path
+    device: str = "auto"
+    cache: bool | None = None  # None: cache remote backends only
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, name: str, entry: dict[str, Any]) -> "ModelSpec":
+        known = set(cls.__dataclass_fields__) - {"name"}
+        unknown = set(entry) - known
+        if unknown:
+            raise ValueError(f"models.{name}: unknown key(s) {sorted(unknown)}")
+        return cls(name=name, **entry)
+
+    @property
+    def is_local(self) -> bool:
+        return self.backend in LOCAL_BACKENDS
+
+    @property
+    def identity(self) -> str:
+        """What produced a row: registry name, backend and model, e.g. 'verifier:openai:Qwen/Qwen3-VL-8B'."""
+        return f"{self.name}:{self.backend}:{self.model}" if self.model else f"{self.name}:{self.backend}"
+
+    @property
+    def key_env(self) -> str | None:
+        if self.backend not in REMOTE_BACKENDS:
+            return None
+        if self.api_key_env:
+            return self.api_key_env
+        if self.backend == "openai" and self.base_url:
+            return None  # a self-hosted server (vLLM, llama.cpp) that takes any key
+        return DEFAULT_KEY_ENV[self.backend]
+
+    @property
+    def uses_cache(self) -> bool:
+        return (not self.is_local) if self.cache is None else self.cache
+
+
+def check_credentials(spec: ModelSpec) -> None:
+    """Fail before any work when a remote backend's key variable is unset (never print the key)."""
+    env = spec.key_env
+    if env is None:
+        return
+    if not os.environ.get(env):
+        raise MissingCredentialsError(
+            f"models.{spec.name} uses backend '{spec.backend}' but the environment variable {env} is not set; "
+            f"export it (the key is read from the environment only and never written anywhere)"
+        )
+
+
+@dataclass
+class UsageCounter:
+    requests: int = 0
+    cache_hits: int = 0
+    failures: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, *, cached: bool, failed: bool, usage: Usage, seconds: float) -> None:
+        with self._lock:
+            self.requests += 1
+            self.cache_hits += int(cached)
+            self.failures += int(failed)
+            self.prompt_tokens += usage.prompt_tokens
+            self.completion_tokens += usage.completion_tokens
+            self.seconds += seconds
+
+    def summary(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+
+class CachedChatModel:
+    """Wraps a chat backend with the shared response cache and usage counters."""
+
+    def __init__(self, spec: ModelSpec, inner: ChatModel, cache: ResponseCache | None):
+        self.spec, self.inner, self.cache = spec, inner, cache
+        self.identity = spec.identity
+        self.usage = UsageCounter()
+
+    def complete(self, request: ChatRequest) -> ChatResponse:
+        if self.spec.sampling and not request.sampling:
+            request = ChatRequest(request.messages, dict(self.spec.sampling), request.response_schema, request.task, request.seed)
+        key = request_key(self.spec.backend, self.spec.model, request) if self.cache is not None else None
+        if key is not None and (hit := self.cache.get(key)) is not None:
+            payload, _ = hit
+            response = ChatResponse(payload["text"], payload["model"], Usage(**payload["usage"]), cached=True)
+            self.usage.add(cached=True, failed=False, usage=Usage(), seconds=0.0)
+            return response
+        start = time.perf_counter()
+        try:
+            response = self.inner.complete(request)
+        except Exception as error:  # noqa: BLE001 - recorded on the row, never hidden
+            response = ChatResponse(None, self.spec.model, error=f"{type(error).__name__}: {error}")
+        response.latency_s = time.perf_counter() - start
+        self.usage.add(cached=False, failed=not response.ok, usage=response.usage, seconds=response.latency_s)
+        if key is not None and response.ok:
+            usage = {"prompt_tokens": response.usage.prompt_tokens, "completion_tokens": response.usage.completion_tokens}
+            self.cache.put(key, self.spec.backend, self.spec.model, {"text": response.text, "model": response.model, "usage": usage})
+        return response
+
+
+class CachedImageGenerator:
+    def __init__(self, spec: ModelSpec, inner: ImageGenerator, cache: ResponseCache | None):
+        self.spec, self.inner, self.cache = spec, inner, cache
+        self.identity = spec.identity
+        self.usage = UsageCounter()
+
+    def generate(self, request: ImageRequest) -> ImageResponse:
+        key = request_key(self.spec.backend, self.spec.model, request) if self.cache is not None else None
+        if key is not None and (hit := self.cache.get(key)) is not None:
+            payload, blob = hit
+            self.usage.add(cached=True, failed=False, usage=Usage(), seconds=0.0)
+            return ImageResponse(blob, payload["model"], payload.get("text", ""), payload.get("layout"), cached=True)
+        start = time.perf_counter()
+        try:
+            response = self.inner.generate(request)
+        except Exception as error:  # noqa: BLE001
+            response = ImageResponse(None, self.spec.model, error=f"{type(error).__name__}: {error}")
+        response.latency_s = time.perf_counter() - start
+        self.usage.add(cached=False, failed=not response.ok, usage=response.usage, seconds=response.latency_s)
+        if key is not None and response.ok:
+            payload = {"model": response.model, "text": response.text, "layout": response.layout}
+            self.cache.put(key, self.spec.backend, self.spec.model, payload, response.image)
+        return response
+
+
+class ModelRegistry:
+    """Builds each named model once, on first use."""
+
+    def __init__(self, models: dict[str, dict[str, Any]], cache_path: str | None = None):
+        self.specs = {name: ModelSpec.from_config(name, entry) for name, entry in models.items()}
+        self._cache_path = cache_path
+        self._cache: ResponseCache | None = None
+        self._built: dict[str, Any] = {}
+
+    def spec(self, name: str) -> ModelSpec:
+        if name not in self.specs:
+            raise KeyError(f"no model named '{name}' in the config's models registry (have: {sorted(self.specs)})")
+        return self.specs[name]
+
+    def _response_cache(self, spec: ModelSpec) -> ResponseCache | None:
+        if not spec.uses_cache or self._cache_path is None:
+            return None
+        if self._cache is None:
+            self._cache = ResponseCache(self._cache_path)
+        return self._cache
+
+    def chat(self, name: str) -> CachedChatModel:
+        if name not in self._built:
+            spec = self.spec(name)
+            check_credentials(spec)
+            self._built[name] = CachedChatModel(spec, _build_chat_backend(spec), self._response_cache(spec))
+        return self._built[name]
+
+    def image_generator(self, name: str) -> CachedImageGenerator:
+        if name not in self._built:
+            spec = self.spec(name)
+            check_credentials(spec)
+            self._built[name] = CachedImageGenerator(spec, _build_image_backend(spec), self._response_cache(spec))
+        return self._built[name]
+
+    def embedder(self, name: str) -> ImageEmbedder:
+        if name not in self._built:
+            spec = self.spec(name)
+            check_credentials(spec)
+            self._built[name] = _build_embedder_backend(spec)
+        return self._built[name]
+
+
+def _build_chat_backend(spec: ModelSpec) -> ChatModel:
+    if spec.backend == "openai":
+        from covip.clients.openai_backend import OpenAIChatModel
+
+        return OpenAIChatModel(spec)
+    if spec.backend == "gemini":
+        from covip.clients.genai_backend import GeminiChatModel
+
+        return GeminiChatModel(spec)
+    if spec.backend == "local_facts_writer":
+        from covip.local.facts_writer import FactsFirstWriter
+
+        return FactsFirstWriter(spec)
+    if spec.backend == "local_pixel_verifier":
+        from covip.local.pixel_verifier import PixelVerifier
+
+        return PixelVerifier(spec)
+    raise ValueError(f"models.{spec.name}: backend '{spec.backend}' cannot serve chat/VLM completions")
+
+
+def _build_image_backend(spec: ModelSpec) -> ImageGenerator:
+    if spec.backend == "gemini":
+        from covip.clients.genai_backend import GeminiImageGenerator
+
+        return GeminiImageGenerator(spec)
+    if spec.backend == "local_compositor":
+        from covip.local.compositor import Compositor
+
+        return Compositor(spec)
+    raise ValueError(f"models.{spec.name}: backend '{spec.backend}' cannot generate images")
+
+
+def _build_embedder_backend(spec: ModelSpec) -> ImageEmbedder:
+    if spec.backend == "open_clip":
+        from covip.clients.openclip_backend import OpenClipEmbedder
+
+        return OpenClipEmbedder(spec)
+    if spec.backend == "local_color_texture":
+        from covip.local.embedder import ColorTextureEmbedder
+
+        return ColorTextureEmbedder(spec)
+    raise ValueError(f"models.{spec.name}: backend '{spec.backend}' cannot embed images")
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def run_concurrently(
+    fn: Callable[[T], R], items: Iterable[T], *, concurrency: int, desc: str, file=None
+) -> Iterator[R]:
+    """Apply `fn` to items with bounded concurrency, yielding results in input order, with progress."""
+    items = list(items)
+    bar = tqdm(total=len(items), desc=desc, file=file, mininterval=1.0, dynamic_ncols=False, ascii=True)
+    if concurrency <= 1:
+        for item in items:
+            result = fn(item)
+            bar.update()
+            yield result
+        bar.close()
+        return
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        futures = [pool.submit(fn, item) for item in items]
+        for future in futures:
+            yield future.result()
+            bar.update()
+    bar.close()

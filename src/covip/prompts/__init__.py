@@ -1,0 +1,55 @@
+"""Prompt templates are data: one `.txt` file per prompt in this folder, loaded by name.
+
+Templates use `string.Template` syntax (`$name`, `${name}`), so JSON braces in a prompt need no
+escaping. A user replaces any prompt by pointing the config's `prompts:` mapping at their own file;
+no code changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from pathlib import Path
+from string import Template
+
+
+class PromptError(KeyError):
+    pass
+
+
+def available_prompts() -> list[str]:
+    return sorted(p.name[:-4] for p in resources.files(__name__).iterdir() if p.name.endswith(".txt"))
+
+
+class PromptBook:
+    """Loads built-in templates, with per-name overrides from the config (name -> file path)."""
+
+    def __init__(self, overrides: dict[str, str] | None = None):
+        self.overrides = dict(overrides or {})
+        unknown = set(self.overrides) - set(available_prompts())
+        if unknown:
+            raise PromptError(f"prompts: no built-in prompt named {sorted(unknown)}; known: {available_prompts()}")
+
+    def source(self, name: str) -> str:
+        if name in self.overrides:
+            path = Path(self.overrides[name])
+            if not path.is_file():
+                raise PromptError(f"prompts.{name}: override file {path} does not exist")
+            return path.read_text(encoding="utf-8")
+        resource = resources.files(__name__) / f"{name}.txt"
+        if not resource.is_file():
+            raise PromptError(f"no prompt named '{name}'; known: {available_prompts()}")
+        return resource.read_text(encoding="utf-8")
+
+    def render(self, name: str, **values) -> str:
+        try:
+            return Template(self.source(name)).substitute(**values).strip()
+        except KeyError as error:
+            raise PromptError(f"prompt '{name}' needs a value for {error}") from error
+
+    def fingerprint(self, *names: str) -> str:
+        """Hash of the named templates' text, for Snakemake params (a prompt edit reruns the stage)."""
+        digest = hashlib.sha256()
+        for name in sorted(names):
+            digest.update(name.encode() + b"\0" + self.source(name).encode() + b"\0")
+        return digest.hexdigest()[:16]
