@@ -7,6 +7,7 @@ cache and usage counters, and checks API keys before any work starts.
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 import time
@@ -225,48 +226,56 @@ class ModelRegistry:
         return self._built[name]
 
 
+# Which class serves each (capability, backend). Modules are imported by name on first use, so an
+# optional dependency is needed only when its backend is selected, and the code fingerprint of a
+# stage includes just the backend modules its config selects (see backend_module).
+BACKENDS: dict[str, dict[str, str]] = {
+    "chat": {
+        "openai": "covip.clients.openai_backend:OpenAIChatModel",
+        "gemini": "covip.clients.genai_backend:GeminiChatModel",
+        "local_facts_writer": "covip.local.facts_writer:FactsFirstWriter",
+        "local_pixel_verifier": "covip.local.pixel_verifier:PixelVerifier",
+    },
+    "image": {
+        "gemini": "covip.clients.genai_backend:GeminiImageGenerator",
+        "local_compositor": "covip.local.compositor:Compositor",
+    },
+    "embed": {
+        "open_clip": "covip.clients.openclip_backend:OpenClipEmbedder",
+        "local_color_texture": "covip.local.embedder:ColorTextureEmbedder",
+    },
+}
+
+
+def backend_module(capability: str, backend: str) -> str:
+    """The module implementing `backend` for `capability` (for code fingerprints)."""
+    return _backend_target(capability, backend, where=backend).split(":")[0]
+
+
+def _backend_target(capability: str, backend: str, where: str) -> str:
+    try:
+        return BACKENDS[capability][backend]
+    except KeyError:
+        raise ValueError(
+            f"{where}: backend '{backend}' cannot serve '{capability}' (choose from {sorted(BACKENDS[capability])})"
+        ) from None
+
+
+def _build(capability: str, spec: ModelSpec):
+    module, cls = _backend_target(capability, spec.backend, where=f"models.{spec.name}").split(":")
+    return getattr(importlib.import_module(module), cls)(spec)
+
+
 def _build_chat_backend(spec: ModelSpec) -> ChatModel:
-    if spec.backend == "openai":
-        from covip.clients.openai_backend import OpenAIChatModel
-
-        return OpenAIChatModel(spec)
-    if spec.backend == "gemini":
-        from covip.clients.genai_backend import GeminiChatModel
-
-        return GeminiChatModel(spec)
-    if spec.backend == "local_facts_writer":
-        from covip.local.facts_writer import FactsFirstWriter
-
-        return FactsFirstWriter(spec)
-    if spec.backend == "local_pixel_verifier":
-        from covip.local.pixel_verifier import PixelVerifier
-
-        return PixelVerifier(spec)
-    raise ValueError(f"models.{spec.name}: backend '{spec.backend}' cannot serve chat/VLM completions")
+    return _build("chat", spec)
 
 
 def _build_image_backend(spec: ModelSpec) -> ImageGenerator:
-    if spec.backend == "gemini":
-        from covip.clients.genai_backend import GeminiImageGenerator
-
-        return GeminiImageGenerator(spec)
-    if spec.backend == "local_compositor":
-        from covip.local.compositor import Compositor
-
-        return Compositor(spec)
-    raise ValueError(f"models.{spec.name}: backend '{spec.backend}' cannot generate images")
+    return _build("image", spec)
 
 
 def _build_embedder_backend(spec: ModelSpec) -> ImageEmbedder:
-    if spec.backend == "open_clip":
-        from covip.clients.openclip_backend import OpenClipEmbedder
-
-        return OpenClipEmbedder(spec)
-    if spec.backend == "local_color_texture":
-        from covip.local.embedder import ColorTextureEmbedder
-
-        return ColorTextureEmbedder(spec)
-    raise ValueError(f"models.{spec.name}: backend '{spec.backend}' cannot embed images")
+    return _build("embed", spec)
 
 
 T = TypeVar("T")

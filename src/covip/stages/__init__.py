@@ -1,0 +1,1 @@
+"""Stage functions of the workflow: pure functions over artifact rows, settings and model clients."""

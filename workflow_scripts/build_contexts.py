@@ -1,0 +1,11 @@
+"""Stage 4b: add retrieved hard negatives to each kept sample and shuffle its context."""
+from covip import schemas
+from covip.stages.negatives import NegativeSettings, build_contexts
+from covip.workflow import StageRun
+
+with StageRun(snakemake) as run:  # noqa: F821
+    settings = run.settings(NegativeSettings, "negatives")
+    queries = run.read("queries", schemas.QUERIES)
+    decisions = run.read("decisions", schemas.FILTER_DECISIONS)
+    embeddings = run.read("embeddings", schemas.CONCEPT_EMBEDDINGS)
+    run.write(build_contexts(queries, decisions, embeddings, settings, run.seed), schemas.CONTEXTS)

@@ -1,0 +1,12 @@
+"""Stage 5: one 6-turn dialogue per context concept, written from sampled facts."""
+from covip import schemas
+from covip.stages.dialogues import DialogueSettings, write_dialogues
+from covip.workflow import StageRun
+
+with StageRun(snakemake) as run:  # noqa: F821
+    settings = run.settings(DialogueSettings, "dialogues")
+    writer = run.models.chat("dialogue_writer")
+    contexts = run.read("contexts", schemas.CONTEXTS)
+    concepts = run.read("concepts", schemas.CONCEPTS)
+    rows = write_dialogues(contexts, concepts, writer, run.prompts, settings, run.seed, progress_file=run.log_file)
+    run.write(rows, schemas.DIALOGUES)

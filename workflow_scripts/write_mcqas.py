@@ -1,0 +1,11 @@
+"""Stage 6: three validated multiple-choice questions per dialogue."""
+from covip import schemas
+from covip.stages.mcqa import MCQASettings, write_mcqas
+from covip.workflow import StageRun
+
+with StageRun(snakemake) as run:  # noqa: F821
+    settings = run.settings(MCQASettings, "mcqa")
+    writer = run.models.chat("mcqa_writer")
+    dialogues = run.read("dialogues", schemas.DIALOGUES)
+    rows = write_mcqas(dialogues, writer, run.prompts, settings, run.seed, progress_file=run.log_file)
+    run.write(rows, schemas.MCQAS)
