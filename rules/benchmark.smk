@@ -93,6 +93,7 @@ rule build_contexts:
         queries=rules.synthesize_queries.output[0],
         decisions=rules.filter_queries.output[0],
         embeddings=rules.embed_concepts.output[0],
+        concepts=rules.build_concept_pool.output[0],
     output:
         out("negatives/contexts.parquet"),
     log:
@@ -161,6 +162,7 @@ rule write_mcqas:
 rule make_splits:
     input:
         queries=rules.synthesize_queries.output[0],
+        decisions=rules.filter_queries.output[0],
         contexts=rules.build_contexts.output[0],
         concepts=rules.build_concept_pool.output[0],
         dialogues=rules.write_dialogues.output[0],

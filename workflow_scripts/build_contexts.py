@@ -8,4 +8,6 @@ with StageRun(snakemake) as run:  # noqa: F821
     queries = run.read("queries", schemas.QUERIES)
     decisions = run.read("decisions", schemas.FILTER_DECISIONS)
     embeddings = run.read("embeddings", schemas.CONCEPT_EMBEDDINGS)
-    run.write(build_contexts(queries, decisions, embeddings, settings, run.seed), schemas.CONTEXTS)
+    concepts = run.read("concepts", schemas.CONCEPTS)
+    rows = build_contexts(queries, decisions, embeddings, settings, run.seed, concepts_rows=concepts)
+    run.write(rows, schemas.CONTEXTS)

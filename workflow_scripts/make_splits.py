@@ -13,6 +13,8 @@ with StageRun(snakemake) as run:  # noqa: F821
         run.read("mcqas", schemas.MCQAS),
         settings,
         run.seed,
+        decisions_rows=run.read("decisions", schemas.FILTER_DECISIONS),
+        progress_file=run.log_file,
     )
     run.write(train, schemas.SPLIT, "train")
     run.write(test, schemas.SPLIT, "test")

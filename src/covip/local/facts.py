@@ -14,9 +14,11 @@ kept short so it can also serve, almost unchanged, as a multiple-choice option.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import random
 import re
 import threading
+import unicodedata
 
 from covip.seeding import derive_seed, pyrandom_for
 
@@ -279,25 +281,33 @@ def _slots(rnd: random.Random) -> dict[str, str]:
     }
 
 
-def make_fact_text(kind: str, category: str, rnd: random.Random) -> str:
-    """One fact text of `kind` for a concept of `category`, drawn from `rnd` (and Faker, seeded from it)."""
+def _templates(kind: str, category: str) -> tuple[str, ...]:
     if kind not in FACT_KINDS:
         raise FactError(f"unknown fact kind '{kind}' (known: {', '.join(FACT_KINDS)})")
     if category not in CATEGORIES:
         raise FactError(f"unknown concept category '{category}' (known: {', '.join(CATEGORIES)})")
     if kind == "date":
+        return ("on {date}",)
+    if kind == "place":
+        return _LOCATIONS if category == "place" else _ENCOUNTER_PLACES
+    return _WORDS[category][kind]
+
+
+def _fill(template: str, rnd: random.Random) -> str:
+    if template == "on {date}":
         day = DATE_FIRST + dt.timedelta(days=rnd.randrange((DATE_LAST - DATE_FIRST).days + 1))
         return f"on {day.isoformat()}"
-    if kind == "place":
-        templates = _LOCATIONS if category == "place" else _ENCOUNTER_PLACES
-    else:
-        templates = _WORDS[category][kind]
-    return rnd.choice(templates).format(**_slots(rnd))
+    return template.format(**_slots(rnd))
+
+
+def make_fact_text(kind: str, category: str, rnd: random.Random) -> str:
+    """One fact text of `kind` for a concept of `category`, drawn from `rnd` (and Faker, seeded from it)."""
+    return _fill(rnd.choice(_templates(kind, category)), rnd)
 
 
 def normalize_text(text: str) -> str:
-    """Case-, space- and punctuation-insensitive form, for duplicate checks."""
-    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+    """Case-, space- and punctuation-insensitive form, for duplicate checks (Unicode-aware)."""
+    return " ".join(re.findall(r"[^\W_]+", unicodedata.normalize("NFKC", text).casefold()))
 
 
 def sample_facts(concept: dict, seed: int, sample_id: str, n: int, kinds: tuple[str, ...] = FACT_KINDS) -> list[dict]:
@@ -336,18 +346,71 @@ def sample_facts(concept: dict, seed: int, sample_id: str, n: int, kinds: tuple[
 def alternative_fact_texts(kind: str, category: str, seed: int, key: object, k: int, exclude: list[str]) -> list[str]:
     """`k` distinct fact texts of the same kind and category, none equal to any text in `exclude`.
 
-    Used to build plausible wrong options (distractors) for a question about a fact.
+    Used to build plausible wrong options (distractors) for a question about a fact. Each comes from
+    a different template than the excluded texts and each other where the lists allow, so a wrong
+    option never differs from the right one by a single proper noun.
     """
     rnd = random.Random(derive_seed(seed, "alternatives", kind, category, key))
+    templates = list(_templates(kind, category))
+    used = {t for t in templates for text in exclude if _template_regex(t).fullmatch(text)}
     seen = {normalize_text(text) for text in exclude}
     out: list[str] = []
     for _ in range(200):
         if len(out) == k:
             break
-        text = make_fact_text(kind, category, rnd)
+        fresh = [t for t in templates if t not in used] or templates
+        template = rnd.choice(fresh)
+        text = _fill(template, rnd)
         if normalize_text(text) not in seen:
             seen.add(normalize_text(text))
+            used.add(template)
             out.append(text)
     if len(out) < k:
         raise FactError(f"could not draw {k} distinct alternatives of kind '{kind}' for category '{category}'")
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _template_regex(template: str) -> re.Pattern:
+    parts = re.split(r"(\{\w+\})", template)
+    return re.compile("".join(".+?" if part.startswith("{") else re.escape(part) for part in parts))
+
+
+# (category, compiled template) for every template that only one category uses, so a fact text
+# tells which category it was drawn for.
+_CATEGORY_TEMPLATES = [
+    (category, _template_regex(template))
+    for category, kinds in _WORDS.items()
+    for templates in kinds.values()
+    for template in templates
+] + [("place", _template_regex(template)) for template in _LOCATIONS]
+
+
+def infer_category(facts: list[dict]) -> str | None:
+    """The concept category whose word lists produced these facts (majority vote), or None.
+
+    Stage 6 sees only a dialogue's facts, not its concept row; the offline writer uses this to draw
+    distractors from the right lists.
+    """
+    votes: dict[str, int] = {}
+    for fact in facts:
+        for category, pattern in _CATEGORY_TEMPLATES:
+            if pattern.fullmatch(fact.get("text", "")):
+                votes[category] = votes.get(category, 0) + 1
+    return max(votes, key=lambda c: (votes[c], -CATEGORIES.index(c))) if votes else None
+
+
+def fake_first_names(seed: int, k: int, exclude: list[str]) -> list[str]:
+    """`k` distinct fictional first names (Faker, seeded), none equal to a name in `exclude`."""
+    faker = _faker()
+    faker.seed_instance(seed)
+    taken = {name.lower() for name in exclude}
+    out: list[str] = []
+    for _ in range(200):
+        if len(out) == k:
+            break
+        name = faker.first_name()
+        if name.lower() not in taken:
+            taken.add(name.lower())
+            out.append(name)
     return out

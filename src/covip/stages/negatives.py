@@ -165,6 +165,7 @@ def build_contexts(
         )
     ids, matrix, embedder = _embedding_matrix(embedding_rows)
     position = {concept_id: i for i, concept_id in enumerate(ids)}
+    id_array = np.array(ids)
     names = categories = None
     if concepts_rows is not None:
         meta = {row["concept_id"]: row for row in concepts_rows}
@@ -209,7 +210,7 @@ def build_contexts(
             )
         count = min(count, len(candidates))
         # Most similar first; ties broken by concept id so the order never depends on row order.
-        order = sorted(candidates.tolist(), key=lambda i: (-similarity[i], ids[i]))
+        order = candidates[np.lexsort((id_array[candidates], -similarity[candidates]))].tolist()
         pool = order if settings.candidate_pool == 0 else order[: settings.candidate_pool]
         chosen = rng_for(seed, "negatives", "pick", sample_id).choice(len(pool), size=count, replace=False)
         negatives = [pool[i] for i in sorted(chosen.tolist())]

@@ -1,0 +1,390 @@
+"""Stage 5: one short user/assistant dialogue per (sample, context concept), written from facts.
+
+Facts come first: for every context concept of every sample we draw a few objective facts
+(covip.local.facts), ask the dialogue writer to turn them into a 6-turn chat that uses the concept's
+name, and check the result: turn count and order, the name, and that the facts made it in. A chat
+that fails the check is sent back once or twice with the problem spelled out; after the last attempt
+the row is kept with status 'failed' and the reason, so nothing disappears silently.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from covip.clients.base import ChatModel, ChatRequest, ChatResponse, ImagePart, Message
+from covip.clients.registry import run_concurrently
+from covip.io import decode_image
+from covip.local.facts import FACT_KINDS, sample_facts
+from covip.prompts import PromptBook
+from covip.seeding import derive_seed
+
+USER, MODEL = "user", "model"
+ROLE_LABELS = {USER: "User", MODEL: "Model"}
+
+# A turn prefix as models actually write it: optional list/quote/heading marks or numbering, optional
+# markdown emphasis around the speaker, the speaker, a colon (inside or outside the emphasis).
+_PREFIX = re.compile(
+    r"^\s*(?:[-*>#]+\s+)?(?:(?:turn\s*)?\d+\s*[.):-]\s*)?[*_]{0,2}\s*"
+    r"(user|model|assistant|ai)\s*[*_]{0,2}\s*:\s*[*_]{0,2}\s*(.*)$",
+    re.IGNORECASE,
+)
+_SPEAKER_ROLE = {"user": USER, "model": MODEL, "assistant": MODEL, "ai": MODEL}
+
+_STOPWORDS = frozenset(
+    """a an the and or but of to in on at by for with from into onto over under near as is are was were
+    be been being am do does did has have had it its this that these those there their them they he she
+    his her him i me my we our you your so very just only also not no than then when where what which
+    who whom whose how all any each every some one up out off about again""".split()
+)
+_MONTHS = (
+    "january february march april may june july august september october november december".split()
+)
+_MONTH_ABBREV = {m[:3]: m for m in _MONTHS} | {"sept": "september"}
+_ISO_DATE = re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b")
+
+
+@dataclass
+class DialogueSettings:
+    """Settings of stage 5 (config section `dialogues`)."""
+
+    facts_per_dialogue: int = field(
+        default=3, metadata={"help": "objective facts drawn per dialogue (distinct kinds while there are enough)"}
+    )
+    num_turns: int = field(
+        default=6, metadata={"help": "turns per dialogue, alternating User/Model and starting with the User (SPEC: 6)"}
+    )
+    fact_kinds: list[str] = field(
+        default_factory=lambda: list(FACT_KINDS),
+        metadata={"help": f"fact kinds to draw from, a subset of {list(FACT_KINDS)}"},
+    )
+    min_facts_present: int = field(
+        default=1, metadata={"help": "a dialogue must mention at least this many of its facts to be accepted"}
+    )
+    fact_match_threshold: float = field(
+        default=0.6,
+        metadata={"help": "share of a fact's content words that must appear in the dialogue for it to count as mentioned"},
+    )
+    max_attempts: int = field(
+        default=3, metadata={"help": "model calls per dialogue (first try plus repair requests) before the row fails"}
+    )
+    concurrency: int | None = field(
+        default=None, metadata={"help": "parallel requests; default: the writer model's registry concurrency"}
+    )
+
+    def __post_init__(self):
+        if self.facts_per_dialogue < 1:
+            raise ValueError(f"dialogues.facts_per_dialogue must be >= 1, got {self.facts_per_dialogue}")
+        if self.num_turns < 2 or self.num_turns % 2:
+            raise ValueError(f"dialogues.num_turns must be an even number >= 2 (User/Model pairs), got {self.num_turns}")
+        self.fact_kinds = list(self.fact_kinds)
+        unknown = [k for k in self.fact_kinds if k not in FACT_KINDS]
+        if not self.fact_kinds or unknown:
+            raise ValueError(f"dialogues.fact_kinds must be a non-empty subset of {list(FACT_KINDS)}, got {self.fact_kinds}")
+        if not 1 <= self.min_facts_present <= self.facts_per_dialogue:
+            raise ValueError(
+                f"dialogues.min_facts_present must be between 1 and facts_per_dialogue ({self.facts_per_dialogue}), "
+                f"got {self.min_facts_present}"
+            )
+        if not 0.0 < self.fact_match_threshold <= 1.0:
+            raise ValueError(f"dialogues.fact_match_threshold must be in (0, 1], got {self.fact_match_threshold}")
+        if self.max_attempts < 1:
+            raise ValueError(f"dialogues.max_attempts must be >= 1, got {self.max_attempts}")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ValueError(f"dialogues.concurrency must be >= 1 or null, got {self.concurrency}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Text helpers shared with stage 6
+
+
+def content_tokens(text: str) -> list[str]:
+    """Lower-cased content words of `text`, with dates and simple plurals normalised.
+
+    '2025-10-11', 'October 11th, 2025' and 'Oct 11 2025' all give the same tokens, so a model that
+    rewrites a date in words still counts as having mentioned it.
+    """
+    text = _ISO_DATE.sub(lambda m: f"{m[1]} {_MONTHS[int(m[2]) - 1] if 1 <= int(m[2]) <= 12 else m[2]} {int(m[3])}", text.lower())
+    out = []
+    for token in re.findall(r"[a-z0-9]+", text):
+        if token in _STOPWORDS:
+            continue
+        if re.fullmatch(r"\d+(st|nd|rd|th)", token):
+            token = token[:-2]
+        if token.isdigit():
+            token = str(int(token))
+        token = _MONTH_ABBREV.get(token, token)
+        if len(token) > 3 and token.endswith("s") and not token.endswith("ss"):
+            token = token[:-1]
+        out.append(token)
+    return out
+
+
+def token_coverage(text: str, reference: str) -> float:
+    """Share of the content words of `text` that occur in `reference` (0.0 when `text` has none)."""
+    tokens = set(content_tokens(text))
+    if not tokens:
+        return 0.0
+    return len(tokens & set(content_tokens(reference))) / len(tokens)
+
+
+def mentions_name(name: str, text: str) -> bool:
+    """Whether `name` occurs in `text` as a whole word (case-insensitive)."""
+    return re.search(rf"(?<!\w){re.escape(name.strip())}(?!\w)", text, re.IGNORECASE) is not None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parsing, validation, rendering
+
+
+def parse_dialogue(text: str) -> list[dict]:
+    """Split a model's output into turns [{'role': 'user'|'model', 'text'}].
+
+    Tolerates 'User:' / 'Model:' / 'Assistant:' prefixes, markdown emphasis, numbering, code fences and
+    blank lines. Lines without a prefix continue the current turn; text before the first prefix (a
+    preamble such as 'Here is the chat:') is ignored.
+    """
+    turns: list[dict] = []
+    for line in (text or "").splitlines():
+        if line.strip().startswith("```"):
+            continue
+        match = _PREFIX.match(line)
+        if match:
+            turns.append({"role": _SPEAKER_ROLE[match[1].lower()], "text": _clean(match[2])})
+        elif turns and line.strip():
+            turns[-1]["text"] = (turns[-1]["text"] + " " + _clean(line)).strip()
+    return turns
+
+
+def _clean(text: str) -> str:
+    text = re.sub(r"(\*\*|__)", "", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def render_dialogue(turns: list[dict]) -> str:
+    """The published format: one 'User: ...' or 'Model: ...' line per turn."""
+    return "\n".join(f"{ROLE_LABELS[turn['role']]}: {turn['text']}" for turn in turns)
+
+
+def fact_present(fact_text: str, dialogue: str, threshold: float) -> bool:
+    return token_coverage(fact_text, dialogue) >= threshold
+
+
+def validate_dialogue(
+    turns: list[dict], name: str, facts: list[dict], num_turns: int, *, min_facts: int = 1, threshold: float = 0.6
+) -> list[str]:
+    """Problems that make a parsed dialogue unusable (empty list: accepted)."""
+    problems = []
+    if len(turns) != num_turns:
+        problems.append(f"expected {num_turns} turns alternating User/Model starting with the User, got {len(turns)}")
+    for index, turn in enumerate(turns[:num_turns]):
+        expected = USER if index % 2 == 0 else MODEL
+        if turn["role"] != expected:
+            problems.append(
+                f"turn {index + 1} should be from the {ROLE_LABELS[expected]} but is from the {ROLE_LABELS[turn['role']]}"
+            )
+            break
+    empty = [str(i + 1) for i, turn in enumerate(turns) if not turn["text"].strip()]
+    if empty:
+        problems.append(f"turn(s) {', '.join(empty)} are empty")
+    joined = " ".join(turn["text"] for turn in turns)
+    if turns and not mentions_name(name, joined):
+        problems.append(f"the name '{name}' is never used")
+    if turns and facts:
+        present = sum(fact_present(fact["text"], joined, threshold) for fact in facts)
+        if present < min_facts:
+            listed = "; ".join(f"'{fact['text']}'" for fact in facts)
+            problems.append(f"only {present} of the facts are mentioned, need at least {min_facts} of: {listed}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------
+# Asking with repair (also used by stage 6)
+
+
+@dataclass
+class Outcome:
+    """What came of asking a model until its answer passed a check."""
+
+    value: object | None
+    attempts: int
+    raw: str | None
+    failure: str | None  # '<code>: <detail>' when every attempt failed
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+def ask_with_repair(
+    writer: ChatModel,
+    request: ChatRequest,
+    check: Callable[[str], tuple[object | None, list[str]]],
+    repair_text: Callable[[list[str]], str],
+    max_attempts: int,
+    seed_keys: tuple,
+) -> Outcome:
+    """Send `request`; while `check(text)` reports problems, send them back and ask again.
+
+    A repair keeps the conversation (first request, the model's answer, then the problem), so a real
+    model sees what it wrote. A call that errored counts as an attempt and is retried as it was.
+    Every attempt carries its number in `task` and its own seed, so stand-ins and sampled models
+    answer it afresh instead of repeating themselves.
+    """
+    messages = request.messages
+    problems: list[str] = []
+    raw: str | None = None
+    code = "invalid_output"
+    for attempt in range(1, max_attempts + 1):
+        task = dict(request.task or {}, attempt=attempt)
+        current = ChatRequest(
+            messages, request.sampling, request.response_schema, task, derive_seed(*seed_keys, attempt) % (2**31)
+        )
+        response: ChatResponse = writer.complete(current)
+        if not response.ok:
+            code, problems = "model_error", [response.error or "the model returned no text"]
+            continue
+        raw = response.text
+        value, problems = check(raw)
+        if not problems:
+            return Outcome(value, attempt, raw, None)
+        code = "invalid_output"
+        messages = request.messages + (Message.assistant(raw), Message.user(repair_text(problems)))
+    detail = "; ".join(problems)
+    return Outcome(None, max_attempts, raw, f"{code}: {detail} (after {max_attempts} attempt(s))")
+
+
+def writer_concurrency(writer: ChatModel, override: int | None) -> int:
+    if override is not None:
+        return override
+    spec = getattr(writer, "spec", None)
+    return int(getattr(spec, "concurrency", 1) or 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The stage
+
+
+def format_facts(facts: list[dict]) -> str:
+    return "\n".join(f"- ({fact['kind']}) {fact['text']}" for fact in facts)
+
+
+def _concept_lookup(concepts_rows: list[dict]) -> dict[str, tuple[int, dict]]:
+    lookup = {}
+    for index, row in enumerate(concepts_rows):
+        concept_id = row.get("concept_id")
+        if not concept_id:
+            raise ValueError(f"concepts row {index} field 'concept_id' is empty")
+        for name in ("name", "category"):
+            if not row.get(name):
+                raise ValueError(f"concepts row {index} (concept_id={concept_id}) field '{name}' is empty")
+        lookup[concept_id] = (index, row)
+    return lookup
+
+
+def write_dialogues(
+    contexts_rows: list[dict],
+    concepts_rows: list[dict],
+    writer: ChatModel,
+    prompts: PromptBook,
+    settings: DialogueSettings,
+    seed: int,
+    progress_file=None,
+) -> list[dict]:
+    """Write one dialogue per (sample, context concept); returns rows of schemas.DIALOGUES.
+
+    Rows come out in context order (sample by sample, context index by index), failed ones included
+    with their reason, the last raw output and the number of attempts.
+    """
+    concepts = _concept_lookup(concepts_rows)
+    checked_images: set[str] = set()
+    jobs = []
+    for row_index, context in enumerate(contexts_rows):
+        sample_id = context.get("sample_id")
+        ids = context.get("context_concept_ids") or []
+        if not ids:
+            raise ValueError(f"contexts row {row_index} (sample_id={sample_id}) field 'context_concept_ids' is empty")
+        for context_index, concept_id in enumerate(ids):
+            if concept_id not in concepts:
+                raise ValueError(
+                    f"contexts row {row_index} (sample_id={sample_id}) field 'context_concept_ids'[{context_index}]: "
+                    f"concept '{concept_id}' is not in the concepts table"
+                )
+            concept_index, concept = concepts[concept_id]
+            if concept_id not in checked_images:
+                # Fail here, naming the row, rather than inside a model backend with a vaguer error.
+                decode_image(concept.get("image"), f"concepts row {concept_index} (concept_id={concept_id}) field 'image'")
+                checked_images.add(concept_id)
+            facts = sample_facts(concept, seed, sample_id, settings.facts_per_dialogue, tuple(settings.fact_kinds))
+            jobs.append((sample_id, context_index, concept, facts))
+
+    def run(job) -> dict:
+        sample_id, context_index, concept, facts = job
+        return _write_one(sample_id, context_index, concept, facts, writer, prompts, settings, seed)
+
+    return list(
+        run_concurrently(
+            run, jobs, concurrency=writer_concurrency(writer, settings.concurrency), desc="dialogues", file=progress_file
+        )
+    )
+
+
+def _write_one(sample_id, context_index, concept, facts, writer, prompts, settings, seed) -> dict:
+    name, category = concept["name"], concept["category"]
+    prompt = prompts.render(
+        "dialogue_writer",
+        concept_name=name,
+        category=category,
+        facts=format_facts(facts),
+        num_turns=settings.num_turns,
+    )
+    request = ChatRequest(
+        (Message.user(ImagePart(concept["image"]), prompt),),
+        task={
+            "kind": "dialogue",
+            "name": name,
+            "category": category,
+            "facts": [dict(fact) for fact in facts],
+            "num_turns": settings.num_turns,
+        },
+    )
+
+    def check(text: str):
+        turns = parse_dialogue(text)
+        problems = validate_dialogue(
+            turns,
+            name,
+            facts,
+            settings.num_turns,
+            min_facts=settings.min_facts_present,
+            threshold=settings.fact_match_threshold,
+        )
+        return turns, problems
+
+    def repair(problems: list[str]) -> str:
+        return prompts.render(
+            "dialogue_repair",
+            problem="; ".join(problems),
+            concept_name=name,
+            category=category,
+            num_turns=settings.num_turns,
+        )
+
+    outcome = ask_with_repair(
+        writer, request, check, repair, settings.max_attempts, (seed, "dialogue", sample_id, concept["concept_id"])
+    )
+    return {
+        "sample_id": sample_id,
+        "concept_id": concept["concept_id"],
+        "context_index": context_index,
+        "name": name,
+        "facts": [dict(fact) for fact in facts],
+        "turns": outcome.value if outcome.ok else None,
+        "dialogue": render_dialogue(outcome.value) if outcome.ok else None,
+        "status": "ok" if outcome.ok else "failed",
+        "failure_reason": "" if outcome.ok else outcome.failure,
+        "attempts": outcome.attempts,
+        "raw_response": None if outcome.ok else outcome.raw,
+        "writer": writer.identity,
+    }

