@@ -3,6 +3,8 @@
 
 
 rule build_concept_pool:
+    input:
+        get_concept_source(),
     output:
         out("concepts/concepts.parquet"),
     log:

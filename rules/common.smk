@@ -30,6 +30,12 @@ def get_final_output():
     ]
 
 
+def get_concept_source():
+    """The user's photo folder or manifest, so editing it rebuilds the pool (nothing for builtin)."""
+    pool = config["concept_pool"]
+    return [] if pool["source"] == "builtin" else [pool["path"]]
+
+
 def model_params(*roles):
     """The registry entries a stage uses; part of params, so switching a backend reruns the stage."""
     return {role: config["models"][role] for role in roles}

@@ -164,7 +164,8 @@ def test_valid_dialogue_has_no_problems():
         (GOOD.replace("User:", "X:").replace("Model:", "User:").replace("X:", "Model:"), "turn 1 should be from the User"),
         (GOOD.replace("Jeffrey", "him"), "name 'Jeffrey' is never used"),
         (GOOD.replace("only drinks green tea", "is nice").replace("on 2025-10-11", "recently"), "only 0 of the facts"),
-        (GOOD.replace("Model: Got it.", "Model: **  **"), "empty"),
+        (GOOD.replace("Model: Got it.", "Model: **  **"), "turn(s) 4 are empty"),
+        (GOOD.replace("Model: Got it.", "Model: ..."), "turn(s) 4 are empty"),
     ],
 )
 def test_invalid_dialogues_are_reported(text, expected):
@@ -329,3 +330,15 @@ def test_prompts_render_without_leftover_placeholders():
     assert "Jeffrey" in text and "- (habit) x" in text and "exactly 6 turns" in text.lower()
     repair = book.render("dialogue_repair", problem="too short", concept_name="Jeffrey", category="person", num_turns=6)
     assert "too short" in repair and "Jeffrey" in repair and "$" not in text + repair
+
+
+def test_user_category_words_use_a_family_and_say_so(caplog):
+    concepts = concepts_table()
+    concepts[1]["category"] = "dogs"
+    with caplog.at_level("INFO", logger="covip.stages.dialogues"):
+        rows = write_dialogues(contexts_table(1), concepts, facts_writer(), PromptBook(), DialogueSettings(), 1)
+    assert all(r["status"] == "ok" for r in rows)
+    assert "category 'dogs' has no fact lists of its own; drawing facts from the 'animal' lists" in caplog.text
+    from covip.local.facts import infer_category
+
+    assert infer_category(next(r for r in rows if r["concept_id"] == "c1")["facts"]) == "animal"

@@ -17,6 +17,7 @@ from covip.local.facts import (
     FACT_KINDS,
     FactError,
     alternative_fact_texts,
+    fact_family,
     fake_first_names,
     infer_category,
     normalize_text,
@@ -98,11 +99,23 @@ def test_restricted_kinds_are_respected():
     assert {fact["kind"] for fact in facts} == {"habit", "date"}
 
 
-def test_sample_facts_rejects_unknown_category_naming_the_concept():
-    with pytest.raises(FactError, match=r"'c9'.*'category'.*'vehicle'"):
-        sample_facts({"concept_id": "c9", "category": "vehicle"}, 1, "s", 3)
+def test_sample_facts_rejects_missing_category_naming_the_concept():
+    with pytest.raises(FactError, match=r"'c9' field 'category'"):
+        sample_facts({"concept_id": "c9", "category": ""}, 1, "s", 3)
+    with pytest.raises(FactError, match=r"'c9' field 'category'"):
+        sample_facts({"concept_id": "c9"}, 1, "s", 3)
     with pytest.raises(FactError, match="kinds"):
         sample_facts(concept(), 1, "s", 3, kinds=("weather",))
+
+
+@pytest.mark.parametrize(
+    "category, family",
+    [("person", "person"), ("People", "person"), ("dogs", "animal"), ("landmark", "place"), ("mug", "object"), ("zz", "object")],
+)
+def test_user_categories_map_to_a_word_list_family(category, family):
+    assert fact_family(category) == family
+    facts = sample_facts(concept("c1", category), 4, "s", 5)
+    assert infer_category(facts) == family
 
 
 def test_alternatives_are_distinct_excluded_and_reproducible():

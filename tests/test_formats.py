@@ -19,14 +19,12 @@ from covip.formats import (
     records_to_qas_gt,
 )
 
-# The authors' released excerpt: the repository's copy under tests/fixtures/ when there is one, else
-# the shared project folder.
+# The authors' released excerpt, from the shared project folder that sits beside the repository.
 FIXTURE = next(
     (
         path
         for path in (
-            Path(__file__).parent / "fixtures" / "qas_gt_excerpt.json",
-            Path("/work/shared/fixtures/qas_gt_excerpt.json"),
+            Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "qas_gt_excerpt.json",
         )
         if path.exists()
     ),
@@ -38,7 +36,7 @@ FIXTURE = next(
 def fixture_path():
     if FIXTURE is None:
         if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-            pytest.fail("qas_gt_excerpt.json not found (copy it to tests/fixtures/)")
+            pytest.fail("../shared/fixtures/qas_gt_excerpt.json not found beside the repository")
         pytest.skip("qas_gt_excerpt.json not found")
     return FIXTURE
 

@@ -57,14 +57,19 @@ def test_dialogue_and_mcqa_stages_finish_with_valid_or_failed_rows(registry):
     usage = registry.chat("dialogue_writer").usage
     assert usage.requests >= 2 and usage.completion_tokens > 0  # the server really answered
 
-    # Give the MCQA stage one dialogue that is surely valid, so both of its paths can be reached.
-    mcqa_input = dialogues + []
+    # The tiny model rarely writes a valid dialogue, so the MCQA stage also gets dialogues from the
+    # facts-first writer: that way the server is really asked for questions about valid dialogues.
+    offline = ModelRegistry({"w": {"backend": "local_facts_writer"}}).chat("w")
+    valid = write_dialogues(contexts, concepts, offline, prompts, DialogueSettings(), seed=7)
+    assert all(row["status"] == "ok" for row in valid)
+    mcqa_input = dialogues + valid
     mcqas = write_mcqas(mcqa_input, registry.chat("mcqa_writer"), prompts, MCQASettings(max_attempts=2), seed=7)
     to_table(mcqas, schemas.MCQAS, "mcqas")
-    assert len(mcqas) == len(dialogues)
-    for row, dialogue in zip(mcqas, dialogues):
+    assert len(mcqas) == len(mcqa_input)
+    assert registry.chat("mcqa_writer").usage.requests >= len(valid)
+    for row, dialogue in zip(mcqas, mcqa_input):
         if row["status"] == "ok":
-            validate_questions(row["questions"], 3)
+            assert validate_questions(row["questions"], 3) == []
         else:
             assert row["failure_reason"]
             if dialogue["status"] != "ok":

@@ -199,6 +199,8 @@ def test_valid_set_has_no_problems():
         (lambda qs: qs.__setitem__(0, q(d="None of the above")), "option D must be exactly"),
         (lambda qs: qs.__setitem__(0, q(b="")), "option(s) B empty"),
         (lambda qs: qs.__setitem__(0, q(question=" ")), "question text is empty"),
+        (lambda qs: qs.__setitem__(0, q(question="...", c="...")), "question text is empty"),
+        (lambda qs: qs.__setitem__(0, q(c="...")), "option(s) C empty"),
         (lambda qs: qs.__setitem__(1, q()), "same question as question 1"),
         (lambda qs: qs[0]["options"].pop("C"), "option(s) C missing"),
         (lambda qs: qs[0]["options"].__setitem__("E", "Extra"), "unexpected option(s) E"),

@@ -18,7 +18,7 @@ TINY = ROOT / "tests" / "data" / "tiny.yaml"
 
 def copy_workflow(dest: Path) -> Path:
     """A private copy of the workflow and package, so a test can edit code without touching ours."""
-    for name in ("Snakefile", "rules", "workflow_scripts", "config"):
+    for name in ("Snakefile", "rules", "workflow_scripts", "config", "envs"):
         source = ROOT / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, dest / name)
     shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
@@ -70,7 +70,8 @@ def finished_run(tmp_path_factory):
 
 def test_unknown_config_key_fails_naming_it(tmp_path):
     workdir = copy_workflow(tmp_path)
-    result = snakemake(workdir, "-n", "--config", "synthesis={'num_sampels': 3}", check=False)
+    (workdir / "typo.yaml").write_text("synthesis: {num_sampels: 3}\n")
+    result = snakemake(workdir, "-n", "--configfile", "tiny.yaml", "typo.yaml", check=False)
     assert result.returncode != 0
     assert "num_sampels" in result.stderr + result.stdout
 
@@ -119,5 +120,25 @@ def test_editing_a_shared_module_reruns_every_stage_that_imports_it(finished_run
 
 
 def test_changing_a_stage_param_reruns_from_that_stage(finished_run):
-    jobs = planned_jobs(snakemake(finished_run, "-n", "--config", "mcqa={'max_attempts': 5}"))
+    (finished_run / "more_attempts.yaml").write_text("mcqa: {max_attempts: 5}\n")
+    jobs = planned_jobs(snakemake(finished_run, "-n", "--configfile", "tiny.yaml", "more_attempts.yaml"))
     assert set(jobs) == {"write_mcqas", "make_splits", "all"}
+
+
+def test_changing_a_model_backend_reruns_its_stage(finished_run):
+    (finished_run / "other_writer.yaml").write_text(
+        "models: {mcqa_writer: {backend: local_facts_writer, model: facts-first-v1, options: {format_variety: false}}}\n"
+    )
+    jobs = planned_jobs(snakemake(finished_run, "-n", "--configfile", "tiny.yaml", "other_writer.yaml"))
+    assert set(jobs) == {"write_mcqas", "make_splits", "all"}
+
+
+def test_editing_a_prompt_reruns_the_stage_that_uses_it(finished_run):
+    prompt = finished_run / "src" / "covip" / "prompts" / "dialogue_writer.txt"
+    original = prompt.read_text()
+    try:
+        prompt.write_text(original + "\nKeep it friendly.\n")
+        jobs = planned_jobs(snakemake(finished_run, "-n"))
+        assert set(jobs) == {"write_dialogues", "write_mcqas", "make_splits", "all"}
+    finally:
+        prompt.write_text(original)

@@ -95,7 +95,8 @@ def qas_gt_to_records(obj: dict, where: str = "qas_gt") -> list[dict]:
                 _question_record(item, f"{c_at} qa[{position}]") for position, item in enumerate(concept["qa"])
             ]
         missing = sorted(set(range(len(by_index))) - set(by_index))
-        _require(not missing, at, f"field 'qas' has no concept_{missing[0] if missing else ''} (indices must run 0..{len(by_index) - 1})")
+        if missing:
+            raise QasGtError(f"{at}: field 'qas' has no concept_{missing[0]} (indices must run 0..{len(by_index) - 1})")
         gts = sample["gts"]
         _require(isinstance(gts, list), at, f"field 'gts' must be a list of concept indices, got {type(gts).__name__}")
         for position, value in enumerate(gts):

@@ -15,6 +15,9 @@ import pyarrow as pa
 # Images inside intermediate tables are PNG (or the generator's own encoding) bytes. The published
 # splits use the Hugging Face image struct instead, so `datasets` decodes them.
 IMAGE = pa.binary()
+
+# Option D of every multiple-choice question (SPEC §2): constant text, never shuffled.
+NONE_OPTION = "The answer cannot be determined"
 HF_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 FACT = pa.struct([("kind", pa.string()), ("text", pa.string())])

@@ -110,11 +110,9 @@ def render_photo(spec: PhotoSpec, longest: int, rng: np.random.Generator) -> Ima
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
     rgb = Image.fromarray(array, "RGB")
-    # Faces are 25 px; upscale with bicubic (smoother than Lanczos ringing at 6x) to most of the
-    # pool's size, since a face shown as a head-and-shoulders cut-out is smaller than a whole car.
+    # Faces are 25 px: upscale with bicubic, which rings less than Lanczos at this factor.
     if spec.loader == "lfw_subset":
-        side = max(8, round(longest * 0.8))
-        rgb = rgb.resize((side, side), Image.Resampling.BICUBIC)
+        rgb = rgb.resize((longest, longest), Image.Resampling.BICUBIC)
     else:
         rgb = _fit(rgb, longest)
     alpha = soft_ellipse_mask(rgb.width, rgb.height)

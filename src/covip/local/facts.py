@@ -244,6 +244,28 @@ _WORDS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
+# Concept pools from a user's folder or manifest may use their own category words; these map onto
+# the four families that have word lists. Anything else is treated as an object (the most neutral
+# lists: things that are bought, kept, lent and repainted).
+_FAMILY_SYNONYMS = {
+    "person": ("people", "persons", "human", "humans", "face", "faces", "man", "woman", "child", "portrait"),
+    "animal": ("animals", "pet", "pets", "dog", "dogs", "cat", "cats", "bird", "birds", "horse", "wildlife"),
+    "place": ("places", "landmark", "landmarks", "building", "buildings", "scene", "scenes", "location", "locations"),
+    "object": ("objects", "thing", "things", "item", "items", "toy", "toys", "vehicle", "vehicles"),
+}
+
+
+def fact_family(category: str) -> str:
+    """The word-list family for a concept category: person, animal, place or object (the fallback)."""
+    category = category.strip().lower()
+    if category in CATEGORIES:
+        return category
+    for family, words in _FAMILY_SYNONYMS.items():
+        if category in words:
+            return family
+    return "object"
+
+
 class FactError(ValueError):
     """A concept row cannot have facts drawn for it (missing or unknown category)."""
 
@@ -313,15 +335,17 @@ def normalize_text(text: str) -> str:
 def sample_facts(concept: dict, seed: int, sample_id: str, n: int, kinds: tuple[str, ...] = FACT_KINDS) -> list[dict]:
     """Draw `n` facts about `concept` for one sample: distinct kinds while there are enough, distinct texts.
 
+    The word lists follow the concept's category family (see fact_family; unknown categories use the
+    object lists).
+
     The draw depends only on (seed, sample_id, concept_id), so the same concept gets different facts
     in different samples and the same facts on every rerun, in any processing order.
     """
     concept_id = concept.get("concept_id")
-    category = concept.get("category")
-    if category not in CATEGORIES:
-        raise FactError(
-            f"concept {concept_id!r} field 'category': {category!r} is not one of {', '.join(CATEGORIES)}"
-        )
+    raw_category = concept.get("category")
+    if not isinstance(raw_category, str) or not raw_category.strip():
+        raise FactError(f"concept {concept_id!r} field 'category' is empty or not a string: {raw_category!r}")
+    category = fact_family(raw_category)
     if n < 1:
         raise FactError(f"n must be at least 1, got {n}")
     unknown = [k for k in kinds if k not in FACT_KINDS]

@@ -22,9 +22,9 @@ import random
 import re
 
 from covip.clients.base import ChatRequest, ChatResponse, Usage
-from covip.local.facts import CATEGORIES, alternative_fact_texts, fake_first_names, infer_category
+from covip.local.facts import alternative_fact_texts, fact_family, fake_first_names, infer_category
 from covip.seeding import pyrandom_for
-from covip.stages.mcqa import NONE_OPTION
+from covip.schemas import NONE_OPTION
 
 _OPTIONS = {"malformed_rate": 0.0, "error_rate": 0.0, "format_variety": True}
 
@@ -40,12 +40,22 @@ _INTROS = (
     "I want to tell you about {name}, who is in this photo.",
 )
 _USER_FACT = {
-    "place": ("I saw {name} {text}.", "I ran into {name} {text}.", "Guess what, I came across {name} {text}.", "I spotted {name} {text}."),
+    "place": (
+        "I saw {name} {text}.",
+        "I ran into {name} {text}.",
+        "Guess what, I came across {name} {text}.",
+        "I spotted {name} {text}.",
+    ),
     "location": ("{name} is {text}.", "You can find {name} {text}.", "Just so you know, {name} is {text}."),
     "date": ("I saw {name} {text}.", "I last met up with {name} {text}.", "The last time I saw {name} was {text}."),
     "visit": ("I visited {name} {text}.", "My last visit to {name} was {text}.", "I went to {name} {text}."),
-    "event": ("{name} {text}!", "Big news: {name} {text}.", "Something memorable: {name} {text}.", "You should know that {name} {text}."),
-    "habit": ("{name} {text}.", "A fun detail: {name} {text}.", "Funny thing is, {name} {text}.", "One more thing, {name} {text}."),
+    "event": (
+        "{name} {text}!",
+        "Big news: {name} {text}.",
+        "Something memorable: {name} {text}.",
+        "You should know that {name} {text}.",
+    ),
+    "habit": ("{name} {text}.", "A fun detail: {name} {text}.", "Funny thing is, {name} {text}.", "Also, {name} {text}."),
     "action": ("{name} {text} when I last checked in.", "When I dropped by, {name} {text}.", "Last time I looked, {name} {text}."),
 }
 _MODEL_CLAUSE = {
@@ -70,7 +80,11 @@ _FILLERS = (
     "That's all about {name} for now.",
 )
 _QUESTIONS = {
-    "place": ("Where did the user come across {name}?", "Where did the user say they saw {name}?", "At which place did the user see {name}?"),
+    "place": (
+        "Where did the user come across {name}?",
+        "Where did the user say they saw {name}?",
+        "At which place did the user see {name}?",
+    ),
     "location": ("Where is {name} located?", "Where can {name} be found, according to the user?"),
     "date": ("On what date did the user see {name}?", "When did the user see {name}, according to the chat?"),
     "visit": ("On what date did the user visit {name}?", "When did the user go to {name}?"),
@@ -156,7 +170,8 @@ class FactsFirstWriter:
 
     def _dialogue(self, task: dict, rnd: random.Random, fault: str | None) -> str:
         name, facts = task["name"], list(task.get("facts") or [])
-        category = task.get("category") if task.get("category") in CATEGORIES else infer_category(facts) or "object"
+        raw = task.get("category")
+        category = fact_family(raw) if isinstance(raw, str) and raw.strip() else infer_category(facts) or "object"
         users = max(1, int(task.get("num_turns", 6)) // 2)
         if fault == "no_facts":
             facts = []
@@ -208,7 +223,8 @@ class FactsFirstWriter:
 
     def _mcqa(self, task: dict, rnd: random.Random, fault: str | None) -> str:
         name, facts, n = task["name"], list(task.get("facts") or []), int(task.get("n", 3))
-        category = task.get("category") if task.get("category") in CATEGORIES else infer_category(facts) or "person"
+        raw = task.get("category")
+        category = fact_family(raw) if isinstance(raw, str) and raw.strip() else infer_category(facts) or "person"
         fact_texts = [fact["text"] for fact in facts]
         questions = []
         for fact in facts[:n]:
@@ -226,7 +242,8 @@ class FactsFirstWriter:
             )
         if len(questions) < n:
             # Fewer facts than questions: the name itself is the one other fact every dialogue states.
-            questions.append(self._question(_NAME_QUESTION, name, fake_first_names(rnd.getrandbits(32), 2, exclude=[name]), rnd))
+            others = fake_first_names(rnd.getrandbits(32), 2, exclude=[name])
+            questions.append(self._question(_NAME_QUESTION, name, others, rnd))
         questions = questions[:n]
         return self._render_mcqa(self._break_mcqa(questions, fault), rnd, fault)
 

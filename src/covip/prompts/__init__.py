@@ -41,11 +41,11 @@ class PromptBook:
             raise PromptError(f"no prompt named '{name}'; known: {available_prompts()}")
         return resource.read_text(encoding="utf-8")
 
-    def render(self, name: str, **values) -> str:
+    def render(self, prompt_name: str, /, **values) -> str:
         try:
-            return Template(self.source(name)).substitute(**values).strip()
+            return Template(self.source(prompt_name)).substitute(**values).strip()
         except KeyError as error:
-            raise PromptError(f"prompt '{name}' needs a value for {error}") from error
+            raise PromptError(f"prompt '{prompt_name}' needs a value for {error}") from error
 
     def fingerprint(self, *names: str) -> str:
         """Hash of the named templates' text, for Snakemake params (a prompt edit reruns the stage)."""

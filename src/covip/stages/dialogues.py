@@ -9,6 +9,7 @@ the row is kept with status 'failed' and the reason, so nothing disappears silen
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,9 +17,11 @@ from dataclasses import dataclass, field
 from covip.clients.base import ChatModel, ChatRequest, ChatResponse, ImagePart, Message
 from covip.clients.registry import run_concurrently
 from covip.io import decode_image
-from covip.local.facts import FACT_KINDS, sample_facts
+from covip.local.facts import CATEGORIES, FACT_KINDS, fact_family, sample_facts
 from covip.prompts import PromptBook
 from covip.seeding import derive_seed
+
+log = logging.getLogger(__name__)
 
 USER, MODEL = "user", "model"
 ROLE_LABELS = {USER: "User", MODEL: "Model"}
@@ -168,6 +171,7 @@ def render_dialogue(turns: list[dict]) -> str:
 
 
 def fact_present(fact_text: str, dialogue: str, threshold: float) -> bool:
+    """Whether at least `threshold` of the fact's content words occur in the dialogue."""
     return token_coverage(fact_text, dialogue) >= threshold
 
 
@@ -185,7 +189,7 @@ def validate_dialogue(
                 f"turn {index + 1} should be from the {ROLE_LABELS[expected]} but is from the {ROLE_LABELS[turn['role']]}"
             )
             break
-    empty = [str(i + 1) for i, turn in enumerate(turns) if not turn["text"].strip()]
+    empty = [str(i + 1) for i, turn in enumerate(turns) if not re.search(r"[^\W_]", turn["text"])]
     if empty:
         problems.append(f"turn(s) {', '.join(empty)} are empty")
     joined = " ".join(turn["text"] for turn in turns)
@@ -256,6 +260,7 @@ def ask_with_repair(
 
 
 def writer_concurrency(writer: ChatModel, override: int | None) -> int:
+    """Parallel requests: the stage override, else the model's registry `concurrency`, else 1."""
     if override is not None:
         return override
     spec = getattr(writer, "spec", None)
@@ -267,6 +272,7 @@ def writer_concurrency(writer: ChatModel, override: int | None) -> int:
 
 
 def format_facts(facts: list[dict]) -> str:
+    """Facts as prompt lines: '- (kind) text'."""
     return "\n".join(f"- ({fact['kind']}) {fact['text']}" for fact in facts)
 
 
@@ -298,6 +304,8 @@ def write_dialogues(
     with their reason, the last raw output and the number of attempts.
     """
     concepts = _concept_lookup(concepts_rows)
+    for category in sorted({row["category"] for _, row in concepts.values()} - set(CATEGORIES)):
+        log.info("category '%s' has no fact lists of its own; drawing facts from the '%s' lists", category, fact_family(category))
     checked_images: set[str] = set()
     jobs = []
     for row_index, context in enumerate(contexts_rows):

@@ -20,10 +20,10 @@ from covip.clients.base import ChatModel, ChatRequest, Message
 from covip.clients.registry import run_concurrently
 from covip.local.facts import normalize_text
 from covip.prompts import PromptBook
+from covip.schemas import NONE_OPTION
 from covip.seeding import rng_for
 from covip.stages.dialogues import ask_with_repair, format_facts, token_coverage, writer_concurrency
 
-NONE_OPTION = "The answer cannot be determined"
 ANSWER_LETTERS = ("A", "B", "C")
 OPTION_LETTERS = ("A", "B", "C", "D")
 
@@ -231,9 +231,10 @@ def parse_mcqa_json(text: str) -> list[dict]:
 def validate_questions(questions: list[dict], n: int) -> list[str]:
     """Problems that make a parsed question set unusable (empty list: accepted).
 
-    Exactly `n` questions; each with a non-empty question, options exactly A-D with non-empty texts,
-    D exactly NONE_OPTION, no two options alike (ignoring case, spacing and punctuation), and an answer
-    naming exactly one of A-C; no question asked twice.
+    Exactly `n` questions, no question asked twice; each with options exactly A-D; question and
+    option texts that contain words (a copied '...' placeholder does not count); D exactly
+    NONE_OPTION; no two options alike (ignoring case, spacing and punctuation); and an answer naming
+    exactly one of A-C.
     """
     problems = []
     if len(questions) != n:
@@ -242,7 +243,7 @@ def validate_questions(questions: list[dict], n: int) -> list[str]:
     for index, q in enumerate(questions, 1):
         where = f"question {index}"
         text = _as_text(q.get("question"))
-        if not text:
+        if not normalize_text(text):  # '' or a copied placeholder such as '...'
             problems.append(f"{where}: the question text is empty")
         elif normalize_text(text) in seen_questions:
             problems.append(f"{where}: same question as question {seen_questions[normalize_text(text)]}")
@@ -255,9 +256,9 @@ def validate_questions(questions: list[dict], n: int) -> list[str]:
             problems.append(f"{where}: option(s) {', '.join(missing)} missing")
         if extra:
             problems.append(f"{where}: unexpected option(s) {', '.join(map(str, extra))}; use exactly A, B, C and D")
-        empty = [letter for letter in OPTION_LETTERS if letter in options and not _as_text(options[letter])]
+        empty = [letter for letter in OPTION_LETTERS if letter in options and not normalize_text(_as_text(options[letter]))]
         if empty:
-            problems.append(f"{where}: option(s) {', '.join(empty)} empty")
+            problems.append(f"{where}: option(s) {', '.join(empty)} empty (no words)")
         if "D" in options and options["D"] != NONE_OPTION:
             problems.append(f"{where}: option D must be exactly '{NONE_OPTION}', got '{options['D']}'")
         seen: dict[str, str] = {}
