@@ -17,6 +17,15 @@ PROMPTS = PromptBook(config["prompts"])
 MODELS = {name: ModelSpec.from_config(name, entry) for name, entry in config["models"].items()}
 
 
+onstart:
+    # A remote backend without its API key fails here, before any job runs (and never on a dry run),
+    # naming the environment variable; the key itself is never printed.
+    from covip.clients.registry import check_credentials
+
+    for spec in MODELS.values():
+        check_credentials(spec)
+
+
 def out(path):
     """A path under the run's output folder."""
     return f"{OUT}/{path}"

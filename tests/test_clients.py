@@ -136,3 +136,20 @@ def test_openai_payload_images_sampling_and_structured_output():
     llama = build_openai_payload(request, "gemma", "json_object")
     assert llama["response_format"] == {"type": "json_object", "schema": {"type": "object"}}
     assert "response_format" not in build_openai_payload(request, "gemma", "none")
+
+
+def test_api_key_never_appears_in_errors_identity_or_usage(monkeypatch, tmp_path):
+    sentinel = "sk-SENTINEL-never-print-me-4242"
+    monkeypatch.setenv("COVIP_TEST_KEY", sentinel)
+    # A loopback port nobody listens on: the call fails fast and the failure is recorded.
+    registry = ModelRegistry(
+        {"judge": {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1",
+                   "api_key_env": "COVIP_TEST_KEY", "max_retries": 0, "timeout_s": 2}},
+        cache_path=str(tmp_path / "c.sqlite"),
+    )
+    judge = registry.chat("judge")
+    response = judge.complete(_request())
+    assert not response.ok
+    seen = " ".join([response.error, judge.identity, repr(judge.usage.summary()), repr(registry.spec("judge"))])
+    assert sentinel not in seen
+    assert sentinel.encode() not in (tmp_path / "c.sqlite").read_bytes()

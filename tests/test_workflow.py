@@ -142,3 +142,15 @@ def test_editing_a_prompt_reruns_the_stage_that_uses_it(finished_run):
         assert set(jobs) == {"write_dialogues", "write_mcqas", "make_splits", "all"}
     finally:
         prompt.write_text(original)
+
+
+def test_missing_api_key_fails_before_any_job_runs(tmp_path, monkeypatch):
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    workdir = copy_workflow(tmp_path)
+    (workdir / "gemini.yaml").write_text(
+        "models: {image_generator: {backend: gemini, model: gemini-2.5-flash-image}}\n"
+    )
+    result = snakemake(workdir, "--configfile", "tiny.yaml", "gemini.yaml", check=False)
+    assert result.returncode != 0
+    assert "GEMINI_API_KEY" in result.stdout + result.stderr
+    assert not (workdir / "results" / "concepts").exists(), "no stage may run without the key"
