@@ -9,6 +9,8 @@ rule build_concept_pool:
         out("concepts/concepts.parquet"),
     log:
         f"{LOGS}/build_concept_pool.log",
+    benchmark:
+        f"{OUT}/benchmarks/build_concept_pool.tsv",
     params:
         settings=config["concept_pool"],
         seed=config["seed"],
@@ -30,6 +32,8 @@ rule synthesize_queries:
         out("queries/queries.parquet"),
     log:
         f"{LOGS}/synthesize_queries.log",
+    benchmark:
+        f"{OUT}/benchmarks/synthesize_queries.tsv",
     params:
         settings=config["synthesis"],
         seed=config["seed"],
@@ -54,6 +58,8 @@ rule filter_queries:
         out("filtering/decisions.parquet"),
     log:
         f"{LOGS}/filter_queries.log",
+    benchmark:
+        f"{OUT}/benchmarks/filter_queries.tsv",
     params:
         settings=config["filtering"],
         seed=config["seed"],
@@ -77,6 +83,8 @@ rule embed_concepts:
         out("negatives/concept_embeddings.parquet"),
     log:
         f"{LOGS}/embed_concepts.log",
+    benchmark:
+        f"{OUT}/benchmarks/embed_concepts.tsv",
     params:
         models=model_params("embedder"),
         code=stage_code("covip.stages.negatives", [("embed", "embedder")]),
@@ -100,6 +108,8 @@ rule build_contexts:
         out("negatives/contexts.parquet"),
     log:
         f"{LOGS}/build_contexts.log",
+    benchmark:
+        f"{OUT}/benchmarks/build_contexts.tsv",
     params:
         settings=config["negatives"],
         seed=config["seed"],
@@ -122,6 +132,8 @@ rule write_dialogues:
         out("dialogues/dialogues.parquet"),
     log:
         f"{LOGS}/write_dialogues.log",
+    benchmark:
+        f"{OUT}/benchmarks/write_dialogues.tsv",
     params:
         settings=config["dialogues"],
         seed=config["seed"],
@@ -145,6 +157,8 @@ rule write_mcqas:
         out("mcqa/mcqas.parquet"),
     log:
         f"{LOGS}/write_mcqas.log",
+    benchmark:
+        f"{OUT}/benchmarks/write_mcqas.tsv",
     params:
         settings=config["mcqa"],
         seed=config["seed"],
@@ -175,6 +189,8 @@ rule make_splits:
         report=out("splits/split_report.parquet"),
     log:
         f"{LOGS}/make_splits.log",
+    benchmark:
+        f"{OUT}/benchmarks/make_splits.tsv",
     params:
         settings=config["splits"],
         seed=config["seed"],

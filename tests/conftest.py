@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
@@ -11,6 +12,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from covip.prompts import PromptBook
+from covip.stages.concepts import ConceptPoolSettings, build_concept_pool
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -63,3 +67,20 @@ def llama_server(tmp_path_factory):
     except subprocess.TimeoutExpired:
         process.kill()
     log.close()
+
+
+@pytest.fixture(scope="session")
+def builtin_pool():
+    """The embedded default's concept pool (seed 0), built once for every test that needs it."""
+    return build_concept_pool(ConceptPoolSettings(), seed=0, progress_file=io.StringIO())
+
+
+@pytest.fixture(scope="session")
+def small_pool():
+    """One variant per drawn kind: fewer, all visually distinct concepts."""
+    return build_concept_pool(ConceptPoolSettings(drawn_per_kind=1), seed=0, progress_file=io.StringIO())
+
+
+@pytest.fixture(scope="session")
+def prompts():
+    return PromptBook()

@@ -18,7 +18,6 @@ from covip.local.compositor import Compositor
 from covip.local.pixel_verifier import PixelVerifier
 from covip.prompts import PromptBook, PromptError
 from covip.settings import settings_from
-from covip.stages.concepts import ConceptPoolSettings, build_concept_pool
 from covip.stages.filtering import (
     FilterError,
     FilterSettings,
@@ -33,13 +32,8 @@ QUIET = io.StringIO()
 
 
 @pytest.fixture(scope="module")
-def pool():
-    return build_concept_pool(ConceptPoolSettings(), seed=0, progress_file=QUIET)
-
-
-@pytest.fixture(scope="module")
-def prompts():
-    return PromptBook()
+def pool(builtin_pool):
+    return builtin_pool
 
 
 @pytest.fixture(scope="module")

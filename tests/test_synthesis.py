@@ -15,9 +15,7 @@ from covip.clients.base import ImageRequest, ImageResponse
 from covip.clients.registry import ModelRegistry, ModelSpec
 from covip.io import decode_image, to_table
 from covip.local.compositor import Compositor
-from covip.prompts import PromptBook
 from covip.settings import settings_from
-from covip.stages.concepts import ConceptPoolSettings, build_concept_pool
 from covip.stages.synthesis import (
     SynthesisError,
     SynthesisSettings,
@@ -31,14 +29,9 @@ QUIET = io.StringIO()
 
 
 @pytest.fixture(scope="module")
-def pool():
+def pool(small_pool):
     # One variant per drawn kind keeps the fixture fast; 17 concepts of 17 kinds.
-    return build_concept_pool(ConceptPoolSettings(drawn_per_kind=1), seed=0, progress_file=QUIET)
-
-
-@pytest.fixture(scope="module")
-def prompts():
-    return PromptBook()
+    return small_pool
 
 
 def _compositor(**options):

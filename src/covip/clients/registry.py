@@ -69,6 +69,13 @@ class ModelSpec:
             raise ValueError(f"models.{name}: unknown key(s) {sorted(unknown)}")
         return cls(name=name, **entry)
 
+    def options_with_defaults(self, defaults: dict[str, Any]) -> dict[str, Any]:
+        """This entry's backend options over `defaults`; a key the backend does not know is an error."""
+        unknown = sorted(set(self.options) - set(defaults))
+        if unknown:
+            raise ValueError(f"models.{self.name}.options: unknown key(s) {unknown}; known: {sorted(defaults)}")
+        return {**defaults, **self.options}
+
     @property
     def is_local(self) -> bool:
         return self.backend in LOCAL_BACKENDS

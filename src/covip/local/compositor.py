@@ -66,10 +66,7 @@ class Compositor:
     """Deterministic scene compositor standing in for an image-generation model."""
 
     def __init__(self, spec: ModelSpec):
-        unknown = set(spec.options) - set(DEFAULT_OPTIONS)
-        if unknown:
-            raise ValueError(f"models.{spec.name}.options: unknown key(s) {sorted(unknown)}; known: {sorted(DEFAULT_OPTIONS)}")
-        options = {**DEFAULT_OPTIONS, **spec.options}
+        options = spec.options_with_defaults(DEFAULT_OPTIONS)
         where = f"models.{spec.name}.options"
         self.defect_rate = float(options["defect_rate"])
         if not 0.0 <= self.defect_rate <= 1.0:

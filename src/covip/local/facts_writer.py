@@ -132,10 +132,7 @@ class FactsFirstWriter:
         self.spec = spec
         self.identity = spec.identity
         self.model = spec.model or "facts-first-writer"
-        unknown = sorted(set(spec.options) - set(_OPTIONS))
-        if unknown:
-            raise ValueError(f"models.{spec.name}.options: unknown option(s) {unknown}; known: {sorted(_OPTIONS)}")
-        self.options = {**_OPTIONS, **spec.options}
+        self.options = spec.options_with_defaults(_OPTIONS)
         for key in ("malformed_rate", "error_rate"):
             if not 0.0 <= float(self.options[key]) <= 1.0:
                 raise ValueError(f"models.{spec.name}.options.{key} must be in [0, 1], got {self.options[key]}")

@@ -72,10 +72,7 @@ class PixelVerifier:
     """Deterministic template-matching verifier standing in for a VLM judge of visual fidelity."""
 
     def __init__(self, spec: ModelSpec):
-        unknown = set(spec.options) - set(DEFAULT_OPTIONS)
-        if unknown:
-            raise ValueError(f"models.{spec.name}.options: unknown key(s) {sorted(unknown)}; known: {sorted(DEFAULT_OPTIONS)}")
-        options = {**DEFAULT_OPTIONS, **spec.options}
+        options = spec.options_with_defaults(DEFAULT_OPTIONS)
         where = f"models.{spec.name}.options"
         self.threshold = float(options["threshold"])
         if not 0.0 < self.threshold < 1.0:
