@@ -231,4 +231,135 @@ SPLIT_REPORT = _schema(
     ["sample_id", "num_positives", "outcome", "reason"],
 )
 
-ALL = {s.name: s for s in (CONCEPTS, QUERIES, FILTER_DECISIONS, CONCEPT_EMBEDDINGS, CONTEXTS, DIALOGUES, MCQAS, SPLIT, SPLIT_REPORT)}
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation (SPEC stages 9-11)
+
+CAPTIONS = _schema(
+    "captions",
+    "Stage 9: one personalized caption per (policy, test sample).",
+    [
+        ("policy", pa.string()),
+        ("sample_id", pa.string()),
+        ("caption", pa.string()),  # null when generation failed
+        ("prompt_tokens", pa.int32()),
+        ("completion_tokens", pa.int32()),
+        ("latency_s", pa.float32()),
+        ("model_identity", pa.string()),  # registry name:backend:model of what produced it
+        ("stand_in", pa.bool_()),  # produced by an offline stand-in or reference policy
+        ("status", pa.string()),  # 'ok' | 'failed'
+        ("error", pa.string()),
+    ],
+    ["policy", "sample_id", "model_identity", "stand_in", "status"],
+)
+
+CAPEVAL_ANSWERS = _schema(
+    "capeval_answers",
+    "Stage 10: the judge's answer to every question of every captioned sample.",
+    [
+        ("policy", pa.string()),
+        ("judge", pa.string()),
+        ("sample_id", pa.string()),
+        ("num_positives", pa.int32()),
+        ("context_index", pa.int32()),
+        ("question_id", pa.string()),
+        ("is_positive", pa.bool_()),  # the question's concept is in the query image
+        ("answer", pa.string()),  # the correct letter
+        ("raw_answer", pa.string()),  # the judge's text (null if the call failed)
+        ("parsed", pa.string()),  # A-D; an unparseable answer counts as 'D', as in the authors' code
+        ("unparseable", pa.bool_()),
+        ("correct", pa.bool_()),  # positive: parsed == answer; negative: parsed == 'D'
+        ("judge_identity", pa.string()),
+        ("stand_in", pa.bool_()),
+    ],
+    ["policy", "judge", "sample_id", "num_positives", "context_index", "question_id", "is_positive", "answer",
+     "parsed", "unparseable", "correct", "judge_identity", "stand_in"],
+)
+
+CAPEVAL_SUMMARY = _schema(
+    "capeval_summary",
+    "Stage 10: Acc+ / Acc- per (policy, judge, number of positive concepts), with 95% bootstrap intervals.",
+    [
+        ("policy", pa.string()),
+        ("judge", pa.string()),
+        ("num_positives", pa.int32()),  # 0 = all counts pooled
+        ("acc_pos", pa.float64()),
+        ("acc_neg", pa.float64()),
+        ("acc_pos_low", pa.float64()),
+        ("acc_pos_high", pa.float64()),
+        ("acc_neg_low", pa.float64()),
+        ("acc_neg_high", pa.float64()),
+        ("n_pos_questions", pa.int32()),
+        ("n_neg_questions", pa.int32()),
+        ("n_unparseable", pa.int32()),
+        ("policy_identity", pa.string()),
+        ("judge_identity", pa.string()),
+        ("stand_in", pa.bool_()),
+    ],
+    ["policy", "judge", "num_positives", "n_pos_questions", "n_neg_questions", "n_unparseable",
+     "policy_identity", "judge_identity", "stand_in"],
+)
+
+DIAGNOSTIC_SET = _schema(
+    "diagnostic_set",
+    "Stage 11 input: one LSD / LAR / ITR item, in the hub's column layout plus our bookkeeping.",
+    [
+        ("sample_id", pa.string()),
+        ("task", pa.string()),  # 'lsd' | 'lar' | 'itr'
+        ("images_context", pa.list_(HF_IMAGE)),
+        ("dialogues_context", pa.list_(pa.string())),
+        ("query_image", HF_IMAGE),
+        ("question", pa.string()),  # what the user asks about the new image
+        ("answer", pa.string()),  # LSD: place; LAR: action; ITR: keyword
+        ("target_index", pa.int32()),  # index of the context entry the answer comes from (-1 unknown)
+    ],
+    ["sample_id", "task", "images_context", "dialogues_context", "query_image", "question", "answer"],
+)
+
+DIAGNOSTIC_RESPONSES = _schema(
+    "diagnostic_responses",
+    "Stage 11: a policy's response to every diagnostic item, direct or caption-augmented, and its score.",
+    [
+        ("policy", pa.string()),
+        ("task", pa.string()),
+        ("mode", pa.string()),  # 'direct' | 'cag'
+        ("sample_id", pa.string()),
+        ("caption", pa.string()),  # CAG only: the caption placed as the assistant's previous turn
+        ("response", pa.string()),
+        ("extracted", pa.string()),  # LSD: the boxed answer; LAR: the judge's verdict; ITR: keyword found
+        ("score", pa.float64()),  # null when the response or its judging failed
+        ("scorer", pa.string()),  # 'token_f1' | judge identity | 'keyword'
+        ("model_identity", pa.string()),
+        ("stand_in", pa.bool_()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+    ],
+    ["policy", "task", "mode", "sample_id", "scorer", "model_identity", "stand_in", "status"],
+)
+
+DIAGNOSTIC_SUMMARY = _schema(
+    "diagnostic_summary",
+    "Stage 11: mean score per (policy, task, mode) with a 95% bootstrap interval.",
+    [
+        ("policy", pa.string()),
+        ("task", pa.string()),
+        ("mode", pa.string()),
+        ("score", pa.float64()),
+        ("score_low", pa.float64()),
+        ("score_high", pa.float64()),
+        ("n", pa.int32()),
+        ("n_failed", pa.int32()),
+        ("scorer", pa.string()),
+        ("model_identity", pa.string()),
+        ("stand_in", pa.bool_()),
+    ],
+    ["policy", "task", "mode", "n", "n_failed", "scorer", "model_identity", "stand_in"],
+)
+
+ALL = {
+    s.name: s
+    for s in (
+        CONCEPTS, QUERIES, FILTER_DECISIONS, CONCEPT_EMBEDDINGS, CONTEXTS, DIALOGUES, MCQAS, SPLIT, SPLIT_REPORT,
+        CAPTIONS, CAPEVAL_ANSWERS, CAPEVAL_SUMMARY, DIAGNOSTIC_SET, DIAGNOSTIC_RESPONSES, DIAGNOSTIC_SUMMARY,
+    )
+}

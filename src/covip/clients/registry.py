@@ -37,7 +37,13 @@ LOCAL_BACKENDS = {
     "local_pixel_verifier",
     "local_color_texture",
     "local_facts_writer",
+    "local_lexical_judge",
+    "reference_oracle",
+    "reference_context_dump",
+    "reference_blind",
 }
+# Backends that run a real model in this process (no API key, but worth caching: generation is slow).
+IN_PROCESS_MODEL_BACKENDS = {"transformers", "vllm", "open_clip"}
 REMOTE_BACKENDS = {"openai", "gemini"}
 DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "gemini": "GEMINI_API_KEY"}
 
@@ -99,6 +105,11 @@ class ModelSpec:
     def uses_cache(self) -> bool:
         return (not self.is_local) if self.cache is None else self.cache
 
+    @property
+    def stand_in(self) -> bool:
+        """True for offline stand-ins and reference policies; the report marks their numbers."""
+        return self.is_local
+
 
 def check_credentials(spec: ModelSpec) -> None:
     """Fail before any work when a remote backend's key variable is unset (never print the key)."""
@@ -144,8 +155,7 @@ class CachedChatModel:
         self.usage = UsageCounter()
 
     def complete(self, request: ChatRequest) -> ChatResponse:
-        if self.spec.sampling and not request.sampling:
-            request = ChatRequest(request.messages, dict(self.spec.sampling), request.response_schema, request.task, request.seed)
+        request = self._with_default_sampling(request)
         key = request_key(self.spec.backend, self.spec.model, request) if self.cache is not None else None
         if key is not None and (hit := self.cache.get(key)) is not None:
             payload, _ = hit
@@ -163,6 +173,55 @@ class CachedChatModel:
             usage = {"prompt_tokens": response.usage.prompt_tokens, "completion_tokens": response.usage.completion_tokens}
             self.cache.put(key, self.spec.backend, self.spec.model, {"text": response.text, "model": response.model, "usage": usage})
         return response
+
+
+    def complete_many(
+        self, requests: list[ChatRequest], *, desc: str = "requests", progress_file=None, concurrency: int | None = None
+    ) -> list[ChatResponse]:
+        """Answer many requests: cached ones from the cache, the rest batched when the backend can
+        batch (transformers, vLLM: `complete_batch`), else with bounded concurrency. Input order."""
+        batch = getattr(self.inner, "complete_batch", None)
+        if batch is None:
+            workers = concurrency or self.spec.concurrency
+            return list(run_concurrently(self.complete, requests, concurrency=workers, desc=desc, file=progress_file))
+        requests = [self._with_default_sampling(r) for r in requests]
+        results: list[ChatResponse | None] = [None] * len(requests)
+        keys = [request_key(self.spec.backend, self.spec.model, r) if self.cache is not None else None for r in requests]
+        misses = []
+        for index, key in enumerate(keys):
+            hit = self.cache.get(key) if key is not None else None
+            if hit is not None:
+                payload, _ = hit
+                results[index] = ChatResponse(payload["text"], payload["model"], Usage(**payload["usage"]), cached=True)
+                self.usage.add(cached=True, failed=False, usage=Usage(), seconds=0.0)
+            else:
+                misses.append(index)
+        size = max(1, int(self.spec.options.get("batch_size", 8)))
+        bar = tqdm(total=len(misses), desc=desc, file=progress_file, mininterval=1.0, ascii=True)
+        for start in range(0, len(misses), size):
+            chunk = misses[start : start + size]
+            began = time.perf_counter()
+            try:
+                answers = batch([requests[i] for i in chunk])
+            except Exception as error:  # noqa: BLE001 - the whole batch failed; record it per row
+                answers = [ChatResponse(None, self.spec.model, error=f"{type(error).__name__}: {error}") for _ in chunk]
+            elapsed = (time.perf_counter() - began) / max(1, len(chunk))
+            for index, response in zip(chunk, answers):
+                response.latency_s = response.latency_s or elapsed
+                self.usage.add(cached=False, failed=not response.ok, usage=response.usage, seconds=response.latency_s)
+                if keys[index] is not None and response.ok:
+                    usage = {"prompt_tokens": response.usage.prompt_tokens, "completion_tokens": response.usage.completion_tokens}
+                    self.cache.put(keys[index], self.spec.backend, self.spec.model,
+                                   {"text": response.text, "model": response.model, "usage": usage})
+                results[index] = response
+            bar.update(len(chunk))
+        bar.close()
+        return results  # type: ignore[return-value]
+
+    def _with_default_sampling(self, request: ChatRequest) -> ChatRequest:
+        if self.spec.sampling and not request.sampling:
+            return ChatRequest(request.messages, dict(self.spec.sampling), request.response_schema, request.task, request.seed)
+        return request
 
 
 class CachedImageGenerator:
@@ -242,6 +301,12 @@ BACKENDS: dict[str, dict[str, str]] = {
         "gemini": "covip.clients.genai_backend:GeminiChatModel",
         "local_facts_writer": "covip.local.facts_writer:FactsFirstWriter",
         "local_pixel_verifier": "covip.local.pixel_verifier:PixelVerifier",
+        "local_lexical_judge": "covip.local.lexical_judge:LexicalJudge",
+        "reference_oracle": "covip.local.reference_policies:OraclePolicy",
+        "reference_context_dump": "covip.local.reference_policies:ContextDumpPolicy",
+        "reference_blind": "covip.local.reference_policies:BlindPolicy",
+        "transformers": "covip.clients.transformers_backend:TransformersChatModel",
+        "vllm": "covip.clients.vllm_backend:VLLMChatModel",
     },
     "image": {
         "gemini": "covip.clients.genai_backend:GeminiImageGenerator",

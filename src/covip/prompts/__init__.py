@@ -8,6 +8,7 @@ no code changes.
 from __future__ import annotations
 
 import hashlib
+import re
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -46,6 +47,39 @@ class PromptBook:
             return Template(self.source(prompt_name)).substitute(**values).strip()
         except KeyError as error:
             raise PromptError(f"prompt '{prompt_name}' needs a value for {error}") from error
+
+    def render_section(self, prompt_name: str, section: str, /, **values) -> str:
+        """Render one `[[section]]` of a sectioned template (for prompts interleaved with images)."""
+        template = self.sections(prompt_name, [section])[section]
+        try:
+            return template.substitute(**values).strip()
+        except KeyError as error:
+            raise PromptError(f"prompt '{prompt_name}' section [[{section}]] needs a value for {error}") from error
+
+    def sections(self, prompt_name: str, required=()) -> dict[str, Template]:
+        """Split a sectioned template (`[[name]]` header lines) into one template per section.
+
+        Prompts that interleave text with images (a label before each reference image, a header
+        before the query, the question after it) keep all their text in one file this way.
+        """
+        parts: dict[str, list[str]] = {}
+        current = None
+        for line in self.source(prompt_name).splitlines():
+            header = re.fullmatch(r"\s*\[\[(\w+)\]\]\s*", line)
+            if header:
+                current = header.group(1)
+                if current in parts:
+                    raise PromptError(f"prompt '{prompt_name}': section [[{current}]] appears twice")
+                parts[current] = []
+            elif current is None:
+                if line.strip():
+                    raise PromptError(f"prompt '{prompt_name}': text before the first [[section]] header: {line.strip()[:60]!r}")
+            else:
+                parts[current].append(line)
+        missing = [name for name in required if name not in parts]
+        if missing:
+            raise PromptError(f"prompt '{prompt_name}': missing section(s) {['[[' + m + ']]' for m in missing]}; have {sorted(parts)}")
+        return {key: Template("\n".join(lines).strip()) for key, lines in parts.items()}
 
     def fingerprint(self, *names: str) -> str:
         """Hash of the named templates' text, for Snakemake params (a prompt edit reruns the stage)."""

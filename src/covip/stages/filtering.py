@@ -84,25 +84,7 @@ def parse_yes_no(text: str | None) -> bool | None:
 
 def prompt_sections(prompts: PromptBook, name: str, required: Sequence[str]) -> dict[str, Template]:
     """Split a sectioned prompt file (`[[section]]` header lines) into one template per section."""
-    source = prompts.source(name)
-    sections: dict[str, list[str]] = {}
-    current = None
-    for line in source.splitlines():
-        header = re.fullmatch(r"\s*\[\[(\w+)\]\]\s*", line)
-        if header:
-            current = header.group(1)
-            if current in sections:
-                raise PromptError(f"prompt '{name}': section [[{current}]] appears twice")
-            sections[current] = []
-        elif current is None:
-            if line.strip():
-                raise PromptError(f"prompt '{name}': text before the first [[section]] header: {line.strip()[:60]!r}")
-        else:
-            sections[current].append(line)
-    missing = [s for s in required if s not in sections]
-    if missing:
-        raise PromptError(f"prompt '{name}': missing section(s) {['[[' + s + ']]' for s in missing]}; have {sorted(sections)}")
-    return {key: Template("\n".join(lines).strip()) for key, lines in sections.items()}
+    return prompts.sections(name, required)
 
 
 def _fill(template: Template, section: str, **values) -> str:
