@@ -8,8 +8,12 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/benchmark.smk"
+include: "rules/evaluation.smk"
 
 
 rule all:

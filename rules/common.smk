@@ -15,6 +15,9 @@ OUT = config["outdir"].rstrip("/")
 LOGS = f"{OUT}/logs"
 PROMPTS = PromptBook(config["prompts"])
 MODELS = {name: ModelSpec.from_config(name, entry) for name, entry in config["models"].items()}
+for _role in [*config["evaluation"]["policies"], *config["evaluation"]["judges"], config["evaluation"]["diagnostic_judge"]]:
+    if _role not in MODELS:
+        raise ValueError(f"evaluation: '{_role}' is not an entry of the models registry (have: {sorted(MODELS)})")
 
 
 onstart:
@@ -36,7 +39,41 @@ def get_final_output():
         out("splits/train.parquet"),
         out("splits/test.parquet"),
         out("splits/split_report.parquet"),
+        out("report/summary.md"),
+        out("report/capeval_by_count.png"),
+        out("report/direct_vs_cag.png"),
+    ] + [
+        out(f"released/{name}/{judge}/summary.parquet")
+        for name in config["released_scoring"]
+        for judge in config["evaluation"]["judges"]
     ]
+
+
+def model_inputs(*roles, **named):
+    """Named inputs plus, for a model the workflow builds itself (the tiny VLM), its directory."""
+    inputs = dict(named)
+    for role in roles:
+        spec = MODELS[role]
+        if spec.backend in ("transformers", "vllm") and spec.model == config["tiny_vlm"]["path"]:
+            inputs[f"model_{role}"] = spec.model
+    return inputs
+
+
+def diagnostic_roles(wildcards):
+    """The registry entries a diagnostic job uses: the policy, plus the judge for LAR only."""
+    judge = [config["evaluation"]["diagnostic_judge"]] if wildcards.task == "lar" else []
+    return [wildcards.policy, *judge]
+
+
+def model_gpus(role):
+    """GPUs a job needs to run this registry entry in-process (0 for APIs and stand-ins)."""
+    return MODELS[role].gpus
+
+
+def diagnostic_source(wildcards):
+    """A user's hub-format Parquet for this diagnostic task, else the concept pool to generate from."""
+    source = config["diagnostic_sources"].get(wildcards.task)
+    return {"source": source} if source else {"concepts": out("concepts/concepts.parquet")}
 
 
 def get_concept_source():

@@ -136,6 +136,8 @@ def test_openai_payload_images_sampling_and_structured_output():
     llama = build_openai_payload(request, "gemma", "json_object")
     assert llama["response_format"] == {"type": "json_object", "schema": {"type": "object"}}
     assert "response_format" not in build_openai_payload(request, "gemma", "none")
+    text_only = build_openai_payload(request, "gemma", "none", image_mode="placeholder")
+    assert text_only["messages"][1]["content"] == "look\n[image]"
 
 
 def test_api_key_never_appears_in_errors_identity_or_usage(monkeypatch, tmp_path):

@@ -30,6 +30,7 @@ def registry(llama_server, tmp_path_factory):
     entry = {
         "backend": "openai", "model": "gemma-3-270m", "base_url": llama_server,
         "sampling": {"temperature": 0.7, "max_tokens": 220}, "concurrency": 2, "max_retries": 1,
+        "options": {"image_mode": "placeholder"},  # a text-only server: send "[image]" markers
     }
     models = {"dialogue_writer": entry, "mcqa_writer": dict(entry, structured_output="json_object",
                                                                  sampling={"temperature": 0.7, "max_tokens": 400})}
@@ -74,3 +75,43 @@ def test_dialogue_and_mcqa_stages_finish_with_valid_or_failed_rows(registry):
             assert row["failure_reason"]
             if dialogue["status"] != "ok":
                 assert "dialogue" in row["failure_reason"]
+
+
+def test_captioning_and_judging_through_a_real_server(llama_server, benchmark_splits, tmp_path):
+    """Caption two test samples with a real OpenAI-compatible server, then judge those captions with it.
+
+    Gemma 3 270M is text-only (llama.cpp drops the image parts) and weak; the point is the whole path:
+    interleaved multi-image requests accepted, captions stored with token counts, latency and model
+    identity, every question judged, unparseable answers counted as D, and a schema-valid summary.
+    """
+    from covip.stages.capeval import CapEvalSettings, judge_captions, summarize_capeval
+    from covip.stages.captioning import CaptioningSettings, caption_samples
+
+    _, test = benchmark_splits
+    # Text-only server: images become "[image]" markers, or llama.cpp would drop the whole message.
+    entry = {"backend": "openai", "model": "gemma-3-270m", "base_url": llama_server, "concurrency": 2,
+             "max_retries": 1, "options": {"image_mode": "placeholder"}}
+    registry = ModelRegistry(
+        {"policy": dict(entry, sampling={"max_tokens": 40}),
+         "judge": dict(entry, sampling={"temperature": 0.7, "top_p": 0.8, "top_k": 20, "max_tokens": 6})},
+        cache_path=str(tmp_path / "responses.sqlite"),
+    )
+    samples = test[:2]
+    captions = caption_samples(samples, "gemma", registry.chat("policy"), PromptBook(), CaptioningSettings(max_tokens=40), seed=3)
+    to_table(captions, schemas.CAPTIONS, "captions")
+    assert [c["status"] for c in captions] == ["ok", "ok"]
+    # The server really read the interleaved dialogues (hundreds of prompt tokens) and answered.
+    assert all(c["completion_tokens"] > 0 and c["prompt_tokens"] > 200 and c["latency_s"] > 0 for c in captions)
+    assert {c["model_identity"] for c in captions} == {"policy:openai:gemma-3-270m"} and not captions[0]["stand_in"]
+
+    answers = judge_captions(captions, samples, registry.chat("judge"), PromptBook(), CapEvalSettings(n_bootstrap=50),
+                             seed=3, judge_name="gemma")
+    to_table(answers, schemas.CAPEVAL_ANSWERS, "answers")
+    expected = sum(len(questions) for sample in samples for questions in sample["mcqa"])
+    assert len(answers) == expected
+    assert all(row["parsed"] in {"A", "B", "C", "D"} for row in answers)
+    assert all(row["parsed"] == "D" for row in answers if row["unparseable"])
+    summary = summarize_capeval(answers, 50, 3)
+    to_table(summary, schemas.CAPEVAL_SUMMARY, "summary")
+    pooled = next(row for row in summary if row["num_positives"] == 0)
+    assert pooled["n_unparseable"] == sum(row["unparseable"] for row in answers)

@@ -83,6 +83,26 @@ def test_dialogue_prompts(dialogue_requests):
     check("dialogue_repair", show(dialogue_requests[1]))
 
 
+def test_caption_and_cag_prompts(benchmark_splits):
+    from covip.stages.captioning import build_caption_request, build_cag_request
+
+    sample = benchmark_splits[1][0]
+    request = build_caption_request(sample, PromptBook())
+    check("caption", show(request))
+    cag = build_cag_request(request, "A caption.", "Where did I last see this person?", prompts=PromptBook())
+    assert [m.role for m in cag.messages] == ["user", "assistant", "user"]
+    check("cag_question", show(cag).split("--- assistant", 1)[1])
+
+
+def test_capeval_judge_prompt():
+    from covip.stages.capeval import build_judge_request
+
+    question = {"question": "When did the user take Odalys to the park?",
+                "options": {"A": "Last weekend", "B": "Last Monday", "C": "Last summer",
+                            "D": "The answer cannot be determined"}}
+    check("capeval_judge", show(build_judge_request("Odalys naps in the sun.", question, PromptBook(), seed=1)))
+
+
 def test_mcqa_prompts():
     recorder = Recorder()
     dialogue = {

@@ -18,7 +18,7 @@ TINY = ROOT / "tests" / "data" / "tiny.yaml"
 
 def copy_workflow(dest: Path) -> Path:
     """A private copy of the workflow and package, so a test can edit code without touching ours."""
-    for name in ("Snakefile", "rules", "workflow_scripts", "config", "envs"):
+    for name in ("Snakefile", "rules", "workflow_scripts", "config", "envs", "reference", "report"):
         source = ROOT / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, dest / name)
     shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
@@ -39,6 +39,10 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+# In tests/data/tiny.yaml: 3 policies x 1 judge; what a new test split reruns downstream.
+EVALUATION_OF_SPLITS = {"caption": 3, "capeval": 3, "collect_evaluation": 1, "report": 1}
 
 
 def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
@@ -86,11 +90,30 @@ def test_bad_config_value_fails_naming_it(tmp_path):
 def test_tiny_run_produces_every_artifact(finished_run):
     results = finished_run / "results"
     for stage in ("concepts/concepts", "queries/queries", "filtering/decisions", "negatives/contexts",
-                  "dialogues/dialogues", "mcqa/mcqas", "splits/train", "splits/test"):
+                  "dialogues/dialogues", "mcqa/mcqas", "splits/train", "splits/test", "captions/tiny_vlm",
+                  "capeval/oracle/lexical_judge/summary", "diagnostics/sets/lar", "diagnostics/responses/blind/itr.cag",
+                  "report/capeval_summary", "report/diagnostic_summary"):
         assert (results / f"{stage}.parquet").is_file(), stage
-    for log in (results / "logs").glob("*.log"):
+    logs = list((results / "logs").rglob("*.log"))
+    assert len(logs) >= 20
+    for log in logs:
         assert "finished in" in log.read_text(), f"{log.name} was not really written by its stage"
     assert pq.read_metadata(results / "splits/test.parquet").num_rows > 0
+    assert (results / "report" / "summary.md").read_text().count("(paper)") >= 18
+
+
+def test_reference_policies_order_as_the_metric_intends(finished_run):
+    summary = pq.read_table(finished_run / "results" / "report" / "capeval_summary.parquet").to_pylist()
+    pooled = {row["policy"]: row for row in summary if row["num_positives"] == 0}
+    assert pooled["oracle"]["acc_pos"] >= 80 and pooled["oracle"]["acc_neg"] >= 90
+    assert pooled["blind"]["acc_pos"] <= 10 and pooled["blind"]["acc_neg"] >= 95
+    assert pooled["tiny_vlm"]["stand_in"] and pooled["tiny_vlm"]["policy_identity"].startswith("tiny_vlm:transformers")
+
+
+def test_snakemake_html_report_builds(finished_run):
+    snakemake(finished_run, "--report", "report.html")
+    html = (finished_run / "report.html").read_text(errors="replace")
+    assert "capeval_by_count.png" in html and "summary.md" in html
 
 
 def test_rerun_after_full_run_does_nothing(finished_run):
@@ -102,7 +125,10 @@ def test_editing_stage_code_reruns_that_stage_and_downstream_only(finished_run):
     original = splits_module.read_text()
     try:
         splits_module.write_text(original + "\n# an edit\n")
-        assert planned_jobs(snakemake(finished_run, "-n")) == {"write_mcqas": 1, "make_splits": 1, "all": 1}
+        jobs = planned_jobs(snakemake(finished_run, "-n"))
+        # The edited stage and everything that reads its output (captions of the new test split, their
+        # scores, the report), but nothing upstream and not the diagnostics, which do not use the splits.
+        assert jobs == {"write_mcqas": 1, "make_splits": 1, **EVALUATION_OF_SPLITS, "all": 1}
     finally:
         splits_module.write_text(original)
     assert planned_jobs(snakemake(finished_run, "-n")) == {}
@@ -122,7 +148,16 @@ def test_editing_a_shared_module_reruns_every_stage_that_imports_it(finished_run
 def test_changing_a_stage_param_reruns_from_that_stage(finished_run):
     (finished_run / "more_attempts.yaml").write_text("mcqa: {max_attempts: 5}\n")
     jobs = planned_jobs(snakemake(finished_run, "-n", "--configfile", "tiny.yaml", "more_attempts.yaml"))
-    assert set(jobs) == {"write_mcqas", "make_splits", "all"}
+    assert jobs == {"write_mcqas": 1, "make_splits": 1, **EVALUATION_OF_SPLITS, "all": 1}
+
+
+def test_changing_the_judge_sampling_reruns_only_scoring(finished_run):
+    (finished_run / "judge.yaml").write_text(
+        "models: {lexical_judge: {backend: local_lexical_judge, model: lexical-v1, options: {support_threshold: 0.7}}}\n"
+    )
+    jobs = planned_jobs(snakemake(finished_run, "-n", "--configfile", "tiny.yaml", "judge.yaml"))
+    # The LAR diagnostics use the same judge, so they are rescored too; captions are not remade.
+    assert jobs == {"capeval": 3, "diagnose": 6, "collect_evaluation": 1, "report": 1, "all": 1}
 
 
 def test_changing_a_model_backend_reruns_its_stage(finished_run):
@@ -130,7 +165,7 @@ def test_changing_a_model_backend_reruns_its_stage(finished_run):
         "models: {mcqa_writer: {backend: local_facts_writer, model: facts-first-v1, options: {format_variety: false}}}\n"
     )
     jobs = planned_jobs(snakemake(finished_run, "-n", "--configfile", "tiny.yaml", "other_writer.yaml"))
-    assert set(jobs) == {"write_mcqas", "make_splits", "all"}
+    assert jobs == {"write_mcqas": 1, "make_splits": 1, **EVALUATION_OF_SPLITS, "all": 1}
 
 
 def test_editing_a_prompt_reruns_the_stage_that_uses_it(finished_run):
@@ -139,7 +174,7 @@ def test_editing_a_prompt_reruns_the_stage_that_uses_it(finished_run):
     try:
         prompt.write_text(original + "\nKeep it friendly.\n")
         jobs = planned_jobs(snakemake(finished_run, "-n"))
-        assert set(jobs) == {"write_dialogues", "write_mcqas", "make_splits", "all"}
+        assert jobs == {"write_dialogues": 1, "write_mcqas": 1, "make_splits": 1, **EVALUATION_OF_SPLITS, "all": 1}
     finally:
         prompt.write_text(original)
 

@@ -26,6 +26,9 @@ STAGE_SETTINGS = {
     "dialogues": "covip.stages.dialogues:DialogueSettings",
     "mcqa": "covip.stages.mcqa:MCQASettings",
     "splits": "covip.stages.splits:SplitSettings",
+    "captioning": "covip.stages.captioning:CaptioningSettings",
+    "capeval": "covip.stages.capeval:CapEvalSettings",
+    "diagnostics": "covip.stages.diagnostics:DiagnosticSettings",
 }
 BEGIN = "  # BEGIN GENERATED STAGE SECTIONS (python -m covip.config_schema)"
 END = "  # END GENERATED STAGE SECTIONS"

@@ -291,7 +291,8 @@ CAPEVAL_SUMMARY = _schema(
         ("acc_neg_high", pa.float64()),
         ("n_pos_questions", pa.int32()),
         ("n_neg_questions", pa.int32()),
-        ("n_unparseable", pa.int32()),
+        ("n_unparseable", pa.int32()),  # judge replies with no letter, judge call failures included
+        ("n_judge_failed", pa.int32()),  # judge calls that failed (counted as 'D' and as unparseable)
         ("policy_identity", pa.string()),
         ("judge_identity", pa.string()),
         ("stand_in", pa.bool_()),
@@ -299,6 +300,22 @@ CAPEVAL_SUMMARY = _schema(
     ["policy", "judge", "num_positives", "n_pos_questions", "n_neg_questions", "n_unparseable",
      "policy_identity", "judge_identity", "stand_in"],
 )
+
+def _diagnostic_features_metadata() -> str:
+    """Hugging Face feature metadata of a diagnostic set, so its image columns decode as PIL images."""
+    value = {"dtype": "string", "_type": "Value"}
+    features = {
+        "sample_id": value,
+        "task": value,
+        "images_context": {"feature": {"_type": "Image"}, "_type": "List"},
+        "dialogues_context": {"feature": value, "_type": "List"},
+        "query_image": {"_type": "Image"},
+        "question": value,
+        "answer": value,
+        "target_index": {"dtype": "int32", "_type": "Value"},
+    }
+    return json.dumps({"info": {"features": features}})
+
 
 DIAGNOSTIC_SET = _schema(
     "diagnostic_set",
@@ -314,6 +331,7 @@ DIAGNOSTIC_SET = _schema(
         ("target_index", pa.int32()),  # index of the context entry the answer comes from (-1 unknown)
     ],
     ["sample_id", "task", "images_context", "dialogues_context", "query_image", "question", "answer"],
+    metadata=(("huggingface", _diagnostic_features_metadata()),),
 )
 
 DIAGNOSTIC_RESPONSES = _schema(

@@ -13,9 +13,19 @@ from covip.clients.base import BackendUnavailableError, ChatRequest, ChatRespons
 _STANDARD_SAMPLING = {"temperature", "top_p", "max_tokens", "presence_penalty", "frequency_penalty", "seed", "stop", "n"}
 
 
-def _content(message) -> str | list[dict[str, Any]]:
+OPTION_DEFAULTS = {
+    # 'inline': images go as base64 data URLs (VLM endpoints). 'placeholder': each image becomes the
+    # text "[image]" and the content a plain string, for text-only endpoints (llama.cpp without a
+    # vision projector silently drops list-form content, text parts included).
+    "image_mode": "inline",
+}
+
+
+def _content(message, image_mode: str = "inline") -> str | list[dict[str, Any]]:
     if not message.images:
         return message.text
+    if image_mode == "placeholder":
+        return "\n".join(part.text if isinstance(part, TextPart) else "[image]" for part in message.parts)
     parts: list[dict[str, Any]] = []
     for part in message.parts:
         if isinstance(part, TextPart):
@@ -26,11 +36,15 @@ def _content(message) -> str | list[dict[str, Any]]:
     return parts
 
 
-def build_openai_payload(request: ChatRequest, model: str, structured_output: str) -> dict[str, Any]:
+def build_openai_payload(
+    request: ChatRequest, model: str, structured_output: str, image_mode: str = "inline"
+) -> dict[str, Any]:
     """The keyword arguments of `chat.completions.create` for a request (pure, unit-tested)."""
+    if image_mode not in ("inline", "placeholder"):
+        raise ValueError(f"image_mode must be 'inline' or 'placeholder', got {image_mode!r}")
     payload: dict[str, Any] = {
         "model": model,
-        "messages": [{"role": m.role, "content": _content(m)} for m in request.messages],
+        "messages": [{"role": m.role, "content": _content(m, image_mode)} for m in request.messages],
     }
     extra: dict[str, Any] = {}
     for key, value in request.sampling.items():
@@ -60,6 +74,7 @@ class OpenAIChatModel:
             raise BackendUnavailableError("backend 'openai' needs the openai package") from error
         self.spec = spec
         self.identity = spec.identity
+        self.options = spec.options_with_defaults(OPTION_DEFAULTS)
         api_key = os.environ.get(spec.key_env) if spec.key_env else None
         # Self-hosted servers take any key; the SDK insists on a non-empty one.
         self._client = openai.OpenAI(
@@ -70,7 +85,7 @@ class OpenAIChatModel:
         )
 
     def complete(self, request: ChatRequest) -> ChatResponse:
-        payload = build_openai_payload(request, self.spec.model, self.spec.structured_output)
+        payload = build_openai_payload(request, self.spec.model, self.spec.structured_output, self.options["image_mode"])
         completion = self._client.chat.completions.create(**payload)
         choice = completion.choices[0]
         usage = Usage()

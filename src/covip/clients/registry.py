@@ -64,6 +64,8 @@ class ModelSpec:
     max_retries: int = 4
     pretrained: str | None = None  # open_clip weights tag or checkpoint path
     device: str = "auto"
+    gpus: int = 0  # GPUs a job running this model in-process needs (Snakemake resource gpu)
+    stand_in: bool | None = None  # None: offline stand-ins and reference policies; set true for e.g. a random-weight model
     cache: bool | None = None  # None: cache remote backends only
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -106,9 +108,15 @@ class ModelSpec:
         return (not self.is_local) if self.cache is None else self.cache
 
     @property
-    def stand_in(self) -> bool:
-        """True for offline stand-ins and reference policies; the report marks their numbers."""
-        return self.is_local
+    def is_stand_in(self) -> bool:
+        """True for offline stand-ins, reference policies and models marked `stand_in: true`."""
+        return self.is_local if self.stand_in is None else self.stand_in
+
+
+def is_stand_in(model) -> bool:
+    """Whether a built model (anything with a registry `spec`) is a stand-in; False if it has no spec."""
+    spec = getattr(model, "spec", None)
+    return bool(spec.is_stand_in) if isinstance(spec, ModelSpec) else False
 
 
 def check_credentials(spec: ModelSpec) -> None:
@@ -219,9 +227,11 @@ class CachedChatModel:
         return results  # type: ignore[return-value]
 
     def _with_default_sampling(self, request: ChatRequest) -> ChatRequest:
-        if self.spec.sampling and not request.sampling:
-            return ChatRequest(request.messages, dict(self.spec.sampling), request.response_schema, request.task, request.seed)
-        return request
+        """The endpoint's sampling defaults from the registry, under what the stage asked for."""
+        if not self.spec.sampling:
+            return request
+        sampling = {**self.spec.sampling, **request.sampling}
+        return ChatRequest(request.messages, sampling, request.response_schema, request.task, request.seed)
 
 
 class CachedImageGenerator:

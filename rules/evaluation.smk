@@ -1,0 +1,212 @@
+# Stages 9-11: caption the test split with every policy, score the captions with CapEval-QA, run the
+# LSD/LAR/ITR diagnostics direct and with caption-augmented generation, and build the report.
+
+
+wildcard_constraints:
+    policy="[A-Za-z0-9_.-]+",
+    judge="[A-Za-z0-9_.-]+",
+    task="lsd|lar|itr",
+    mode="direct|cag",
+    name="[A-Za-z0-9_.-]+",
+
+
+rule build_tiny_vlm:
+    output:
+        directory(config["tiny_vlm"]["path"]),
+    log:
+        f"{LOGS}/build_tiny_vlm.log",
+    params:
+        architecture=config["tiny_vlm"]["architecture"],
+        seed=config["seed"],
+        code=stage_code("covip.tiny_vlm"),
+    threads: rule_resources("build_tiny_vlm", "threads")
+    resources:
+        mem_mb=rule_resources("build_tiny_vlm", "mem_mb"),
+        gpu=rule_resources("build_tiny_vlm", "gpu"),
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../workflow_scripts/build_tiny_vlm.py"
+
+
+rule caption:
+    input:
+        unpack(lambda wc: model_inputs(wc.policy, test=out("splits/test.parquet"))),
+    output:
+        out("captions/{policy}.parquet"),
+    log:
+        f"{LOGS}/caption/{{policy}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/caption/{{policy}}.tsv"
+    params:
+        settings=config["captioning"],
+        seed=config["seed"],
+        models=lambda wc: model_params(wc.policy),
+        prompts=prompt_params("caption"),
+        code=lambda wc: stage_code("covip.stages.captioning", [("chat", wc.policy)]),
+    threads: rule_resources("caption", "threads")
+    resources:
+        mem_mb=rule_resources("caption", "mem_mb"),
+        gpu=lambda wc: model_gpus(wc.policy),
+    conda:
+        "../envs/vllm.yaml"
+    script:
+        "../workflow_scripts/caption.py"
+
+
+rule capeval:
+    input:
+        unpack(lambda wc: model_inputs(wc.judge, captions=out("captions/{policy}.parquet"), test=out("splits/test.parquet"))),
+    output:
+        answers=out("capeval/{policy}/{judge}/answers.parquet"),
+        summary=out("capeval/{policy}/{judge}/summary.parquet"),
+    log:
+        f"{LOGS}/capeval/{{policy}}.{{judge}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/capeval/{{policy}}.{{judge}}.tsv"
+    params:
+        settings=config["capeval"],
+        seed=config["seed"],
+        models=lambda wc: model_params(wc.judge),
+        prompts=prompt_params("capeval_judge"),
+        code=lambda wc: stage_code("covip.stages.capeval", [("chat", wc.judge)]),
+    threads: rule_resources("capeval", "threads")
+    resources:
+        mem_mb=rule_resources("capeval", "mem_mb"),
+        gpu=lambda wc: model_gpus(wc.judge),
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/capeval.py"
+
+
+rule build_diagnostic_set:
+    input:
+        unpack(diagnostic_source),
+    output:
+        out("diagnostics/sets/{task}.parquet"),
+    log:
+        f"{LOGS}/diagnostics/build_{{task}}.log",
+    params:
+        settings=config["diagnostics"],
+        source=lambda wc: config["diagnostic_sources"].get(wc.task),
+        seed=config["seed"],
+        code=stage_code("covip.stages.diagnostics"),
+    threads: rule_resources("build_diagnostic_set", "threads")
+    resources:
+        mem_mb=rule_resources("build_diagnostic_set", "mem_mb"),
+        gpu=rule_resources("build_diagnostic_set", "gpu"),
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/build_diagnostic_set.py"
+
+
+rule diagnose:
+    input:
+        unpack(lambda wc: model_inputs(*diagnostic_roles(wc), diagnostic_set=out("diagnostics/sets/{task}.parquet"))),
+    output:
+        out("diagnostics/responses/{policy}/{task}.{mode}.parquet"),
+    log:
+        f"{LOGS}/diagnostics/{{policy}}.{{task}}.{{mode}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/diagnostics/{{policy}}.{{task}}.{{mode}}.tsv"
+    params:
+        settings=config["diagnostics"],
+        seed=config["seed"],
+        models=lambda wc: model_params(*diagnostic_roles(wc)),
+        prompts=lambda wc: prompt_params("caption", "diagnostic_questions", *(["lar_judge"] if wc.task == "lar" else [])),
+        code=lambda wc: stage_code("covip.stages.diagnostics", [("chat", role) for role in diagnostic_roles(wc)]),
+    threads: rule_resources("diagnose", "threads")
+    resources:
+        mem_mb=rule_resources("diagnose", "mem_mb"),
+        gpu=lambda wc: model_gpus(wc.policy),
+    conda:
+        "../envs/vllm.yaml"
+    script:
+        "../workflow_scripts/diagnose.py"
+
+
+rule collect_evaluation:
+    input:
+        capeval=expand(
+            out("capeval/{policy}/{judge}/summary.parquet"),
+            policy=config["evaluation"]["policies"],
+            judge=config["evaluation"]["judges"],
+        ),
+        diagnostics=expand(
+            out("diagnostics/responses/{policy}/{task}.{mode}.parquet"),
+            policy=config["evaluation"]["policies"],
+            task=config["evaluation"]["diagnostic_tasks"],
+            mode=config["evaluation"]["diagnostic_modes"],
+        ),
+    output:
+        capeval=out("report/capeval_summary.parquet"),
+        diagnostics=out("report/diagnostic_summary.parquet"),
+    log:
+        f"{LOGS}/collect_evaluation.log",
+    params:
+        n_bootstrap=config["capeval"]["n_bootstrap"],
+        seed=config["seed"],
+        code=stage_code("covip.stages.diagnostics"),
+    threads: 1
+    resources:
+        mem_mb=rule_resources("collect_evaluation", "mem_mb"),
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/collect_evaluation.py"
+
+
+rule report:
+    input:
+        capeval=rules.collect_evaluation.output.capeval,
+        diagnostics=rules.collect_evaluation.output.diagnostics,
+        paper=config["paper_results"],
+    output:
+        summary=report(out("report/summary.md"), category="Summary", caption="../report/summary.rst"),
+        capeval_plot=report(out("report/capeval_by_count.png"), category="CapEval-QA", caption="../report/capeval_plot.rst"),
+        diagnostics_plot=report(out("report/direct_vs_cag.png"), category="Diagnostics", caption="../report/diagnostics_plot.rst"),
+    log:
+        f"{LOGS}/report.log",
+    params:
+        run_name=config["run_name"],
+        code=stage_code("covip.report"),
+    threads: 1
+    resources:
+        mem_mb=rule_resources("report", "mem_mb"),
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/report.py"
+
+
+rule score_released:
+    # Score captions made elsewhere against the authors' released ground truth (QAS_GT_test.json).
+    input:
+        unpack(
+            lambda wc: model_inputs(
+                wc.judge,
+                qas_gt=config["released_scoring"][wc.name]["qas_gt"],
+                captions=config["released_scoring"][wc.name]["captions"],
+            )
+        ),
+    output:
+        answers=out("released/{name}/{judge}/answers.parquet"),
+        summary=out("released/{name}/{judge}/summary.parquet"),
+    log:
+        f"{LOGS}/released/{{name}}.{{judge}}.log",
+    params:
+        settings=config["capeval"],
+        seed=config["seed"],
+        models=lambda wc: model_params(wc.judge),
+        prompts=prompt_params("capeval_judge"),
+        code=lambda wc: stage_code("covip.stages.capeval", [("chat", wc.judge)]),
+    threads: 1
+    resources:
+        mem_mb=rule_resources("capeval", "mem_mb"),
+        gpu=lambda wc: model_gpus(wc.judge),
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/score_released.py"

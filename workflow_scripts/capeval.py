@@ -1,0 +1,16 @@
+"""Stage 10: CapEval-QA. A judge answers every question from the caption alone; Acc+/Acc- per count."""
+from covip import schemas
+from covip.stages.capeval import CapEvalSettings, judge_captions, policy_identities_from, summarize_capeval
+from covip.workflow import StageRun
+
+with StageRun(snakemake) as run:  # noqa: F821
+    judge_name = snakemake.wildcards.judge  # noqa: F821
+    settings = run.settings(CapEvalSettings, "capeval")
+    judge = run.models.chat(judge_name)
+    captions = run.read("captions", schemas.CAPTIONS)
+    test = run.read("test", schemas.SPLIT)
+    answers = judge_captions(captions, test, judge, run.prompts, settings, run.seed, judge_name, progress_file=run.log_file)
+    run.write(answers, schemas.CAPEVAL_ANSWERS, "answers")
+    summary = summarize_capeval(answers, settings.n_bootstrap, run.seed, confidence=settings.confidence,
+                                policy_identities=policy_identities_from(captions))
+    run.write(summary, schemas.CAPEVAL_SUMMARY, "summary")

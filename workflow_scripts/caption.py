@@ -1,0 +1,11 @@
+"""Stage 9: caption every test sample with one policy."""
+from covip import schemas
+from covip.stages.captioning import CaptioningSettings, caption_samples
+from covip.workflow import StageRun
+
+with StageRun(snakemake) as run:  # noqa: F821
+    policy = snakemake.wildcards.policy  # noqa: F821
+    settings = run.settings(CaptioningSettings, "captioning")
+    model = run.models.chat(policy)
+    test = run.read("test", schemas.SPLIT)
+    run.write(caption_samples(test, policy, model, run.prompts, settings, run.seed, progress_file=run.log_file), schemas.CAPTIONS)

@@ -1,0 +1,15 @@
+"""Stage 11b: one policy answers one diagnostic set, directly or with its own caption first (CAG)."""
+from covip import schemas
+from covip.stages.diagnostics import DiagnosticSettings, answer_diagnostics, score_diagnostics
+from covip.workflow import StageRun
+
+with StageRun(snakemake) as run:  # noqa: F821
+    wildcards = snakemake.wildcards  # noqa: F821
+    settings = run.settings(DiagnosticSettings, "diagnostics")
+    model = run.models.chat(wildcards.policy)
+    items = run.read("diagnostic_set", schemas.DIAGNOSTIC_SET)
+    rows = answer_diagnostics(items, wildcards.policy, model, run.prompts, settings, run.seed, wildcards.mode,
+                              progress_file=run.log_file)
+    judge = run.models.chat(run.config["evaluation"]["diagnostic_judge"]) if wildcards.task == "lar" else None
+    rows = score_diagnostics(rows, items, judge=judge, prompts=run.prompts, progress_file=run.log_file)
+    run.write(rows, schemas.DIAGNOSTIC_RESPONSES)

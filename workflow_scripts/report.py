@@ -1,0 +1,21 @@
+"""The run's Markdown summary and plots (also embedded in `snakemake --report`)."""
+from pathlib import Path
+
+from covip import report, schemas
+from covip.workflow import StageRun
+
+with StageRun(snakemake) as run:  # noqa: F821
+    out = snakemake.output  # noqa: F821
+    capeval = run.read("capeval", schemas.CAPEVAL_SUMMARY)
+    diagnostics = run.read("diagnostics", schemas.DIAGNOSTIC_SUMMARY)
+    paper = report.load_paper_results(snakemake.input.paper)  # noqa: F821
+    report.plot_capeval_by_count(capeval, out.capeval_plot)
+    report.plot_direct_vs_cag(diagnostics, out.diagnostics_plot)
+    text = report.render_summary(
+        capeval, diagnostics, paper,
+        run_name=snakemake.params.run_name,  # noqa: F821
+        stand_in_note=report.backends_note(run.config),
+        capeval_plot=Path(out.capeval_plot).name,
+        diagnostics_plot=Path(out.diagnostics_plot).name,
+    )
+    Path(out.summary).write_text(text, encoding="utf-8")
