@@ -15,6 +15,8 @@ rule build_tiny_vlm:
         directory(config["tiny_vlm"]["path"]),
     log:
         f"{LOGS}/build_tiny_vlm.log",
+    benchmark:
+        f"{OUT}/benchmarks/build_tiny_vlm.tsv"
     params:
         architecture=config["tiny_vlm"]["architecture"],
         seed=config["seed"],
@@ -87,6 +89,8 @@ rule build_diagnostic_set:
         out("diagnostics/sets/{task}.parquet"),
     log:
         f"{LOGS}/diagnostics/build_{{task}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/diagnostics/build_{{task}}.tsv"
     params:
         settings=config["diagnostics"],
         source=lambda wc: config["diagnostic_sources"].get(wc.task),
@@ -145,6 +149,8 @@ rule collect_evaluation:
         diagnostics=out("report/diagnostic_summary.parquet"),
     log:
         f"{LOGS}/collect_evaluation.log",
+    benchmark:
+        f"{OUT}/benchmarks/collect_evaluation.tsv"
     params:
         n_bootstrap=config["capeval"]["n_bootstrap"],
         seed=config["seed"],
@@ -169,6 +175,8 @@ rule report:
         diagnostics_plot=report(out("report/direct_vs_cag.png"), category="Diagnostics", caption="../report/diagnostics_plot.rst"),
     log:
         f"{LOGS}/report.log",
+    benchmark:
+        f"{OUT}/benchmarks/report.tsv"
     params:
         run_name=config["run_name"],
         code=stage_code("covip.report"),
@@ -196,6 +204,8 @@ rule score_released:
         summary=out("released/{name}/{judge}/summary.parquet"),
     log:
         f"{LOGS}/released/{{name}}.{{judge}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/released/{{name}}.{{judge}}.tsv"
     params:
         settings=config["capeval"],
         seed=config["seed"],
