@@ -189,3 +189,22 @@ def test_missing_api_key_fails_before_any_job_runs(tmp_path, monkeypatch):
     assert result.returncode != 0
     assert "GEMINI_API_KEY" in result.stdout + result.stderr
     assert not (workdir / "results" / "concepts").exists(), "no stage may run without the key"
+
+
+def test_score_released_rule_scores_a_captions_file(finished_run):
+    fixture = ROOT.parent / "shared" / "fixtures" / "qas_gt_excerpt.json"
+    if not fixture.exists():
+        pytest.fail("../shared/fixtures/qas_gt_excerpt.json is missing beside the repository")
+    captions = finished_run / "my_captions.json"
+    captions.write_text('{"sample_0": "Seth gets excited passing cherry blossom trees.", "sample_1": "", "sample_2": ""}')
+    (finished_run / "released.yaml").write_text(
+        f"released_scoring: {{mine: {{qas_gt: {fixture}, captions: {captions}}}}}\n"
+    )
+    target = "results/released/mine/lexical_judge/summary.parquet"
+    snakemake(finished_run, "--configfile", "tiny.yaml", "released.yaml", "--", target)
+    rows = pq.read_table(finished_run / target).to_pylist()
+    pooled = next(row for row in rows if row["num_positives"] == 0)
+    assert pooled["policy"] == "mine" and pooled["n_pos_questions"] > 0
+    answers = pq.read_table(finished_run / "results/released/mine/lexical_judge/answers.parquet").to_pylist()
+    seth = next(r for r in answers if r["sample_id"] == "sample_0" and r["context_index"] == 0 and r["question_id"] == "Q1")
+    assert seth["parsed"] == "B" and seth["correct"]
