@@ -23,7 +23,7 @@ from covip.clients.base import BackendUnavailableError
 from covip.clients.registry import ModelSpec
 from covip.io import decode_image
 
-KNOWN_OPTIONS = {"batch_size", "model_config", "cache_dir", "precision", "background"}
+OPTION_DEFAULTS = {"batch_size": 32, "model_config": None, "cache_dir": None, "precision": "fp32", "background": (255, 255, 255)}
 
 
 def resolve_device(device: str) -> str:
@@ -55,9 +55,7 @@ class OpenClipEmbedder:
     """Embeds images with an open_clip model; rows come out float32 and L2-normalised."""
 
     def __init__(self, spec: ModelSpec):
-        unknown = set(spec.options) - KNOWN_OPTIONS
-        if unknown:
-            raise ValueError(f"models.{spec.name}.options: unknown key(s) {sorted(unknown)}; known: {sorted(KNOWN_OPTIONS)}")
+        options = spec.options_with_defaults(OPTION_DEFAULTS)
         try:
             import open_clip
             import torch
@@ -68,17 +66,17 @@ class OpenClipEmbedder:
             ) from error
         self._torch = torch
         self.spec = spec
-        self.batch_size = int(spec.options.get("batch_size", 32))
+        self.batch_size = int(options["batch_size"])
         if self.batch_size < 1:
             raise ValueError(f"models.{spec.name}.options.batch_size must be >= 1, got {self.batch_size}")
-        background = spec.options.get("background", (255, 255, 255))
+        background = options["background"]
         if len(background) != 3 or not all(0 <= int(c) <= 255 for c in background):
             raise ValueError(f"models.{spec.name}.options.background must be three ints in 0..255, got {background!r}")
         self.background = tuple(int(c) for c in background)
         if not spec.model:
             raise ValueError(f"models.{spec.name}: backend 'open_clip' needs `model` (an architecture, e.g. 'ViT-L-14-quickgelu')")
 
-        config_path = spec.options.get("model_config")
+        config_path = options["model_config"]
         if config_path:
             if not os.path.isfile(config_path):
                 raise BackendUnavailableError(f"models.{spec.name}.options.model_config: no file at {config_path}")
@@ -90,14 +88,14 @@ class OpenClipEmbedder:
             )
 
         self.device = resolve_device(spec.device)
-        precision = spec.options.get("precision", "fp32")
+        precision = options["precision"]
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 spec.model,
                 pretrained=spec.pretrained,
                 precision=precision,
                 device=self.device,
-                cache_dir=spec.options.get("cache_dir"),
+                cache_dir=options["cache_dir"],
             )
         except Exception as error:  # noqa: BLE001 - open_clip raises RuntimeError for missing weights, etc.
             where = spec.pretrained or "(random initialisation)"

@@ -164,24 +164,17 @@ class CachedChatModel:
 
     def complete(self, request: ChatRequest) -> ChatResponse:
         request = self._with_default_sampling(request)
-        key = request_key(self.spec.backend, self.spec.model, request) if self.cache is not None else None
-        if key is not None and (hit := self.cache.get(key)) is not None:
-            payload, _ = hit
-            response = ChatResponse(payload["text"], payload["model"], Usage(**payload["usage"]), cached=True)
-            self.usage.add(cached=True, failed=False, usage=Usage(), seconds=0.0)
-            return response
+        key = self._key(request)
+        if (hit := self._cached(key)) is not None:
+            return hit
         start = time.perf_counter()
         try:
             response = self.inner.complete(request)
         except Exception as error:  # noqa: BLE001 - recorded on the row, never hidden
             response = ChatResponse(None, self.spec.model, error=f"{type(error).__name__}: {error}")
         response.latency_s = time.perf_counter() - start
-        self.usage.add(cached=False, failed=not response.ok, usage=response.usage, seconds=response.latency_s)
-        if key is not None and response.ok:
-            usage = {"prompt_tokens": response.usage.prompt_tokens, "completion_tokens": response.usage.completion_tokens}
-            self.cache.put(key, self.spec.backend, self.spec.model, {"text": response.text, "model": response.model, "usage": usage})
+        self._record(key, response)
         return response
-
 
     def complete_many(
         self, requests: list[ChatRequest], *, desc: str = "requests", progress_file=None, concurrency: int | None = None
@@ -193,17 +186,9 @@ class CachedChatModel:
             workers = concurrency or self.spec.concurrency
             return list(run_concurrently(self.complete, requests, concurrency=workers, desc=desc, file=progress_file))
         requests = [self._with_default_sampling(r) for r in requests]
-        results: list[ChatResponse | None] = [None] * len(requests)
-        keys = [request_key(self.spec.backend, self.spec.model, r) if self.cache is not None else None for r in requests]
-        misses = []
-        for index, key in enumerate(keys):
-            hit = self.cache.get(key) if key is not None else None
-            if hit is not None:
-                payload, _ = hit
-                results[index] = ChatResponse(payload["text"], payload["model"], Usage(**payload["usage"]), cached=True)
-                self.usage.add(cached=True, failed=False, usage=Usage(), seconds=0.0)
-            else:
-                misses.append(index)
+        keys = [self._key(r) for r in requests]
+        results: list[ChatResponse | None] = [self._cached(key) for key in keys]
+        misses = [index for index, result in enumerate(results) if result is None]
         size = max(1, int(self.spec.options.get("batch_size", 8)))
         bar = tqdm(total=len(misses), desc=desc, file=progress_file, mininterval=1.0, ascii=True)
         for start in range(0, len(misses), size):
@@ -216,15 +201,30 @@ class CachedChatModel:
             elapsed = (time.perf_counter() - began) / max(1, len(chunk))
             for index, response in zip(chunk, answers):
                 response.latency_s = response.latency_s or elapsed
-                self.usage.add(cached=False, failed=not response.ok, usage=response.usage, seconds=response.latency_s)
-                if keys[index] is not None and response.ok:
-                    usage = {"prompt_tokens": response.usage.prompt_tokens, "completion_tokens": response.usage.completion_tokens}
-                    self.cache.put(keys[index], self.spec.backend, self.spec.model,
-                                   {"text": response.text, "model": response.model, "usage": usage})
+                self._record(keys[index], response)
                 results[index] = response
             bar.update(len(chunk))
         bar.close()
         return results  # type: ignore[return-value]
+
+    def _key(self, request: ChatRequest) -> str | None:
+        return request_key(self.spec.backend, self.spec.model, request) if self.cache is not None else None
+
+    def _cached(self, key: str | None) -> ChatResponse | None:
+        """A stored response for `key` (counted as a cache hit), or None."""
+        hit = self.cache.get(key) if key is not None else None
+        if hit is None:
+            return None
+        payload, _ = hit
+        self.usage.add(cached=True, failed=False, usage=Usage(), seconds=0.0)
+        return ChatResponse(payload["text"], payload["model"], Usage(**payload["usage"]), cached=True)
+
+    def _record(self, key: str | None, response: ChatResponse) -> None:
+        """Count a fresh response, and store it when it succeeded (failures are retried next run)."""
+        self.usage.add(cached=False, failed=not response.ok, usage=response.usage, seconds=response.latency_s)
+        if key is not None and response.ok:
+            usage = {"prompt_tokens": response.usage.prompt_tokens, "completion_tokens": response.usage.completion_tokens}
+            self.cache.put(key, self.spec.backend, self.spec.model, {"text": response.text, "model": response.model, "usage": usage})
 
     def _with_default_sampling(self, request: ChatRequest) -> ChatRequest:
         """The endpoint's sampling defaults from the registry, under what the stage asked for."""

@@ -29,7 +29,7 @@ from covip.clients.registry import ModelSpec
 from covip.io import decode_image
 
 DEFAULT_WEIGHTS = {"color": 0.5, "texture": 0.3, "shape": 0.2}
-KNOWN_OPTIONS = {"size", "weights", "mask_threshold"}
+OPTION_DEFAULTS = {"size": 64, "weights": {}, "mask_threshold": 0.5}
 
 # Joint CIELAB histogram bins: L* over [0, 100], a* and b* over [-60, 60] (clipped; saturated
 # colours rarely leave this box and finer bins there would only split near-identical hues).
@@ -41,16 +41,14 @@ class ColorTextureEmbedder:
     """Deterministic colour/texture/shape embedder (backend 'local_color_texture')."""
 
     def __init__(self, spec: ModelSpec):
-        unknown = set(spec.options) - KNOWN_OPTIONS
-        if unknown:
-            raise ValueError(f"models.{spec.name}.options: unknown key(s) {sorted(unknown)}; known: {sorted(KNOWN_OPTIONS)}")
+        options = spec.options_with_defaults(OPTION_DEFAULTS)
         self.spec = spec
         self.identity = spec.identity
-        self.size = int(spec.options.get("size", 64))
+        self.size = int(options["size"])
         if self.size < 32 or self.size % 16:
             raise ValueError(f"models.{spec.name}.options.size must be a multiple of 16 and >= 32, got {self.size}")
         weights = dict(DEFAULT_WEIGHTS)
-        given = spec.options.get("weights", {})
+        given = options["weights"]
         bad = set(given) - set(DEFAULT_WEIGHTS)
         if bad:
             raise ValueError(f"models.{spec.name}.options.weights: unknown block(s) {sorted(bad)}; known: {sorted(DEFAULT_WEIGHTS)}")
@@ -59,7 +57,7 @@ class ColorTextureEmbedder:
             raise ValueError(f"models.{spec.name}.options.weights must be non-negative with a positive sum, got {weights}")
         total = sum(weights.values())
         self.weights = {name: w / total for name, w in weights.items()}
-        self.mask_threshold = float(spec.options.get("mask_threshold", 0.5))
+        self.mask_threshold = float(options["mask_threshold"])
         if not 0.0 <= self.mask_threshold < 1.0:
             raise ValueError(f"models.{spec.name}.options.mask_threshold must be in [0, 1), got {self.mask_threshold}")
 
