@@ -18,13 +18,12 @@ from covip.stages.dialogues import (
     MODEL,
     USER,
     DialogueSettings,
-    content_tokens,
     parse_dialogue,
     render_dialogue,
-    token_coverage,
     validate_dialogue,
     write_dialogues,
 )
+from covip.text import content_tokens, token_coverage
 
 IMAGE = encode_png(Image.new("RGBA", (8, 8), (200, 30, 30, 255)))
 FACTS = [{"kind": "habit", "text": "only drinks green tea"}, {"kind": "date", "text": "on 2025-10-11"}]

@@ -41,7 +41,7 @@ import re
 
 from covip.clients.base import ChatRequest, ChatResponse, Usage
 from covip.seeding import pyrandom_for
-from covip.stages.dialogues import content_tokens
+from covip.text import content_tokens
 
 _OPTIONS = {"support_threshold": 0.6, "answer_style": "letter", "garble_rate": 0.0, "error_rate": 0.0}
 ANSWER_STYLES = ("letter", "varied")

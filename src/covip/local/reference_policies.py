@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 
 from covip.clients.base import ChatRequest, ChatResponse, Usage
 from covip.local.facts import fact_family
-from covip.stages.dialogues import content_tokens
+from covip.text import content_tokens
 
 DONT_KNOW = "I don't know."
 

@@ -20,6 +20,7 @@ from covip.io import decode_image
 from covip.local.facts import CATEGORIES, FACT_KINDS, fact_family, sample_facts
 from covip.prompts import PromptBook
 from covip.seeding import derive_seed
+from covip.text import token_coverage
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +35,6 @@ _PREFIX = re.compile(
     re.IGNORECASE,
 )
 _SPEAKER_ROLE = {"user": USER, "model": MODEL, "assistant": MODEL, "ai": MODEL}
-
-_STOPWORDS = frozenset(
-    """a an the and or but of to in on at by for with from into onto over under near as is are was were
-    be been being am do does did has have had it its this that these those there their them they he she
-    his her him i me my we our you your so very just only also not no than then when where what which
-    who whom whose how all any each every some one up out off about again""".split()
-)
-_MONTHS = (
-    "january february march april may june july august september october november december".split()
-)
-_MONTH_ABBREV = {m[:3]: m for m in _MONTHS} | {"sept": "september"}
-_ISO_DATE = re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b")
 
 
 @dataclass
@@ -99,37 +88,7 @@ class DialogueSettings:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Text helpers shared with stage 6
-
-
-def content_tokens(text: str) -> list[str]:
-    """Lower-cased content words of `text`, with dates and simple plurals normalised.
-
-    '2025-10-11', 'October 11th, 2025' and 'Oct 11 2025' all give the same tokens, so a model that
-    rewrites a date in words still counts as having mentioned it.
-    """
-    text = _ISO_DATE.sub(lambda m: f"{m[1]} {_MONTHS[int(m[2]) - 1] if 1 <= int(m[2]) <= 12 else m[2]} {int(m[3])}", text.lower())
-    out = []
-    for token in re.findall(r"[a-z0-9]+", text):
-        if token in _STOPWORDS:
-            continue
-        if re.fullmatch(r"\d+(st|nd|rd|th)", token):
-            token = token[:-2]
-        if token.isdigit():
-            token = str(int(token))
-        token = _MONTH_ABBREV.get(token, token)
-        if len(token) > 3 and token.endswith("s") and not token.endswith("ss"):
-            token = token[:-1]
-        out.append(token)
-    return out
-
-
-def token_coverage(text: str, reference: str) -> float:
-    """Share of the content words of `text` that occur in `reference` (0.0 when `text` has none)."""
-    tokens = set(content_tokens(text))
-    if not tokens:
-        return 0.0
-    return len(tokens & set(content_tokens(reference))) / len(tokens)
+# Dialogue helpers shared with stage 6
 
 
 def mentions_name(name: str, text: str) -> bool:

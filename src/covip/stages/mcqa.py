@@ -22,7 +22,8 @@ from covip.local.facts import normalize_text
 from covip.prompts import PromptBook
 from covip.schemas import NONE_OPTION
 from covip.seeding import rng_for
-from covip.stages.dialogues import ask_with_repair, format_facts, token_coverage, writer_concurrency
+from covip.stages.dialogues import ask_with_repair, format_facts, writer_concurrency
+from covip.text import token_coverage
 
 ANSWER_LETTERS = ("A", "B", "C")
 OPTION_LETTERS = ("A", "B", "C", "D")
