@@ -22,6 +22,17 @@ def available_prompts() -> list[str]:
     return sorted(p.name[:-4] for p in resources.files(__name__).iterdir() if p.name.endswith(".txt"))
 
 
+def fill_section(template: Template, prompt_name: str, section: str, /, **values) -> str:
+    """Substitute a section parsed by `PromptBook.sections`; a placeholder nobody fills is a PromptError
+    naming the prompt and section. Values a section does not use are ignored."""
+    try:
+        return template.substitute(**values).strip()
+    except KeyError as error:
+        raise PromptError(f"prompt '{prompt_name}' section [[{section}]] needs a value for {error}") from error
+    except ValueError as error:
+        raise PromptError(f"prompt '{prompt_name}' section [[{section}]] has a malformed placeholder: {error}") from error
+
+
 class PromptBook:
     """Loads built-in templates, with per-name overrides from the config (name -> file path)."""
 
@@ -50,11 +61,7 @@ class PromptBook:
 
     def render_section(self, prompt_name: str, section: str, /, **values) -> str:
         """Render one `[[section]]` of a sectioned template (for prompts interleaved with images)."""
-        template = self.sections(prompt_name, [section])[section]
-        try:
-            return template.substitute(**values).strip()
-        except KeyError as error:
-            raise PromptError(f"prompt '{prompt_name}' section [[{section}]] needs a value for {error}") from error
+        return fill_section(self.sections(prompt_name, [section])[section], prompt_name, section, **values)
 
     def sections(self, prompt_name: str, required=()) -> dict[str, Template]:
         """Split a sectioned template (`[[name]]` header lines) into one template per section.

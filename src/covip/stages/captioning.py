@@ -37,7 +37,7 @@ from PIL import Image
 from covip.clients.base import ChatModel, ChatRequest, ChatResponse, ImagePart, Message, TextPart
 from covip.clients.registry import run_concurrently, is_stand_in
 from covip.io import decode_image
-from covip.prompts import PromptBook, PromptError
+from covip.prompts import PromptBook, fill_section
 from covip.seeding import derive_seed
 
 CAPTION_PROMPT = "caption"
@@ -124,11 +124,11 @@ def build_caption_request(
     sections = prompts.sections(CAPTION_PROMPT, CAPTION_SECTIONS)
     parts: list[TextPart | ImagePart] = []
     for k, (image, dialogue) in enumerate(zip(images, dialogues)):
-        header = _fill(sections["context"], "context", index=k + 1, num_contexts=n)
+        header = fill_section(sections["context"], CAPTION_PROMPT, "context", index=k + 1, num_contexts=n)
         parts += [TextPart(header), _image_part(image, f"{here} field 'context_images'[{k}]"), TextPart(dialogue)]
-    parts.append(TextPart(_fill(sections["query"], "query", num_contexts=n)))
+    parts.append(TextPart(fill_section(sections["query"], CAPTION_PROMPT, "query", num_contexts=n)))
     parts.append(_image_part(sample_row.get("query_image"), f"{here} field 'query_image'"))
-    parts.append(TextPart(_fill(sections["instruction"], "instruction", num_contexts=n)))
+    parts.append(TextPart(fill_section(sections["instruction"], CAPTION_PROMPT, "instruction", num_contexts=n)))
     task = {
         "kind": "caption",
         "sample_id": sample_id,
@@ -307,9 +307,3 @@ def _image_part(image, where: str) -> ImagePart:
     return ImagePart(bytes(data), Image.MIME.get(decoded.format or "", "image/png"))
 
 
-def _fill(template, section: str, **values) -> str:
-    # A section may use any subset of the values offered; a `$name` nobody offers is a prompt error.
-    try:
-        return template.substitute(**values).strip()
-    except (KeyError, ValueError) as error:
-        raise PromptError(f"prompt '{CAPTION_PROMPT}' section [[{section}]]: unknown or malformed placeholder {error}") from error

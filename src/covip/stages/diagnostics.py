@@ -54,7 +54,7 @@ from covip import schemas
 from covip.clients.base import ChatModel, ChatRequest, ChatResponse, ImagePart, ImageRequest, Message, TextPart
 from covip.clients.registry import is_stand_in
 from covip.io import BadImageError, decode_image, write_artifact
-from covip.prompts import PromptBook
+from covip.prompts import PromptBook, fill_section
 from covip.seeding import derive_seed, pyrandom_for, rng_for
 
 TASKS = ("lsd", "lar", "itr")
@@ -527,9 +527,9 @@ def build_direct_request(item: Mapping, prompts: PromptBook, *, sampling: dict |
     sections = prompts.sections(QUESTIONS_PROMPT, LAYOUT_SECTIONS)
     parts: list[TextPart | ImagePart] = []
     for index, (image, dialogue) in enumerate(zip(item["images_context"], item["dialogues_context"]), start=1):
-        header = sections["context"].substitute(index=index, num_context=len(item["dialogues_context"]))
+        header = fill_section(sections["context"], QUESTIONS_PROMPT, "context", index=index, num_context=len(item["dialogues_context"]))
         parts += [TextPart(header), ImagePart(image["bytes"]), TextPart(dialogue)]
-    parts.append(TextPart(sections["query"].substitute(num_context=len(item["dialogues_context"]))))
+    parts.append(TextPart(fill_section(sections["query"], QUESTIONS_PROMPT, "query", num_context=len(item["dialogues_context"]))))
     parts.append(ImagePart(item["query_image"]["bytes"]))
     parts.append(TextPart(item["question"]))
     task = {

@@ -24,14 +24,13 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from string import Template
 
 import numpy as np
 
 from covip.clients.base import ChatModel, ChatRequest, ImagePart, Message, TextPart
 from covip.clients.registry import run_concurrently
 from covip.io import BadImageError, decode_image
-from covip.prompts import PromptBook, PromptError
+from covip.prompts import PromptBook, fill_section
 
 FIDELITY_PROMPT = "visual_fidelity"
 FIDELITY_SECTIONS = ("reference", "query", "question")
@@ -82,30 +81,18 @@ def parse_yes_no(text: str | None) -> bool | None:
     return match.group(1).lower() == "yes"
 
 
-def prompt_sections(prompts: PromptBook, name: str, required: Sequence[str]) -> dict[str, Template]:
-    """Split a sectioned prompt file (`[[section]]` header lines) into one template per section."""
-    return prompts.sections(name, required)
-
-
-def _fill(template: Template, section: str, **values) -> str:
-    try:
-        return template.substitute(**values)
-    except KeyError as error:
-        raise PromptError(f"prompt '{FIDELITY_PROMPT}' section [[{section}]] needs a value for {error}") from error
-
-
 def build_fidelity_request(prompts: PromptBook, concepts: Sequence[Mapping], query_image: bytes) -> ChatRequest:
     """The visual-fidelity question: label + reference image per concept, then the query and question."""
-    sections = prompt_sections(prompts, FIDELITY_PROMPT, FIDELITY_SECTIONS)
+    sections = prompts.sections(FIDELITY_PROMPT, FIDELITY_SECTIONS)
     parts: list[TextPart | ImagePart] = []
     for index, concept in enumerate(concepts, start=1):
-        label = _fill(sections["reference"], "reference", index=index, name=concept["name"], category=concept["category"])
+        label = fill_section(sections["reference"], FIDELITY_PROMPT, "reference", index=index, name=concept["name"], category=concept["category"])
         parts += [TextPart(label), ImagePart(concept["image"])]
-    parts.append(TextPart(_fill(sections["query"], "query", num_concepts=len(concepts))))
+    parts.append(TextPart(fill_section(sections["query"], FIDELITY_PROMPT, "query", num_concepts=len(concepts))))
     query_index = sum(isinstance(p, ImagePart) for p in parts)
     parts.append(ImagePart(query_image))
     names = ", ".join(concept["name"] for concept in concepts)
-    parts.append(TextPart(_fill(sections["question"], "question", num_concepts=len(concepts), names=names)))
+    parts.append(TextPart(fill_section(sections["question"], FIDELITY_PROMPT, "question", num_concepts=len(concepts), names=names)))
     task = {
         "kind": "visual_fidelity",
         "concept_ids": [concept["concept_id"] for concept in concepts],
