@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 
 import numpy as np
 import pytest
@@ -194,17 +193,15 @@ def test_cut_off_or_occluded_concept_is_rejected_by_name(pool, prompts, verifier
         assert f"{victim} (" in decision["detail"]
 
 
-def test_verifier_speed_on_four_concepts(pool):
+def test_verifier_accepts_a_clean_four_concept_query(pool):
+    """The hardest clean case: four concepts share the canvas, each smaller; all must be found.
+    (Its speed is a benchmark concern, see benchmarks/, not a test's.)"""
     concepts = [_by_kind(pool, "cup"), _by_kind(pool, "horse"), _by_kind(pool, "fish", 2), _by_kind(pool, "cartoon_person", 1)]
     response = _compose(concepts, seed=8)
     request = build_fidelity_request(PromptBook(), concepts, response.image)
     verifier = PixelVerifier(ModelSpec("v", "local_pixel_verifier"))
-    start = time.perf_counter()
     answer = verifier.complete(request)
-    elapsed = time.perf_counter() - start
-    print(f"\npixel verifier: 320px query, 4 concepts: {elapsed:.2f} s -> {answer.text}")
-    assert answer.text.startswith("yes")
-    assert elapsed < 2.0  # about 0.3 s on one free core; generous for a busy shared machine
+    assert answer.text.startswith("yes"), answer.text
 
 
 def test_agreement_with_compositor_ground_truth(pool, prompts, verifier):
