@@ -72,6 +72,3 @@ def markdown(result: dict) -> str:
     return (f"Dry run of the paper config ({result['jobs']} jobs): median **{result['median_s']:.2f} s** "
             f"(runs: {runs} s; `snakemake --version` alone: {result['snakemake_version_median_s']:.2f} s); target < 5 s: {'met' if result['median_s'] < 5 else 'NOT met'}.")
 
-
-if __name__ == "__main__":
-    print(markdown(run(1)))

@@ -132,11 +132,12 @@ def run_ours(captions, split, base_url: str, concurrency: int | None, cache_path
     judge = registry.chat("judge")
     settings = CapEvalSettings(n_bootstrap=0)
     with open(os.devnull, "w") as sink:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         rows = judge_captions(captions, split, judge, PromptBook({}), settings, 0, "judge", progress_file=sink)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     failed = sum(1 for r in rows if r["raw_answer"] is None)
     return {"requests": len(rows), "seconds": seconds, "rps": len(rows) / seconds, "failed": failed,
+            "cpu_ms_per_request": 1000 * cpu / len(rows),
             "concurrency": entry["concurrency"], "usage": judge.usage.summary()}
 
 
@@ -173,12 +174,13 @@ def run_authors(per_sample_payloads: list[list[dict]], base_url: str) -> dict:
         return completion.choices[0].message.content
 
     count = 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for payloads in per_sample_payloads:
         with ThreadPoolExecutor(AUTHORS_POOL) as pool:
             count += len(list(pool.map(ask, payloads)))
-    seconds = time.perf_counter() - start
-    return {"requests": count, "samples": len(per_sample_payloads), "seconds": seconds, "rps": count / seconds}
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"requests": count, "samples": len(per_sample_payloads), "seconds": seconds, "rps": count / seconds,
+            "cpu_ms_per_request": 1000 * cpu / count}
 
 
 def run_bare(payloads: list[dict], base_url: str, concurrency: int) -> dict:
@@ -201,8 +203,11 @@ def run_bare(payloads: list[dict], base_url: str, concurrency: int) -> dict:
             answers = await asyncio.gather(*(one(p) for p in payloads))
             return answers, time.perf_counter() - start
 
+    cpu = time.process_time()
     answers, seconds = asyncio.run(main())
-    return {"requests": len(answers), "seconds": seconds, "rps": len(answers) / seconds, "concurrency": concurrency}
+    cpu = time.process_time() - cpu
+    return {"requests": len(answers), "seconds": seconds, "rps": len(answers) / seconds, "concurrency": concurrency,
+            "cpu_ms_per_request": 1000 * cpu / len(answers)}
 
 
 def server_ceiling(base_url: str, connections: int, requests: int, payload: dict) -> float:
@@ -273,18 +278,17 @@ def markdown(results: dict) -> str:
         f"at zero latency the server answers {results['server_ceiling_rps']:.0f} rps to a raw asyncio client "
         f"and the bare httpx2 loop reaches {results['bare_loop_zero_latency_rps']:.0f} rps.",
         "",
-        "| latency | bound rps | ours rps | ours + cache rps | bare loop rps | authors rps | ours/bare | ours/bound | ours/authors | failed |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| latency | bound rps | ours rps | ours + cache rps | bare loop rps | authors rps | ours/bare | ours/bound "
+        "| ours/authors | failed | client CPU ms/request: ours, cached, bare, authors |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for latency, e in results["latencies"].items():
         lines.append(
             f"| {float(latency) * 1000:.0f} ms | {e['bound_rps']:.0f} | {e['ours']['rps']:.1f} | {e['ours_cached']['rps']:.1f} "
             f"| {e['bare']['rps']:.1f} | {e['authors']['rps']:.1f} | {e['ours_over_bare']:.0%} | {e['ours_over_bound']:.0%} "
-            f"| {e['ours_over_authors']:.1f}x | {e['ours']['failed']} |"
+            f"| {e['ours_over_authors']:.1f}x | {e['ours']['failed']} | {e['ours']['cpu_ms_per_request']:.2f}, "
+            f"{e['ours_cached']['cpu_ms_per_request']:.2f}, {e['bare']['cpu_ms_per_request']:.2f}, "
+            f"{e['authors']['cpu_ms_per_request']:.2f} |"
         )
     return "\n".join(lines)
 
-
-if __name__ == "__main__":
-    out = run([0.2], 20, 5, None, 500)
-    print(markdown(out))
