@@ -120,7 +120,7 @@ def read_rows(path: str | os.PathLike, schema: ArtifactSchema) -> list[dict]:
 # Streaming: tables with images grow with the number of samples, so the stages that hold them read
 # and write them a bounded number of rows at a time (BENCHMARKS.md, memory).
 
-STREAM_ROWS = 256  # rows per streamed batch and per written row group
+STREAM_ROWS = 64  # rows per streamed batch and per written row group (64 query images: ~10 MB)
 
 
 def _open_parquet(path: str | os.PathLike) -> pq.ParquetFile:
@@ -223,6 +223,42 @@ class ArtifactWriter:
                 self._writer.close()
             if self._tmp is not None:
                 Path(self._tmp).unlink(missing_ok=True)
+
+
+class ColumnLookup:
+    """One column of an artifact by key (e.g. a query image by sample_id), read one row group at a
+    time with the last one kept: lookups in file order read each row group once, and memory holds a
+    single row group whatever the table's size."""
+
+    def __init__(self, path: str | os.PathLike, schema: ArtifactSchema, key: str, column: str):
+        self.path, self.column = path, column
+        self._field = schema.schema.field(column)
+        self._file = _open_parquet(path)
+        missing = [name for name in (key, column) if name not in self._file.schema_arrow.names]
+        if missing:
+            raise ArtifactError(f"{path}: missing column(s) {missing} of artifact '{schema.name}'")
+        self._where: dict = {}
+        for group in range(self._file.num_row_groups):
+            keys = self._file.read_row_group(group, columns=[key]).column(0).to_pylist()
+            for index, value in enumerate(keys):
+                self._where.setdefault(value, (group, index))
+        self._group: int | None = None
+        self._values: list = []
+
+    def get(self, key):
+        """The column's value in the row with this key (KeyError naming the file if there is none)."""
+        try:
+            group, index = self._where[key]
+        except KeyError:
+            raise KeyError(f"{self.path}: no row with key {key!r}") from None
+        if group != self._group:
+            column = self._file.read_row_group(group, columns=[self.column]).column(0)
+            try:
+                column = column.cast(self._field.type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as error:
+                raise ArtifactError(f"{self.path}: field '{self.column}' has type {column.type}, expected {self._field.type}") from error
+            self._group, self._values = group, column.to_pylist()
+        return self._values[index]
 
 
 def write_artifact_stream(

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from covip.clients.registry import ModelRegistry
-from covip.io import iter_rows, read_columns, read_rows, write_artifact, write_artifact_stream
+from covip.io import ArtifactWriter, ColumnLookup, iter_rows, read_columns, read_rows, write_artifact, write_artifact_stream
 from covip.prompts import PromptBook
 from covip.schemas import ArtifactSchema
 from covip.settings import settings_from
@@ -56,6 +56,14 @@ class StageRun:
         path = self.smk.output[name]
         table = write_artifact(rows, path, schema)
         log.info("wrote %d rows of %s to %s", table.num_rows, schema.name, path)
+
+    def lookup(self, name: str, schema: ArtifactSchema, key: str, column: str) -> ColumnLookup:
+        """One column of an input by key, read a row group at a time (see covip.io.ColumnLookup)."""
+        return ColumnLookup(self.smk.input[name], schema, key, column)
+
+    def writer(self, schema: ArtifactSchema, name: str | int = 0) -> ArtifactWriter:
+        """A context manager writing an output in row groups as rows come (atomic on success)."""
+        return ArtifactWriter(self.smk.output[name], schema)
 
     def write_stream(self, rows, schema: ArtifactSchema, name: str | int = 0) -> None:
         """Write rows from an iterable in row groups as they come (atomically, like `write`)."""
