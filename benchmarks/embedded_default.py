@@ -22,15 +22,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_default(outdir: Path, cores: int = 2) -> dict:
+def run_default(outdir: Path, cores: int = 2, quiet: bool = True) -> dict:
     """One `snakemake --cores N` run of the default config into `outdir`: wall time and per-job rows."""
     start = time.perf_counter()
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", str(cores), "--config", f"outdir={outdir}", "--quiet", "all"],
-        cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
-        timeout=1800,
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
+        timeout=3600, capture_output=quiet, text=True,
     )
     total = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"snakemake failed ({done.returncode}):\n{(done.stdout or '')[-3000:]}\n{(done.stderr or '')[-3000:]}")
     rows = []
     for tsv in sorted((Path(outdir) / "benchmarks").rglob("*.tsv")):
         with open(tsv) as handle:
@@ -69,7 +71,7 @@ def main() -> int:
     outdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="covip-bench-"))
     if args.rebuild_tiny_vlm:
         rebuild_tiny_vlm()
-    result = run_default(outdir, args.cores)
+    result = run_default(outdir, args.cores, quiet=False)
     print(f"({date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible)")
     print(markdown(result))
     return 0

@@ -25,6 +25,15 @@ ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ["oracle", "context_dump"]
 
 
+def _run(command: list[str], cwd: Path, env: dict, log) -> None:
+    """Run Snakemake with its output in `log`; on failure, raise with the log's tail."""
+    done = subprocess.run(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=7200)
+    if done.returncode != 0:
+        log.flush()
+        tail = Path(log.name).read_text(errors="replace")[-4000:]
+        raise RuntimeError(f"snakemake failed ({done.returncode}):\n{tail}")
+
+
 def run_size(n_samples: int, image_size: int, cores: int, workdir: Path) -> dict:
     outdir = workdir / f"n{n_samples}"
     overlay = workdir / f"overlay-{n_samples}.yaml"
@@ -37,11 +46,11 @@ def run_size(n_samples: int, image_size: int, cores: int, workdir: Path) -> dict
     targets += [f"{outdir}/capeval/{policy}/lexical_judge/answers.parquet" for policy in POLICIES]
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     start = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", str(cores), "--quiet", "--configfile", "config/config.yaml",
-         str(overlay), "--", *targets],
-        cwd=ROOT, env=env, check=True, timeout=7200,
-    )
+    with open(workdir / f"snakemake-{n_samples}.log", "w") as log:
+        _run(
+            [sys.executable, "-m", "snakemake", "--cores", str(cores), "--quiet", "--configfile", "config/config.yaml",
+             str(overlay), "--", *targets],
+            cwd=ROOT, env=env, log=log)
     wall = time.perf_counter() - start
     jobs = {}
     for tsv in sorted((outdir / "benchmarks").rglob("*.tsv")):
