@@ -38,7 +38,7 @@ FULL = {
 QUICK = {
     "judge": {"latencies": [0.2, 2.0], "n_samples": 60, "authors_samples": 4, "server_ceiling_requests": 2000},
     "dag": {"repeats": 1},
-    "memory": {"sizes": [50, 200]},
+    "memory": {"sizes": [120, 360]},
 }
 
 
