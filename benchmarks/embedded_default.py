@@ -22,6 +22,45 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_default(outdir: Path, cores: int = 2, quiet: bool = True) -> dict:
+    """One `snakemake --cores N` run of the default config into `outdir`: wall time and per-job rows."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", str(cores), "--config", f"outdir={outdir}", "--quiet", "all"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
+        timeout=3600, capture_output=quiet, text=True,
+    )
+    total = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"snakemake failed ({done.returncode}):\n{(done.stdout or '')[-3000:]}\n{(done.stderr or '')[-3000:]}")
+    rows = []
+    for tsv in sorted((Path(outdir) / "benchmarks").rglob("*.tsv")):
+        with open(tsv) as handle:
+            record = next(csv.DictReader(handle, delimiter="\t"))
+        name = str(tsv.relative_to(Path(outdir) / "benchmarks").with_suffix(""))
+        rows.append({"job": name, "s": float(record["s"]), "max_rss_mb": record["max_rss"]})
+    return {"wall_s": total, "cores": cores, "jobs": rows}
+
+
+def markdown(result: dict) -> str:
+    lines = [f"Embedded default, cold run, --cores {result['cores']}: {result['wall_s']:.1f} s wall", "",
+             "| job | wall s | peak RSS MB |", "|---|---:|---:|"]
+    for row in sorted(result["jobs"], key=lambda r: -r["s"]):
+        lines.append(f"| {row['job']} | {row['s']:.1f} | {row['max_rss_mb']} |")
+    lines.append(f"| sum over jobs | {sum(r['s'] for r in result['jobs']):.1f} | |")
+    return "\n".join(lines)
+
+
+def rebuild_tiny_vlm() -> None:
+    """Delete the tiny VLM (resources/, shared across runs), for a truly cold run."""
+    import shutil
+
+    import yaml
+
+    tiny = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["tiny_vlm"]["path"]
+    shutil.rmtree(ROOT / tiny, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cores", type=int, default=2)
@@ -31,32 +70,10 @@ def main() -> int:
     args = parser.parse_args()
     outdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="covip-bench-"))
     if args.rebuild_tiny_vlm:
-        import shutil
-
-        import yaml
-
-        tiny = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["tiny_vlm"]["path"]
-        shutil.rmtree(ROOT / tiny, ignore_errors=True)
-    start = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--config", f"outdir={outdir}", "--quiet", "all"],
-        cwd=ROOT, check=True,
-    )
-    total = time.perf_counter() - start
-    rows = []
-    for tsv in sorted((outdir / "benchmarks").rglob("*.tsv")):
-        with open(tsv) as handle:
-            record = next(csv.DictReader(handle, delimiter="\t"))
-        name = str(tsv.relative_to(outdir / "benchmarks").with_suffix(""))
-        rows.append((name, float(record["s"]), record["max_rss"]))
-    print(f"Embedded default, cold run, --cores {args.cores}: {total:.1f} s wall "
-          f"({date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible)")
-    print()
-    print("| job | wall s | peak RSS MB |")
-    print("|---|---:|---:|")
-    for rule, seconds, rss in sorted(rows, key=lambda r: -r[1]):
-        print(f"| {rule} | {seconds:.1f} | {rss} |")
-    print(f"| sum over jobs | {sum(r[1] for r in rows):.1f} | |")
+        rebuild_tiny_vlm()
+    result = run_default(outdir, args.cores, quiet=False)
+    print(f"({date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible)")
+    print(markdown(result))
     return 0
 
 

@@ -7,7 +7,18 @@ from PIL import Image
 
 from covip import schemas
 from covip.cli import main as cli
-from covip.io import ArtifactError, BadImageError, decode_image, encode_png, read_artifact, write_artifact
+from covip.io import (
+    ArtifactError,
+    BadImageError,
+    decode_image,
+    encode_png,
+    iter_rows,
+    read_artifact,
+    read_columns,
+    read_rows,
+    write_artifact,
+    write_artifact_stream,
+)
 
 
 def decision(sample_id="s0001", kept=True, **overrides):
@@ -75,3 +86,53 @@ def test_cli_check_and_schema(tmp_path, capsys):
     assert cli(["check", "concepts", str(path)]) == 1
     assert cli(["schema", "split"]) == 0
     assert "positive_indices" in capsys.readouterr().out
+
+
+def test_streamed_write_matches_whole_write_and_reads_back_in_batches(tmp_path):
+    rows = [decision(f"s{i:04d}", i % 3 == 0, detail="x" * i) for i in range(70)]
+    write_artifact(rows[:20], tmp_path / "whole.parquet", schemas.FILTER_DECISIONS)
+    write_artifact_stream(iter(rows[:20]), tmp_path / "streamed.parquet", schemas.FILTER_DECISIONS, batch_rows=32)
+    # Up to one batch, the bytes are the same as write_artifact's: switching a stage to streaming
+    # leaves small outputs (and their Snakemake checksums) unchanged.
+    assert (tmp_path / "whole.parquet").read_bytes() == (tmp_path / "streamed.parquet").read_bytes()
+    assert write_artifact_stream(iter(rows), tmp_path / "big.parquet", schemas.FILTER_DECISIONS, batch_rows=32) == 70
+    assert pq.ParquetFile(tmp_path / "big.parquet").num_row_groups == 3
+    batches = list(iter_rows(tmp_path / "big.parquet", schemas.FILTER_DECISIONS, batch_rows=32))
+    assert [len(b) for b in batches] == [32, 32, 6]
+    assert [r for b in batches for r in b] == read_rows(tmp_path / "big.parquet", schemas.FILTER_DECISIONS) == rows
+    write_artifact_stream(iter([]), tmp_path / "empty.parquet", schemas.FILTER_DECISIONS)
+    assert read_rows(tmp_path / "empty.parquet", schemas.FILTER_DECISIONS) == []
+
+
+def test_streamed_write_error_names_the_row_in_the_whole_table_and_leaves_nothing(tmp_path):
+    path = tmp_path / "d.parquet"
+    write_artifact([decision()], path, schemas.FILTER_DECISIONS)
+    before = path.read_bytes()
+    rows = [decision(f"s{i:04d}") for i in range(40)] + [decision("s9999", verifier=None)]
+    with pytest.raises(ArtifactError, match=r"row 40 \(sample_id=s9999\) field 'verifier' is null"):
+        write_artifact_stream(iter(rows), path, schemas.FILTER_DECISIONS, batch_rows=16)
+    assert path.read_bytes() == before, "a failed streamed write must leave the old file in place"
+    assert [p.name for p in tmp_path.iterdir()] == ["d.parquet"]
+
+
+def test_streamed_read_checks_every_batch_and_names_the_row(tmp_path):
+    path = tmp_path / "d.parquet"
+    table = pa.Table.from_pylist([decision(f"s{i:04d}") for i in range(40)] + [decision("s9999", kept=None)])
+    pq.write_table(table, path, row_group_size=16)
+    batches = iter_rows(path, schemas.FILTER_DECISIONS, batch_rows=16)
+    assert len(next(batches)) == 16
+    with pytest.raises(ArtifactError, match=r"row 40 \(sample_id=s9999\) field 'kept' is null but required"):
+        list(batches)
+
+
+def test_read_columns_leaves_the_rest_on_disk_but_checks_the_file(tmp_path):
+    path = tmp_path / "d.parquet"
+    write_artifact([decision(), decision("s0002", False)], path, schemas.FILTER_DECISIONS)
+    assert read_columns(path, schemas.FILTER_DECISIONS, ["sample_id", "kept"]) == [
+        {"sample_id": "s0001", "kept": True}, {"sample_id": "s0002", "kept": False}
+    ]
+    with pytest.raises(ValueError, match="no column"):
+        read_columns(path, schemas.FILTER_DECISIONS, ["image"])
+    pq.write_table(pa.table({"sample_id": ["s1"], "kept": [True]}), tmp_path / "short.parquet")
+    with pytest.raises(ArtifactError, match=r"short.parquet: missing column\(s\) \['reason'"):
+        read_columns(tmp_path / "short.parquet", schemas.FILTER_DECISIONS, ["sample_id"])

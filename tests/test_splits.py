@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from covip import schemas
-from covip.io import BadImageError, encode_png, write_artifact
-from covip.stages.splits import SplitError, SplitSettings, make_splits
+from covip.io import ArtifactWriter, BadImageError, ColumnLookup, encode_png, read_rows, write_artifact
+from covip.stages.splits import SplitError, SplitSettings, iter_splits, make_splits
 
 SEED = 5
 CATEGORIES = ["person", "animal", "object", "place"]
@@ -149,6 +149,36 @@ def test_splits_load_with_datasets_and_images_decode(tmp_path, monkeypatch):
     assert set(question["options"]) == {"A", "B", "C", "D"} and question["answer"] == "A"
     facts = json.loads(row["context_facts"])
     assert len(facts) == len(row["context_names"]) and facts[0][0]["kind"] == "place"
+
+
+def test_streamed_splits_match_the_whole_table_ones(tmp_path):
+    """The workflow's path: queries read without images, each image looked up by sample_id from a
+    file of several row groups, rows written as they come; same rows and report as make_splits."""
+    world = build_world(40)
+    train, test, report = split(world, SplitSettings(test_fraction=0.3))
+    write_artifact(world["queries"], tmp_path / "queries.parquet", schemas.QUERIES)
+    import pyarrow.parquet as pq
+
+    pq.write_table(pq.read_table(tmp_path / "queries.parquet"), tmp_path / "grouped.parquet", row_group_size=7)
+    lookup = ColumnLookup(tmp_path / "grouped.parquet", schemas.QUERIES, "sample_id", "image")
+    bare = [{k: v for k, v in q.items() if k != "image"} for q in world["queries"]]
+    streamed_report, rows = iter_splits(
+        bare, world["contexts"], world["concepts"], world["dialogues"], world["mcqas"], SplitSettings(test_fraction=0.3),
+        SEED, query_image=lookup.get,
+    )
+    assert streamed_report == report
+    with ArtifactWriter(tmp_path / "train.parquet", schemas.SPLIT, batch_rows=5) as train_out, \
+            ArtifactWriter(tmp_path / "test.parquet", schemas.SPLIT, batch_rows=5) as test_out:
+        for row in rows:
+            (train_out if row["split"] == "train" else test_out).write([row])
+    assert read_rows(tmp_path / "train.parquet", schemas.SPLIT) == read_rows_of(train, tmp_path / "t1.parquet")
+    assert read_rows(tmp_path / "test.parquet", schemas.SPLIT) == read_rows_of(test, tmp_path / "t2.parquet")
+    assert pq.ParquetFile(tmp_path / "train.parquet").num_row_groups > 1
+
+
+def read_rows_of(rows, path):
+    write_artifact(rows, path, schemas.SPLIT)
+    return read_rows(path, schemas.SPLIT)
 
 
 def test_rows_match_their_sources():

@@ -5,7 +5,8 @@ from covip.workflow import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821
     settings = run.settings(NegativeSettings, "negatives")
-    queries = run.read("queries", schemas.QUERIES)
+    # Everything but the images: this stage never looks at them, and they grow with the samples.
+    queries = run.read("queries", schemas.QUERIES, columns=[c for c in schemas.QUERIES.columns if c != "image"])
     decisions = run.read("decisions", schemas.FILTER_DECISIONS)
     embeddings = run.read("embeddings", schemas.CONCEPT_EMBEDDINGS)
     concepts = run.read("concepts", schemas.CONCEPTS)

@@ -8,7 +8,8 @@ with StageRun(snakemake) as run:  # noqa: F821
     settings = run.settings(CapEvalSettings, "capeval")
     judge = run.models.chat(judge_name)
     captions = run.read("captions", schemas.CAPTIONS)
-    test = run.read("test", schemas.SPLIT)
+    # The judge reads captions and questions only: leave the split's images on disk.
+    test = run.read("test", schemas.SPLIT, columns=[c for c in schemas.SPLIT.columns if "image" not in c])
     answers = judge_captions(captions, test, judge, run.prompts, settings, run.seed, judge_name, progress_file=run.log_file)
     run.write(answers, schemas.CAPEVAL_ANSWERS, "answers")
     summary = summarize_capeval(answers, settings.n_bootstrap, run.seed, confidence=settings.confidence,

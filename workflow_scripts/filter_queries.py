@@ -6,7 +6,9 @@ from covip.workflow import StageRun
 with StageRun(snakemake) as run:  # noqa: F821
     settings = run.settings(FilterSettings, "filtering")
     verifier = run.models.chat("verifier")
-    queries = run.read("queries", schemas.QUERIES)
     concepts = run.read("concepts", schemas.CONCEPTS)
-    rows = filter_queries(queries, concepts, verifier, run.prompts, settings, progress_file=run.log_file)
+    # Queries (with their images) stream through in batches; each decision depends on its row only.
+    rows = []
+    for batch in run.iter("queries", schemas.QUERIES):
+        rows += filter_queries(batch, concepts, verifier, run.prompts, settings, progress_file=run.log_file, first_row=len(rows))
     run.write(rows, schemas.FILTER_DECISIONS)

@@ -1,11 +1,12 @@
 """Stage 2: synthesize one query image per sample from its positive concepts."""
 from covip import schemas
-from covip.stages.synthesis import SynthesisSettings, synthesize_queries
+from covip.stages.synthesis import SynthesisSettings, iter_queries
 from covip.workflow import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821
     settings = run.settings(SynthesisSettings, "synthesis")
     generator = run.models.image_generator("image_generator")
     concepts = run.read("concepts", schemas.CONCEPTS)
-    rows = synthesize_queries(concepts, generator, run.prompts, settings, run.seed, progress_file=run.log_file)
-    run.write(rows, schemas.QUERIES)
+    # Streamed: each image is written as it is generated, so memory stays flat as samples grow.
+    rows = iter_queries(concepts, generator, run.prompts, settings, run.seed, progress_file=run.log_file)
+    run.write_stream(rows, schemas.QUERIES)

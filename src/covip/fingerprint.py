@@ -19,6 +19,7 @@ from pathlib import Path
 PACKAGE = "covip"
 
 
+@lru_cache(maxsize=None)
 def _module_file(module: str) -> Path | None:
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin in (None, "built-in", "frozen"):
@@ -26,8 +27,12 @@ def _module_file(module: str) -> Path | None:
     return Path(spec.origin)
 
 
-def _imports_of(module: str, path: Path) -> set[str]:
-    """Names of `covip` modules imported by a module's source (absolute and relative imports)."""
+@lru_cache(maxsize=None)
+def _imports_of(module: str, path: Path) -> frozenset[str]:
+    """Names of `covip` modules imported by a module's source (absolute and relative imports).
+
+    Cached: one Snakemake parse fingerprints dozens of rules whose closures share most modules, and
+    reading each source once keeps the dry run of the paper config fast (BENCHMARKS.md)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     is_package = path.name == "__init__.py"
     found: set[str] = set()
@@ -44,7 +49,7 @@ def _imports_of(module: str, path: Path) -> set[str]:
             found.add(prefix)
             # `from covip.local import compositor` imports a submodule, not just a name.
             found.update(f"{prefix}.{alias.name}" for alias in node.names)
-    return {name for name in found if name == PACKAGE or name.startswith(PACKAGE + ".")}
+    return frozenset(name for name in found if name == PACKAGE or name.startswith(PACKAGE + "."))
 
 
 def module_closure(*modules: str) -> dict[str, Path]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -113,6 +114,160 @@ def read_artifact(path: str | os.PathLike, schema: ArtifactSchema) -> pa.Table:
 
 def read_rows(path: str | os.PathLike, schema: ArtifactSchema) -> list[dict]:
     return read_artifact(path, schema).to_pylist()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Streaming: tables with images grow with the number of samples, so the stages that hold them read
+# and write them a bounded number of rows at a time (BENCHMARKS.md, memory).
+
+STREAM_ROWS = 64  # rows per streamed batch and per written row group (64 query images: ~10 MB)
+
+
+def _open_parquet(path: str | os.PathLike) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, pa.ArrowInvalid) as error:
+        raise ArtifactError(f"{path}: cannot read as Parquet ({error})") from error
+
+
+def read_columns(path: str | os.PathLike, schema: ArtifactSchema, columns: Sequence[str]) -> list[dict]:
+    """Rows of an artifact with only `columns` (e.g. everything but the images), checked against the
+    declared schema: the file must have every declared column, the chosen ones are cast and their
+    required fields must be set."""
+    unknown = [name for name in columns if name not in schema.columns]
+    if unknown:
+        raise ValueError(f"{path}: artifact '{schema.name}' has no column(s) {unknown}")
+    present = _open_parquet(path).schema_arrow.names
+    missing = [name for name in schema.columns if name not in present]
+    if missing:
+        raise ArtifactError(f"{path}: missing column(s) {missing} of artifact '{schema.name}'")
+    try:
+        table = pq.read_table(path, columns=list(columns))
+    except (OSError, pa.ArrowInvalid) as error:
+        raise ArtifactError(f"{path}: cannot read as Parquet ({error})") from error
+    subset = ArtifactSchema(
+        schema.name, pa.schema([schema.schema.field(name) for name in columns]), schema.description,
+        tuple(name for name in schema.required if name in columns),
+    )
+    return validate_table(table, subset, str(path)).to_pylist()
+
+
+def iter_rows(
+    path: str | os.PathLike, schema: ArtifactSchema, batch_rows: int = STREAM_ROWS
+) -> Iterator[list[dict]]:
+    """An artifact's rows in order, `batch_rows` at a time, each batch checked like `read_artifact`
+    (errors name the file and the row's position in the whole file)."""
+    source = _open_parquet(path)
+    start = 0
+    for batch in source.iter_batches(batch_size=batch_rows):
+        table = pa.Table.from_batches([batch])
+        try:
+            table = validate_table(table, schema, str(path))
+        except ArtifactError as error:
+            raise ArtifactError(_shift_row(str(error), start)) from error
+        start += table.num_rows
+        yield table.to_pylist()
+
+
+def _shift_row(message: str, offset: int) -> str:
+    """Renumber 'row N' in a batch's error message to the row's position in the file."""
+    return re.sub(r"\brow (\d+)", lambda m: f"row {int(m[1]) + offset}", message, count=1)
+
+
+class ArtifactWriter:
+    """Write an artifact in row groups as rows come, atomically: batches are checked against the
+    schema and appended to a temporary file that replaces `path` only when the writer closes without
+    error. A table of at most `batch_rows` rows comes out byte-identical to `write_artifact`'s."""
+
+    def __init__(self, path: str | os.PathLike, schema: ArtifactSchema, batch_rows: int = STREAM_ROWS):
+        self.path, self.schema, self.batch_rows = Path(path), schema, batch_rows
+        self.num_rows = 0
+        self._pending: list[Mapping] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._tmp: str | None = None
+
+    def __enter__(self) -> "ArtifactWriter":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(handle)
+        return self
+
+    def write(self, rows: Iterable[Mapping]) -> None:
+        for row in rows:
+            self._pending.append(row)
+            if len(self._pending) >= self.batch_rows:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending and self._writer is not None:
+            return
+        try:
+            table = to_table(self._pending, self.schema, str(self.path))
+        except ArtifactError as error:
+            raise ArtifactError(_shift_row(str(error), self.num_rows)) from error
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._tmp, table.schema, compression="zstd")
+        self._writer.write_table(table, row_group_size=max(1, table.num_rows))
+        self.num_rows += table.num_rows
+        self._pending = []
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self._flush()  # also writes an empty table when no rows came
+                self._writer.close()
+                self._writer = None
+                os.replace(self._tmp, self.path)
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+            if self._tmp is not None:
+                Path(self._tmp).unlink(missing_ok=True)
+
+
+class ColumnLookup:
+    """One column of an artifact by key (e.g. a query image by sample_id), read one row group at a
+    time with the last one kept: lookups in file order read each row group once, and memory holds a
+    single row group whatever the table's size."""
+
+    def __init__(self, path: str | os.PathLike, schema: ArtifactSchema, key: str, column: str):
+        self.path, self.column = path, column
+        self._field = schema.schema.field(column)
+        self._file = _open_parquet(path)
+        missing = [name for name in (key, column) if name not in self._file.schema_arrow.names]
+        if missing:
+            raise ArtifactError(f"{path}: missing column(s) {missing} of artifact '{schema.name}'")
+        self._where: dict = {}
+        for group in range(self._file.num_row_groups):
+            keys = self._file.read_row_group(group, columns=[key]).column(0).to_pylist()
+            for index, value in enumerate(keys):
+                self._where.setdefault(value, (group, index))
+        self._group: int | None = None
+        self._values: list = []
+
+    def get(self, key):
+        """The column's value in the row with this key (KeyError naming the file if there is none)."""
+        try:
+            group, index = self._where[key]
+        except KeyError:
+            raise KeyError(f"{self.path}: no row with key {key!r}") from None
+        if group != self._group:
+            column = self._file.read_row_group(group, columns=[self.column]).column(0)
+            try:
+                column = column.cast(self._field.type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as error:
+                raise ArtifactError(f"{self.path}: field '{self.column}' has type {column.type}, expected {self._field.type}") from error
+            self._group, self._values = group, column.to_pylist()
+        return self._values[index]
+
+
+def write_artifact_stream(
+    rows: Iterable[Mapping], path: str | os.PathLike, schema: ArtifactSchema, batch_rows: int = STREAM_ROWS
+) -> int:
+    """`write_artifact` for an iterable of rows that need not fit in memory; returns the row count."""
+    with ArtifactWriter(path, schema, batch_rows) as writer:
+        writer.write(rows)
+    return writer.num_rows
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from covip.clients.registry import ModelRegistry
-from covip.io import read_rows, write_artifact
+from covip.io import ArtifactWriter, ColumnLookup, iter_rows, read_columns, read_rows, write_artifact, write_artifact_stream
 from covip.prompts import PromptBook
 from covip.schemas import ArtifactSchema
 from covip.settings import settings_from
@@ -39,16 +39,37 @@ class StageRun:
         self._started = 0.0
 
     # -- inputs / outputs -------------------------------------------------------------------------
-    def read(self, name: str, schema: ArtifactSchema) -> list[dict]:
+    def read(self, name: str, schema: ArtifactSchema, columns: list[str] | None = None) -> list[dict]:
+        """All rows of an input; `columns` reads only those (e.g. leaving the images on disk)."""
         path = self.smk.input[name]
-        rows = read_rows(path, schema)
+        rows = read_rows(path, schema) if columns is None else read_columns(path, schema, columns)
         log.info("read %d rows of %s from %s", len(rows), schema.name, path)
         return rows
+
+    def iter(self, name: str, schema: ArtifactSchema):
+        """An input's rows in bounded batches (lists of rows), for tables too large to hold whole."""
+        path = self.smk.input[name]
+        log.info("streaming %s from %s", schema.name, path)
+        return iter_rows(path, schema)
 
     def write(self, rows, schema: ArtifactSchema, name: str | int = 0) -> None:
         path = self.smk.output[name]
         table = write_artifact(rows, path, schema)
         log.info("wrote %d rows of %s to %s", table.num_rows, schema.name, path)
+
+    def lookup(self, name: str, schema: ArtifactSchema, key: str, column: str) -> ColumnLookup:
+        """One column of an input by key, read a row group at a time (see covip.io.ColumnLookup)."""
+        return ColumnLookup(self.smk.input[name], schema, key, column)
+
+    def writer(self, schema: ArtifactSchema, name: str | int = 0) -> ArtifactWriter:
+        """A context manager writing an output in row groups as rows come (atomic on success)."""
+        return ArtifactWriter(self.smk.output[name], schema)
+
+    def write_stream(self, rows, schema: ArtifactSchema, name: str | int = 0) -> None:
+        """Write rows from an iterable in row groups as they come (atomically, like `write`)."""
+        path = self.smk.output[name]
+        count = write_artifact_stream(rows, path, schema)
+        log.info("wrote %d rows of %s to %s", count, schema.name, path)
 
     def settings(self, cls: type, section: str):
         return settings_from(cls, self.config.get(section), where=f"config '{section}'")

@@ -113,8 +113,12 @@ def filter_queries(
     prompts: PromptBook,
     settings: FilterSettings,
     progress_file=None,
+    first_row: int = 0,
 ) -> list[dict]:
     """One keep/drop decision per query row, in input order; rows fit `schemas.FILTER_DECISIONS`.
+
+    Each decision depends on its own row only, so the queries may come in batches (the workflow
+    streams them); `first_row` is the batch's position in the queries table, for messages.
 
     A query that names a concept missing from the pool, or a pool image that cannot be decoded, is an
     input error and raises (naming the row and field); everything wrong with a sample itself is a
@@ -125,12 +129,12 @@ def filter_queries(
     decisions: list[dict | None] = [None] * len(queries_rows)
     pending: list[tuple[int, list[Mapping], bytes]] = []
     for index, row in enumerate(queries_rows):
-        concepts = _positives(row, index, by_id)
+        concepts = _positives(row, first_row + index, by_id)
         for concept_id in {c["concept_id"] for c in concepts} - checked_refs:
             k, concept = by_id[concept_id]
             decode_image(concept["image"], f"concepts row {k} (concept_id={concept_id}) field 'image'")
             checked_refs.add(concept_id)
-        problem = _consistency(row, index, concepts, settings)
+        problem = _consistency(row, first_row + index, concepts, settings)
         if problem is not None:
             decisions[index] = _decision(row, False, *problem, CHECKS)
         elif not settings.visual_fidelity:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
@@ -140,6 +140,7 @@ def _sample_problem(
     mcqas: dict,
     settings: SplitSettings,
     decisions: dict | None,
+    image: bytes | None,
 ) -> str | None:
     """Why a sample cannot be published ('<code>: <detail>'), or None when it is usable."""
     sample_id = query["sample_id"]
@@ -150,7 +151,7 @@ def _sample_problem(
             decision = decisions[sample_id]
             return f"filtered: {decision['reason'] or 'not kept'}" + (f" ({decision['detail']})" if decision.get("detail") else "")
         return "filtered: the filter did not keep it (no context)"
-    if not query.get("image"):
+    if not image:
         return "query_image_missing: status is ok but the image is empty"
     for index, concept_id in enumerate(context["context_concept_ids"]):
         dialogue = dialogues.get((sample_id, index))
@@ -192,6 +193,39 @@ def make_splits(
     (usable but not needed for the requested sizes) or 'dropped', with the reason. Pass
     `decisions_rows` (schemas.FILTER_DECISIONS) to have the filter's own reason in the report.
     """
+    report_rows, rows = iter_splits(
+        queries_rows, contexts_rows, concepts_rows, dialogues_rows, mcqa_rows, settings, seed,
+        decisions_rows=decisions_rows, progress_file=progress_file,
+    )
+    train_rows: list[dict] = []
+    test_rows: list[dict] = []
+    for row in rows:
+        (train_rows if row["split"] == "train" else test_rows).append(row)
+    return train_rows, test_rows, report_rows
+
+
+def iter_splits(
+    queries_rows: Sequence[Mapping],
+    contexts_rows: Sequence[Mapping],
+    concepts_rows: Sequence[Mapping],
+    dialogues_rows: Sequence[Mapping],
+    mcqa_rows: Sequence[Mapping],
+    settings: SplitSettings,
+    seed: int,
+    *,
+    decisions_rows: Sequence[Mapping] | None = None,
+    progress_file=None,
+    query_image: Callable[[str], bytes | None] | None = None,
+) -> tuple[list[dict], Iterator[dict]]:
+    """`make_splits` for tables too large to hold: (report rows, published rows one at a time).
+
+    The published rows (train and test interleaved, each in sample_id order; `row['split']` says
+    which) carry every image, so the workflow writes them as they come. `query_image` returns a
+    sample's query image by sample_id, for `queries_rows` read without their `image` column; by
+    default the image is taken from the rows. Input errors found while assembling a row are raised
+    by the iterator.
+    """
+    image_of = query_image or (lambda sid: queries[sid].get("image"))
     queries = _index_unique(queries_rows, lambda r: r["sample_id"], "queries")
     contexts = _index_unique(contexts_rows, lambda r: r["sample_id"], "contexts")
     concepts = _index_unique(concepts_rows, lambda r: r["concept_id"], "concepts")
@@ -241,7 +275,8 @@ def make_splits(
     report: dict[str, dict] = {}
     usable: list[str] = []
     for sample_id, query in queries.items():
-        problem = _sample_problem(query, contexts.get(sample_id), dialogues, mcqas, settings, decisions)
+        problem = _sample_problem(query, contexts.get(sample_id), dialogues, mcqas, settings, decisions,
+                                  image_of(sample_id) if query["status"] == "ok" and sample_id in contexts else None)
         row = {"sample_id": sample_id, "num_positives": int(query["num_positives"]), "outcome": "dropped", "reason": problem}
         report[sample_id] = row
         if problem is None:
@@ -271,18 +306,27 @@ def make_splits(
         for sid in members[test_alloc[k] : test_alloc[k] + train_alloc[k]]:
             assignment[sid] = "train"
 
-    # Pass 2: assemble the published rows.
-    query_position = {row["sample_id"]: i for i, row in enumerate(queries_rows)}
-    concept_position = {row["concept_id"]: i for i, row in enumerate(concepts_rows)}
-    concept_images: dict[str, dict] = {}
-    train_rows: list[dict] = []
-    test_rows: list[dict] = []
-    for sample_id in tqdm(sorted(usable), desc="assemble splits", file=progress_file, mininterval=1.0, ascii=True):
+    # The report is complete before any row is assembled.
+    selected: list[tuple[str, str]] = []
+    for sample_id in sorted(usable):
         split = assignment.get(sample_id)
         if split is None:
             report[sample_id].update(outcome="unused", reason="usable but not needed: the requested split sizes were already filled")
             continue
         report[sample_id].update(outcome=split, reason=f"selected for {split} (num_positives={report[sample_id]['num_positives']})")
+        selected.append((sample_id, split))
+    report_rows = [report[row["sample_id"]] for row in queries_rows]
+    return report_rows, _assemble(selected, queries, contexts, concepts, dialogues, mcqas, image_of,
+                                  queries_rows, concepts_rows, progress_file)
+
+
+def _assemble(selected, queries, contexts, concepts, dialogues, mcqas, image_of, queries_rows, concepts_rows,
+              progress_file) -> Iterator[dict]:
+    """Pass 2: the published rows, one at a time (each holds its query and context images)."""
+    query_position = {row["sample_id"]: i for i, row in enumerate(queries_rows)}
+    concept_position = {row["concept_id"]: i for i, row in enumerate(concepts_rows)}
+    concept_images: dict[str, dict] = {}
+    for sample_id, split in tqdm(selected, desc="assemble splits", file=progress_file, mininterval=1.0, ascii=True):
         query, context = queries[sample_id], contexts[sample_id]
         ids = list(context["context_concept_ids"])
         images, names, texts, categories, questions, facts = [], [], [], [], [], []
@@ -303,10 +347,10 @@ def make_splits(
             texts.append(dialogue["dialogue"])
             questions.append([_published_question(q) for q in mcqas[(sample_id, index)]["questions"]])
             facts.append([{"kind": f["kind"], "text": f["text"]} for f in dialogue["facts"] or []])
-        row = {
+        yield {
             "sample_id": sample_id,
             "split": split,
-            "query_image": _hf_image(query["image"], f"queries row {query_position[sample_id]} (sample_id={sample_id}) field 'image'"),
+            "query_image": _hf_image(image_of(sample_id), f"queries row {query_position[sample_id]} (sample_id={sample_id}) field 'image'"),
             "context_images": images,
             "context_names": names,
             "context_dialogues": texts,
@@ -317,7 +361,3 @@ def make_splits(
             "mcqa": questions,
             "context_facts": json.dumps(facts, ensure_ascii=False),
         }
-        (train_rows if split == "train" else test_rows).append(row)
-
-    report_rows = [report[row["sample_id"]] for row in queries_rows]
-    return train_rows, test_rows, report_rows

@@ -14,7 +14,7 @@ seed never depend on processing order or concurrency.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from covip.clients.base import ImageGenerator, ImagePart, ImageRequest
@@ -132,6 +132,19 @@ def synthesize_queries(
     progress_file=None,
 ) -> list[dict]:
     """Plan the samples and generate one query image per sample; rows fit `schemas.QUERIES`."""
+    return list(iter_queries(concepts_rows, generator, prompts, settings, seed, progress_file))
+
+
+def iter_queries(
+    concepts_rows: Sequence[Mapping],
+    generator: ImageGenerator,
+    prompts: PromptBook,
+    settings: SynthesisSettings,
+    seed: int,
+    progress_file=None,
+) -> Iterator[dict]:
+    """`synthesize_queries` as a generator, in sample order: the workflow writes each image as it
+    comes instead of holding all of them (the query table grows with the number of samples)."""
     plan = plan_samples(concepts_rows, settings, seed)
     by_id = {row["concept_id"]: row for row in concepts_rows}
     identity = getattr(generator, "identity", type(generator).__name__)
@@ -159,7 +172,7 @@ def synthesize_queries(
             errors.append(f"attempt {attempt + 1}: {response.error or 'generator returned no image'}")
         return _row(item, instruction, identity, None, None, "failed", "; ".join(errors))
 
-    return list(run_concurrently(generate, plan, concurrency=concurrency, desc="query synthesis", file=progress_file))
+    yield from run_concurrently(generate, plan, concurrency=concurrency, desc="query synthesis", file=progress_file)
 
 
 def _row(item, instruction, identity, image, layout, status, error) -> dict:
