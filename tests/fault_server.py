@@ -93,16 +93,18 @@ class FaultServer:
     """Start with `with FaultServer(rates={...}) as server:`; `server.base_url` is the /v1 URL."""
 
     def __init__(self, rates: dict[str, float] | None = None, *, seed: int = 0, stall_s: float = 2.0,
-                 max_faults: int = 2, retry_after_ms: int = 20):
+                 max_faults: int = 2, retry_after_ms: int = 20, only_if=None):
         self.rates = dict(rates or {})
         unknown = set(self.rates) - set(FAULT_KINDS)
         if unknown or sum(self.rates.values()) > 1.0:
             raise ValueError(f"fault rates must be kinds of {FAULT_KINDS} summing to <= 1, got {self.rates}")
         self.seed, self.stall_s, self.max_faults, self.retry_after_ms = seed, stall_s, max_faults, retry_after_ms
+        self.only_if = only_if  # a predicate on the request body: fault only the requests it accepts
         self.attempts: Counter[str] = Counter()  # HTTP requests per body
         self.completions: Counter[str] = Counter()  # well-formed completions delivered per body
         self.faults: Counter[str] = Counter()  # faults injected, per kind
         self.authorizations: set[str] = set()
+        self.last_user_texts: list[str] = []  # each request's last user message (repair turns show here)
         self.hold_after: int | None = None  # after this many completions, hold every new request
         self._released = threading.Event()
         self._lock = threading.Lock()
@@ -176,12 +178,15 @@ class _Handler(BaseHTTPRequestHandler):
             server.attempts[key] += 1
             attempt = server.attempts[key]
             server.authorizations.add(self.headers.get("Authorization", ""))
+            users = [m for m in body.get("messages", []) if m.get("role") == "user"]
+            if users:
+                server.last_user_texts.append(_first_user_text({"messages": users[-1:]}))
             held = server.hold_after is not None and sum(server.completions.values()) >= server.hold_after
         if held:  # the crash test kills the client while these wait; they never complete
             server._released.wait(timeout=60)
             self._send(503, b'{"error": {"message": "held"}}')
             return
-        fault = server.fault_for(key, attempt)
+        fault = server.fault_for(key, attempt) if server.only_if is None or server.only_if(body) else None
         if fault is not None:
             with server._lock:
                 server.faults[fault] += 1
