@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -303,3 +304,53 @@ def test_usage_rows_price_fresh_tokens_only(tmp_path):
     assert row["input_tokens"] > 0 and row["estimated_cost_usd"] == pytest.approx(expected)
     write_artifact(rows, tmp_path / "usage.parquet", schemas.USAGE)
     assert "| capeval | 4 | 1 | 0 |" in usage_markdown(rows)
+
+
+def test_workflow_under_faults_keeps_the_key_secret_and_a_rerun_from_the_cache_calls_nothing(tmp_path, monkeypatch):
+    """The tiny workflow with its dialogue writer, MCQA writer and judge on the fault server and an
+    API key from the environment; then every output but the cache is deleted and the run repeated."""
+    from test_workflow import copy_workflow, snakemake
+
+    from covip.usage import load_usage
+
+    sentinel = "sk-covip-SENTINEL-9f3b2d71c0"
+    monkeypatch.setenv("COVIP_SENTINEL_KEY", sentinel)
+    (tmp_path / "wf").mkdir()
+    workdir = copy_workflow(tmp_path / "wf")
+    with FaultServer(FAULTS, stall_s=1.5, seed=3) as server:
+        entry = (f"{{backend: openai, model: fault-model, base_url: '{server.base_url}', api_key_env: COVIP_SENTINEL_KEY, "
+                 "max_retries: 6, timeout_s: 1.0, concurrency: 4}")
+        (workdir / "faults.yaml").write_text(
+            f"models: {{dialogue_writer: {entry}, mcqa_writer: {entry}, fault_judge: {entry}}}\n"
+            "evaluation: {policies: [oracle, blind], judges: [fault_judge], diagnostic_judge: lexical_judge,"
+            " diagnostic_tasks: [lsd], diagnostic_modes: [direct]}\n"
+            "dialogues: {max_attempts: 5}\nmcqa: {max_attempts: 5}\ncapeval: {max_attempts: 5, n_bootstrap: 50}\n"
+            "prices: {fault-model: {input: 1.0, output: 2.0}}\n"
+        )
+        snakemake(workdir, "--configfile", "tiny.yaml", "faults.yaml")
+        assert f"Bearer {sentinel}" in server.authorizations, "the key from the environment was not used"
+        assert server.faults and max(server.completions.values()) == 1
+        results = workdir / "results"
+        usage = load_usage(results / "usage")
+        paid = [row for row in usage if row["model"] == "fault-model"]
+        assert {row["rule"] for row in paid} == {"write_dialogues", "write_mcqas", "capeval"}
+        assert all(row["estimated_cost_usd"] > 0 for row in paid)
+        assert "## Model usage" in (results / "report" / "summary.md").read_text()
+
+        # The key is nowhere in what the run wrote: outputs, cache, logs, Snakemake's metadata.
+        written = [path for path in workdir.rglob("*") if path.is_file() and "src" not in path.relative_to(workdir).parts]
+        assert any(".snakemake" in path.parts for path in written) and any(p.suffix == ".sqlite" for p in written)
+        leaks = [str(path) for path in written if sentinel.encode() in path.read_bytes()]
+        assert not leaks, f"the API key leaked into {leaks}"
+
+        # Every output but the response cache is deleted; the rerun makes no model call at all.
+        for child in results.iterdir():
+            if child.name != "cache":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        before = sum(server.attempts.values())
+        snakemake(workdir, "--configfile", "tiny.yaml", "faults.yaml")
+        assert sum(server.attempts.values()) == before
+        rerun = load_usage(results / "usage")
+        assert rerun and sum(row["requests"] for row in rerun) > 0
+        fresh = [row for row in rerun if row["requests"] != row["cache_hits"]]
+        assert not fresh, f"model calls on a rerun from the cache: {fresh}"
