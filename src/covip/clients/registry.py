@@ -235,11 +235,11 @@ class CachedChatModel:
             elif getattr(self.inner, "acomplete", None) is not None and not _loop_running():
                 asyncio.run(self._run_async(requests, keys, todo, results, bar, workers))
             else:
-                def one(index: int) -> None:
-                    results[index] = self._call(requests[index], keys[index])
-
-                for _ in run_concurrently(one, todo, concurrency=workers, desc=desc, file=open(os.devnull, "w")):
-                    bar.update()
+                with ThreadPoolExecutor(max_workers=workers) as pool:
+                    futures = {index: pool.submit(self._call, requests[index], keys[index]) for index in todo}
+                    for index, future in futures.items():
+                        results[index] = future.result()
+                        bar.update()
         for index, source in copies:
             answer = results[source]
             if answer is not None and answer.ok:
@@ -371,6 +371,8 @@ class CachedEmbedder:
         self.key_context = cache_context(spec)
 
     def __getattr__(self, name: str):  # describe(), batch_size, ... of the wrapped embedder
+        if name == "inner":  # not set yet (e.g. while unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def _key(self, image: bytes) -> str:
