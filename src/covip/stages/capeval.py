@@ -13,6 +13,10 @@ Decisions, recorded on every row so the summary can count them:
 - A judge call that failed (after the client layer's retries) is also counted as 'D', as the
   authors' code would, but it keeps `raw_answer=None` and `unparseable=True`, and the summary counts
   it again in `n_judge_failed`: such a number is a judging problem, not a property of the policy.
+- With `max_attempts` > 1 (default 1, the authors' protocol) a reply with no readable letter is
+  sent back with the `capeval_repair` instruction, and a failed call is repeated, up to that many
+  calls per question; only what is still unreadable after that counts as D. Above
+  `max_failure_rate` unreadable or failed answers the workflow job fails (see covip.reliability).
 - A caption that failed to generate (status 'failed' or no text) is judged as an empty caption: the
   policy said nothing, so its positives are wrong and its negatives right. The captions table keeps
   the failure itself.
