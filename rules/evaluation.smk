@@ -70,7 +70,7 @@ rule capeval:
         settings=config["capeval"],
         seed=config["seed"],
         models=lambda wc: model_params(wc.judge),
-        prompts=prompt_params("capeval_judge"),
+        prompts=prompt_params("capeval_judge", "capeval_repair"),
         code=lambda wc: stage_code("covip.stages.capeval", [("chat", wc.judge)]),
     threads: rule_resources("capeval", "threads")
     resources:
@@ -210,7 +210,7 @@ rule score_released:
         settings=config["capeval"],
         seed=config["seed"],
         models=lambda wc: model_params(wc.judge),
-        prompts=prompt_params("capeval_judge"),
+        prompts=prompt_params("capeval_judge", "capeval_repair"),
         code=lambda wc: stage_code("covip.stages.capeval", [("chat", wc.judge)]),
     threads: 1
     resources:

@@ -1,6 +1,6 @@
 """Stage 10: CapEval-QA. A judge answers every question from the caption alone; Acc+/Acc- per count."""
 from covip import schemas
-from covip.stages.capeval import CapEvalSettings, judge_captions, policy_identities_from, summarize_capeval
+from covip.stages.capeval import CapEvalSettings, judge_captions, judge_failures, policy_identities_from, summarize_capeval
 from covip.workflow import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821
@@ -11,6 +11,7 @@ with StageRun(snakemake) as run:  # noqa: F821
     # The judge reads captions and questions only: leave the split's images on disk.
     test = run.read("test", schemas.SPLIT, columns=[c for c in schemas.SPLIT.columns if "image" not in c])
     answers = judge_captions(captions, test, judge, run.prompts, settings, run.seed, judge_name, progress_file=run.log_file)
+    run.check_failures(judge_failures(answers), settings.max_failure_rate)
     run.write(answers, schemas.CAPEVAL_ANSWERS, "answers")
     summary = summarize_capeval(answers, settings.n_bootstrap, run.seed, confidence=settings.confidence,
                                 policy_identities=policy_identities_from(captions))

@@ -2,6 +2,8 @@
 from pathlib import Path
 
 from covip import report, schemas
+from covip.io import write_text_atomic
+from covip.usage import load_usage
 from covip.workflow import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821
@@ -17,5 +19,6 @@ with StageRun(snakemake) as run:  # noqa: F821
         stand_in_note=report.backends_note(run.config),
         capeval_plot=Path(out.capeval_plot).name,
         diagnostics_plot=Path(out.diagnostics_plot).name,
+        usage=load_usage(Path(run.config["outdir"]) / "usage"),
     )
-    Path(out.summary).write_text(text, encoding="utf-8")
+    write_text_atomic(out.summary, text)

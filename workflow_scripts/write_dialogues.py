@@ -1,6 +1,6 @@
 """Stage 5: one 6-turn dialogue per context concept, written from sampled facts."""
 from covip import schemas
-from covip.stages.dialogues import DialogueSettings, write_dialogues
+from covip.stages.dialogues import dialogue_failures, DialogueSettings, write_dialogues
 from covip.workflow import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821
@@ -9,4 +9,5 @@ with StageRun(snakemake) as run:  # noqa: F821
     contexts = run.read("contexts", schemas.CONTEXTS)
     concepts = run.read("concepts", schemas.CONCEPTS)
     rows = write_dialogues(contexts, concepts, writer, run.prompts, settings, run.seed, progress_file=run.log_file)
+    run.check_failures(dialogue_failures(rows), settings.max_failure_rate)
     run.write(rows, schemas.DIALOGUES)

@@ -1,6 +1,6 @@
 """Stage 6: three validated multiple-choice questions per dialogue."""
 from covip import schemas
-from covip.stages.mcqa import MCQASettings, write_mcqas
+from covip.stages.mcqa import mcqa_failures, MCQASettings, write_mcqas
 from covip.workflow import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821
@@ -8,4 +8,5 @@ with StageRun(snakemake) as run:  # noqa: F821
     writer = run.models.chat("mcqa_writer")
     dialogues = run.read("dialogues", schemas.DIALOGUES)
     rows = write_mcqas(dialogues, writer, run.prompts, settings, run.seed, progress_file=run.log_file)
+    run.check_failures(mcqa_failures(rows), settings.max_failure_rate)
     run.write(rows, schemas.MCQAS)

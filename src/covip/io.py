@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -87,19 +88,34 @@ def to_table(rows: Iterable[Mapping] | pa.Table, schema: ArtifactSchema, where: 
     return validate_table(table, schema, where)
 
 
-def write_artifact(rows: Iterable[Mapping] | pa.Table, path: str | os.PathLike, schema: ArtifactSchema) -> pa.Table:
-    """Validate `rows` against `schema` and write them to `path` atomically (temp file, then rename)."""
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; when the block succeeds it is renamed to `path`, so a
+    reader (or a rerun after a crash) sees the old file or the whole new one, never half of one."""
     path = Path(path)
-    table = to_table(rows, schema, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(handle)
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically (see `atomic_output`)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_artifact(rows: Iterable[Mapping] | pa.Table, path: str | os.PathLike, schema: ArtifactSchema) -> pa.Table:
+    """Validate `rows` against `schema` and write them to `path` atomically (temp file, then rename)."""
+    path = Path(path)
+    table = to_table(rows, schema, str(path))
+    with atomic_output(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
     return table
 
 

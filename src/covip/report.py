@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from covip.io import atomic_output
+
 COUNT_SETTINGS = {1: "1-concept", 2: "2-concepts", 3: "3-concepts", 4: "4-concepts"}
 TASKS = ("lsd", "lar", "itr")
 MODES = ("direct", "cag")
@@ -116,8 +118,11 @@ def plot_capeval_by_count(summary: Sequence[Mapping], path: str | Path) -> None:
             for (policy, judge), group in frame.groupby(["policy", "judge"]):
                 group = group.sort_values("num_positives")
                 label = f"{policy} / {judge}" + (f" {STAND_IN_MARK}" if group["stand_in"].any() else "")
-                axis.errorbar(group["num_positives"], group[metric],
-                              yerr=[group[metric] - group[f"{metric}_low"], group[f"{metric}_high"] - group[metric]],
+                # Clipped at 0: with rounding (or a point estimate at the interval's edge) a bar length
+                # can come out a hair below zero, which matplotlib rejects.
+                below = (group[metric] - group[f"{metric}_low"]).clip(lower=0)
+                above = (group[f"{metric}_high"] - group[metric]).clip(lower=0)
+                axis.errorbar(group["num_positives"], group[metric], yerr=[below, above],
                               marker="o", capsize=3, label=label)
         axis.set_title(title)
         axis.set_xlabel("concepts in the query image")
@@ -127,7 +132,8 @@ def plot_capeval_by_count(summary: Sequence[Mapping], path: str | Path) -> None:
     axes[0].set_ylabel("%")
     axes[1].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_output(path) as tmp:  # a crash never leaves half a PNG
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -154,7 +160,8 @@ def plot_direct_vs_cag(summary: Sequence[Mapping], path: str | Path) -> None:
     axes[0].set_ylabel("score (%)")
     axes[-1].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_output(path) as tmp:  # a crash never leaves half a PNG
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -167,6 +174,7 @@ def render_summary(
     stand_in_note: str,
     capeval_plot: str,
     diagnostics_plot: str,
+    usage: Sequence[Mapping] | None = None,
 ) -> str:
     pooled = [r for r in capeval if int(r["num_positives"]) == 0]
     pooled_lines = ["| policy | judge | Acc+ (95% CI) | Acc- (95% CI) | questions +/- | unparseable |",
@@ -194,6 +202,15 @@ def render_summary(
         "## Where each of our numbers came from",
         provenance_table(capeval, diagnostics),
     ]
+    if usage is not None:
+        from covip.usage import usage_markdown
+
+        sections += [
+            "## Model usage (requests, cache hits, failures, tokens, estimated cost per rule)",
+            "Every job's row is in `usage/<job>.parquet`; tokens and cost count fresh calls only, and a "
+            "cost is an estimate from the config's `prices:` list prices.",
+            usage_markdown(list(usage)),
+        ]
     return "\n\n".join(sections) + "\n"
 
 

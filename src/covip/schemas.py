@@ -374,10 +374,32 @@ DIAGNOSTIC_SUMMARY = _schema(
     ["policy", "task", "mode", "n", "n_failed", "scorer", "model_identity", "stand_in"],
 )
 
+USAGE = _schema(
+    "usage",
+    "Model usage of one job: one row per registry entry the job used (written beside the job's log).",
+    [
+        ("job", pa.string()),  # the job's log path under logs/, without .log (rule plus wildcards)
+        ("rule", pa.string()),
+        ("role", pa.string()),  # registry entry
+        ("backend", pa.string()),
+        ("model", pa.string()),
+        ("requests", pa.int64()),  # every request the stage made, cache hits included
+        ("cache_hits", pa.int64()),
+        ("failures", pa.int64()),  # calls that failed after the client's retries
+        ("input_tokens", pa.int64()),  # of fresh calls only (a cache hit costs nothing)
+        ("output_tokens", pa.int64()),
+        ("seconds", pa.float64()),  # summed call latency (calls overlap, so this exceeds wall time)
+        ("estimated_cost_usd", pa.float64()),  # from the config's price table; 0 without a price
+    ],
+    ["job", "rule", "role", "backend", "model", "requests", "cache_hits", "failures", "input_tokens",
+     "output_tokens", "seconds", "estimated_cost_usd"],
+)
+
 ALL = {
     s.name: s
     for s in (
         CONCEPTS, QUERIES, FILTER_DECISIONS, CONCEPT_EMBEDDINGS, CONTEXTS, DIALOGUES, MCQAS, SPLIT, SPLIT_REPORT,
         CAPTIONS, CAPEVAL_ANSWERS, CAPEVAL_SUMMARY, DIAGNOSTIC_SET, DIAGNOSTIC_RESPONSES, DIAGNOSTIC_SUMMARY,
+        USAGE,
     )
 }

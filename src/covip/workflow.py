@@ -17,11 +17,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from covip import schemas
 from covip.clients.registry import ModelRegistry
 from covip.io import ArtifactWriter, ColumnLookup, iter_rows, read_columns, read_rows, write_artifact, write_artifact_stream
 from covip.prompts import PromptBook
+from covip.reliability import FailureReport, check_failure_rate
 from covip.schemas import ArtifactSchema
 from covip.settings import settings_from
+from covip.usage import usage_rows
 
 log = logging.getLogger("covip")
 
@@ -74,6 +77,42 @@ class StageRun:
     def settings(self, cls: type, section: str):
         return settings_from(cls, self.config.get(section), where=f"config '{section}'")
 
+    def check_failures(self, report: FailureReport, max_rate: float) -> None:
+        """Log the stage's failure summary; above `max_rate`, also print it to the console and raise
+        (before any output is written, so Snakemake marks the job failed)."""
+        log.info("%s", report.text(max_rate))
+        try:
+            check_failure_rate(report, max_rate)
+        except Exception as error:
+            print(f"rule {self.rule}: {error}", file=sys.__stderr__, flush=True)
+            raise
+
+    # -- usage ------------------------------------------------------------------------------------
+    @property
+    def job(self) -> str:
+        """The job's name: its log path under <outdir>/logs without '.log' (rule plus wildcards)."""
+        if not len(self.smk.log):
+            return self.rule
+        log_path = Path(self.smk.log[0])
+        logs = Path(self.config["outdir"]) / "logs"
+        try:
+            relative = log_path.relative_to(logs)
+        except ValueError:
+            relative = Path(log_path.name)
+        return str(relative.with_suffix(""))
+
+    def write_usage(self) -> None:
+        """This job's model usage to <outdir>/usage/<job>.parquet (written even when the job fails)."""
+        rows = usage_rows(self.models._built, self.config.get("prices") or {}, job=self.job, rule=self.rule)
+        if not rows:
+            return
+        path = Path(self.config["outdir"]) / "usage" / f"{self.job}.parquet"
+        write_artifact(rows, path, schemas.USAGE)
+        for row in rows:
+            log.info("usage of %s: %d requests, %d cache hits, %d failures, %d+%d tokens, ~$%.4f", row["role"],
+                     row["requests"], row["cache_hits"], row["failures"], row["input_tokens"], row["output_tokens"],
+                     row["estimated_cost_usd"])
+
     # -- lifecycle --------------------------------------------------------------------------------
     def __enter__(self) -> "StageRun":
         self._started = time.perf_counter()
@@ -94,10 +133,10 @@ class StageRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        for name, built in self.models._built.items():
-            usage = getattr(built, "usage", None)
-            if usage is not None:
-                log.info("model %s (%s): %s", name, built.identity, usage.summary())
+        try:
+            self.write_usage()
+        except Exception as error:  # noqa: BLE001 - accounting must never hide the stage's own outcome
+            log.warning("could not write usage: %s: %s", type(error).__name__, error)
         if exc is not None:
             log.error("rule %s failed: %s: %s", self.rule, exc_type.__name__, exc, exc_info=(exc_type, exc, tb))
         else:

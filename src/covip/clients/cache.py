@@ -25,8 +25,15 @@ def _canonical_part(part) -> dict[str, Any]:
     raise TypeError(f"unknown message part {type(part).__name__}")
 
 
-def request_key(backend: str, model: str, request: ChatRequest | ImageRequest) -> str:
-    """A stable hash of everything that determines a response (images by content hash)."""
+def request_key(
+    backend: str, model: str, request: ChatRequest | ImageRequest, context: dict[str, Any] | None = None
+) -> str:
+    """A stable hash of everything that determines a response (images by content hash).
+
+    `context` is what else decides the answer besides the request: the registry entry's backend
+    options and a fingerprint of the model itself (weights folder, stand-in code), so a retrained
+    model or an edited stand-in never hits a stale entry.
+    """
     if isinstance(request, ChatRequest):
         body = {
             "messages": [{"role": m.role, "parts": [_canonical_part(p) for p in m.parts]} for m in request.messages],
@@ -42,7 +49,10 @@ def request_key(backend: str, model: str, request: ChatRequest | ImageRequest) -
             "task": request.task,
             "seed": request.seed,
         }
-    blob = json.dumps({"backend": backend, "model": model, "request": body}, sort_keys=True, default=str)
+    key = {"backend": backend, "model": model, "request": body}
+    if context:
+        key["context"] = context
+    blob = json.dumps(key, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -73,6 +83,18 @@ class ResponseCache:
         if row is None:
             return None
         return json.loads(row[0]), row[1]
+
+    def get_many(self, keys: list[str]) -> dict[str, tuple[dict[str, Any], bytes | None]]:
+        """Stored responses for many keys at once (missing keys are absent from the result)."""
+        found: dict[str, tuple[dict[str, Any], bytes | None]] = {}
+        unique = list(dict.fromkeys(keys))
+        db = self._connect()
+        for start in range(0, len(unique), 500):  # SQLite's bound-parameter limit
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, payload, blob in db.execute(f"SELECT key, payload, blob FROM responses WHERE key IN ({marks})", chunk):
+                found[key] = (json.loads(payload), blob)
+        return found
 
     def put(self, key: str, backend: str, model: str, payload: dict[str, Any], blob: bytes | None = None) -> None:
         self._connect().execute(

@@ -7,14 +7,19 @@ cache and usage counters, and checks API keys before any work starts.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import importlib
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
+import numpy as np
 from tqdm import tqdm
 
 from covip.clients.base import (
@@ -29,9 +34,11 @@ from covip.clients.base import (
     Usage,
 )
 from covip.clients.cache import ResponseCache, request_key
+from covip.clients.ratelimit import RateLimiter, estimate_tokens
 
-# Backends that run offline on this machine. They are deterministic and fast, so they skip the
-# response cache by default; the report marks their numbers as produced by a stand-in.
+# Backends that run offline on this machine; the report marks their numbers as produced by a
+# stand-in. They go through the response cache like every other backend (keyed by a fingerprint of
+# their code), so a rerun of a finished workflow makes no model call at all.
 LOCAL_BACKENDS = {
     "local_compositor",
     "local_pixel_verifier",
@@ -60,13 +67,15 @@ class ModelSpec:
     sampling: dict[str, Any] = field(default_factory=dict)
     structured_output: str = "json_schema"  # 'json_schema' | 'json_object' | 'none'
     concurrency: int = 4
+    requests_per_minute: float | None = None  # per job; None: unlimited
+    tokens_per_minute: float | None = None  # per job, estimated before sending (ratelimit.estimate_tokens)
     timeout_s: float = 120.0
     max_retries: int = 4
     pretrained: str | None = None  # open_clip weights tag or checkpoint path
     device: str = "auto"
     gpus: int = 0  # GPUs a job running this model in-process needs (Snakemake resource gpu)
     stand_in: bool | None = None  # None: offline stand-ins and reference policies; set true for e.g. a random-weight model
-    cache: bool | None = None  # None: cache remote backends only
+    cache: bool | None = None  # None or true: every call goes through the response cache; false: never
     options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -105,7 +114,7 @@ class ModelSpec:
 
     @property
     def uses_cache(self) -> bool:
-        return (not self.is_local) if self.cache is None else self.cache
+        return True if self.cache is None else self.cache
 
     @property
     def is_stand_in(self) -> bool:
@@ -154,24 +163,39 @@ class UsageCounter:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
 
-class CachedChatModel:
-    """Wraps a chat backend with the shared response cache and usage counters."""
+def _error_response(model: str, error: BaseException) -> ChatResponse:
+    return ChatResponse(None, model, error=f"{type(error).__name__}: {error}")
 
-    def __init__(self, spec: ModelSpec, inner: ChatModel, cache: ResponseCache | None):
+
+class CachedChatModel:
+    """Wraps a chat backend with the shared response cache, rate limits and usage counters.
+
+    Every answered request is committed to the cache the moment it returns, so a crash never loses
+    a finished call; a failed call is counted and returned with `error` set, never cached.
+    """
+
+    def __init__(self, spec: ModelSpec, inner: ChatModel, cache: ResponseCache | None, key_context: dict | None = None):
         self.spec, self.inner, self.cache = spec, inner, cache
         self.identity = spec.identity
         self.usage = UsageCounter()
+        self.key_context = key_context if key_context is not None else cache_context(spec)
+        self.limiter = RateLimiter(spec.requests_per_minute, spec.tokens_per_minute)
 
     def complete(self, request: ChatRequest) -> ChatResponse:
         request = self._with_default_sampling(request)
         key = self._key(request)
         if (hit := self._cached(key)) is not None:
             return hit
+        return self._call(request, key)
+
+    def _call(self, request: ChatRequest, key: str | None) -> ChatResponse:
+        """One real call: wait for the rate limit, call the backend, count and record the answer."""
+        self.limiter.wait(estimate_tokens(request))
         start = time.perf_counter()
         try:
             response = self.inner.complete(request)
         except Exception as error:  # noqa: BLE001 - recorded on the row, never hidden
-            response = ChatResponse(None, self.spec.model, error=f"{type(error).__name__}: {error}")
+            response = _error_response(self.spec.model, error)
         response.latency_s = time.perf_counter() - start
         self._record(key, response)
         return response
@@ -179,43 +203,109 @@ class CachedChatModel:
     def complete_many(
         self, requests: list[ChatRequest], *, desc: str = "requests", progress_file=None, concurrency: int | None = None
     ) -> list[ChatResponse]:
-        """Answer many requests: cached ones from the cache, the rest batched when the backend can
-        batch (transformers, vLLM: `complete_batch`), else with bounded concurrency. Input order."""
-        batch = getattr(self.inner, "complete_batch", None)
-        if batch is None:
-            workers = concurrency or self.spec.concurrency
-            return list(run_concurrently(self.complete, requests, concurrency=workers, desc=desc, file=progress_file))
+        """Answer many requests, results in input order.
+
+        Cached answers come from one bulk lookup; identical requests are sent once. The rest go to the
+        backend batched when it can batch (transformers, vLLM: `complete_batch`), as asyncio tasks
+        when it has an async client (openai: `acomplete`), else on a thread pool; concurrency is
+        bounded by `concurrency` (default: the registry entry's) and the entry's rate limits.
+        """
         requests = [self._with_default_sampling(r) for r in requests]
         keys = [self._key(r) for r in requests]
-        results: list[ChatResponse | None] = [self._cached(key) for key in keys]
-        misses = [index for index, result in enumerate(results) if result is None]
+        results: list[ChatResponse | None] = list(self._cached_many(keys))
+        # Identical requests (same key) are sent once; the copies are answered by the first.
+        first_of: dict[str, int] = {}
+        todo, copies = [], []
+        for index, result in enumerate(results):
+            if result is not None:
+                continue
+            key = keys[index]
+            if key is not None and key in first_of:
+                copies.append((index, first_of[key]))
+            else:
+                if key is not None:
+                    first_of[key] = index
+                todo.append(index)
+        bar = tqdm(total=len(requests), initial=len(requests) - len(todo) - len(copies), desc=desc,
+                   file=progress_file, mininterval=1.0, ascii=True)
+        workers = max(1, concurrency or self.spec.concurrency)
+        if todo:
+            if getattr(self.inner, "complete_batch", None) is not None:
+                self._run_batched(requests, keys, todo, results, bar)
+            elif getattr(self.inner, "acomplete", None) is not None and not _loop_running():
+                asyncio.run(self._run_async(requests, keys, todo, results, bar, workers))
+            else:
+                with ThreadPoolExecutor(max_workers=workers) as pool:
+                    futures = {index: pool.submit(self._call, requests[index], keys[index]) for index in todo}
+                    for index, future in futures.items():
+                        results[index] = future.result()
+                        bar.update()
+        for index, source in copies:
+            answer = results[source]
+            if answer is not None and answer.ok:
+                self.usage.add(cached=True, failed=False, usage=Usage(), seconds=0.0)
+                results[index] = ChatResponse(answer.text, answer.model, Usage(), cached=True)
+            else:
+                results[index] = answer
+            bar.update()
+        bar.close()
+        return results  # type: ignore[return-value]
+
+    def _run_batched(self, requests, keys, todo, results, bar) -> None:
         size = max(1, int(self.spec.options.get("batch_size", 8)))
-        bar = tqdm(total=len(misses), desc=desc, file=progress_file, mininterval=1.0, ascii=True)
-        for start in range(0, len(misses), size):
-            chunk = misses[start : start + size]
+        for start in range(0, len(todo), size):
+            chunk = todo[start : start + size]
+            for index in chunk:
+                self.limiter.wait(estimate_tokens(requests[index]))
             began = time.perf_counter()
             try:
-                answers = batch([requests[i] for i in chunk])
+                answers = self.inner.complete_batch([requests[i] for i in chunk])
             except Exception as error:  # noqa: BLE001 - the whole batch failed; record it per row
-                answers = [ChatResponse(None, self.spec.model, error=f"{type(error).__name__}: {error}") for _ in chunk]
+                answers = [_error_response(self.spec.model, error) for _ in chunk]
             elapsed = (time.perf_counter() - began) / max(1, len(chunk))
             for index, response in zip(chunk, answers):
                 response.latency_s = response.latency_s or elapsed
                 self._record(keys[index], response)
                 results[index] = response
             bar.update(len(chunk))
-        bar.close()
-        return results  # type: ignore[return-value]
+
+    async def _run_async(self, requests, keys, todo, results, bar, workers: int) -> None:
+        """Send `todo` as asyncio tasks on one async client, at most `workers` in flight."""
+        gate = asyncio.Semaphore(workers)
+        async with self.inner.async_client() as client:
+
+            async def one(index: int) -> None:
+                async with gate:
+                    await self.limiter.wait_async(estimate_tokens(requests[index]))
+                    start = time.perf_counter()
+                    try:
+                        response = await self.inner.acomplete(client, requests[index])
+                    except Exception as error:  # noqa: BLE001 - recorded on the row, never hidden
+                        response = _error_response(self.spec.model, error)
+                    response.latency_s = time.perf_counter() - start
+                    self._record(keys[index], response)  # committed now: a crash loses no finished call
+                    results[index] = response
+                    bar.update()
+
+            await asyncio.gather(*(one(index) for index in todo))
 
     def _key(self, request: ChatRequest) -> str | None:
-        return request_key(self.spec.backend, self.spec.model, request) if self.cache is not None else None
+        if self.cache is None:
+            return None
+        return request_key(self.spec.backend, self.spec.model, request, self.key_context)
 
     def _cached(self, key: str | None) -> ChatResponse | None:
         """A stored response for `key` (counted as a cache hit), or None."""
         hit = self.cache.get(key) if key is not None else None
-        if hit is None:
-            return None
-        payload, _ = hit
+        return None if hit is None else self._hit(hit[0])
+
+    def _cached_many(self, keys: list[str | None]) -> list[ChatResponse | None]:
+        if self.cache is None:
+            return [None] * len(keys)
+        found = self.cache.get_many([key for key in keys if key is not None])
+        return [self._hit(found[key][0]) if key in found else None for key in keys]
+
+    def _hit(self, payload: dict) -> ChatResponse:
         self.usage.add(cached=True, failed=False, usage=Usage(), seconds=0.0)
         return ChatResponse(payload["text"], payload["model"], Usage(**payload["usage"]), cached=True)
 
@@ -234,18 +324,30 @@ class CachedChatModel:
         return ChatRequest(request.messages, sampling, request.response_schema, request.task, request.seed)
 
 
+def _loop_running() -> bool:
+    """Whether this thread already runs an event loop (then asyncio.run cannot be used)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 class CachedImageGenerator:
     def __init__(self, spec: ModelSpec, inner: ImageGenerator, cache: ResponseCache | None):
         self.spec, self.inner, self.cache = spec, inner, cache
         self.identity = spec.identity
         self.usage = UsageCounter()
+        self.key_context = cache_context(spec)
+        self.limiter = RateLimiter(spec.requests_per_minute, spec.tokens_per_minute)
 
     def generate(self, request: ImageRequest) -> ImageResponse:
-        key = request_key(self.spec.backend, self.spec.model, request) if self.cache is not None else None
+        key = request_key(self.spec.backend, self.spec.model, request, self.key_context) if self.cache is not None else None
         if key is not None and (hit := self.cache.get(key)) is not None:
             payload, blob = hit
             self.usage.add(cached=True, failed=False, usage=Usage(), seconds=0.0)
             return ImageResponse(blob, payload["model"], payload.get("text", ""), payload.get("layout"), cached=True)
+        self.limiter.wait(len(request.instruction) // 4)
         start = time.perf_counter()
         try:
             response = self.inner.generate(request)
@@ -257,6 +359,118 @@ class CachedImageGenerator:
             payload = {"model": response.model, "text": response.text, "layout": response.layout}
             self.cache.put(key, self.spec.backend, self.spec.model, payload, response.image)
         return response
+
+
+class CachedEmbedder:
+    """Wraps an image embedder with the response cache: one entry per (model, image content)."""
+
+    def __init__(self, spec: ModelSpec, inner: ImageEmbedder, cache: ResponseCache | None):
+        self.spec, self.inner, self.cache = spec, inner, cache
+        self.identity = getattr(inner, "identity", spec.identity)
+        self.usage = UsageCounter()
+        self.key_context = cache_context(spec)
+
+    def __getattr__(self, name: str):  # describe(), batch_size, ... of the wrapped embedder
+        if name == "inner":  # not set yet (e.g. while unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def _key(self, image: bytes) -> str:
+        blob = f"{self.spec.backend}\0{self.spec.model}\0{sorted(self.key_context.items())}\0".encode()
+        return "embed:" + hashlib.sha256(blob + hashlib.sha256(image).digest()).hexdigest()
+
+    def embed(self, images: list[bytes]) -> np.ndarray:
+        if self.cache is None:
+            vectors = self.inner.embed(images)
+            for _ in images:
+                self.usage.add(cached=False, failed=False, usage=Usage(), seconds=0.0)
+            return vectors
+        keys = [self._key(image) for image in images]
+        found = self.cache.get_many(keys)
+        missing = [i for i, key in enumerate(keys) if key not in found]
+        fresh: dict[int, np.ndarray] = {}
+        if missing:
+            start = time.perf_counter()
+            vectors = np.asarray(self.inner.embed([images[i] for i in missing]), dtype=np.float32)
+            seconds = (time.perf_counter() - start) / len(missing)
+            for row, index in enumerate(missing):
+                fresh[index] = vectors[row]
+                self.usage.add(cached=False, failed=False, usage=Usage(), seconds=seconds)
+                payload = {"dim": int(vectors.shape[1])}
+                self.cache.put(keys[index], self.spec.backend, self.spec.model, payload, vectors[row].tobytes())
+        rows = []
+        for index, key in enumerate(keys):
+            if index in fresh:
+                rows.append(fresh[index])
+            else:
+                self.usage.add(cached=True, failed=False, usage=Usage(), seconds=0.0)
+                rows.append(np.frombuffer(found[key][1], dtype=np.float32))
+        if not rows:
+            return np.asarray(self.inner.embed([]), dtype=np.float32)
+        return np.stack(rows).astype(np.float32, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# What else keys a cached answer besides the request: options and a fingerprint of the model
+
+
+# Files up to this size are hashed by content; larger ones (multi-GB weights) by size and mtime.
+_HASH_LIMIT = 64 * 2**20
+
+
+@lru_cache(maxsize=None)
+def path_fingerprint(path: str) -> str:
+    """A hash of a local model folder or file, computed once per process.
+
+    Every file (hidden files such as Snakemake's timestamp aside) contributes its relative path and
+    size, plus its content hash when it is at most 64 MiB, else its mtime. Configs, tokenizers and
+    small weights are thus compared by content (a rebuilt identical model still hits the cache),
+    and a retrained large model changes at least its weights' mtime.
+    """
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file.relative_to(root) if file != root else file.name}\0{stat.st_size}\0".encode())
+        if stat.st_size <= _HASH_LIMIT:
+            digest.update(hashlib.sha256(file.read_bytes()).digest())
+        else:
+            digest.update(str(stat.st_mtime_ns).encode())
+    return digest.hexdigest()[:16]
+
+
+def _local_model_path(name: str | None) -> str | None:
+    """A local folder or file for a model name: the path itself, or a hub snapshot already cached."""
+    if not name:
+        return None
+    if os.path.exists(name):
+        return name
+    try:  # a hub id: its cached snapshot (the folder name is the commit), never a download
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not a hub id, or not cached: the id alone keys the cache
+        return None
+
+
+def model_fingerprint(spec: ModelSpec) -> str:
+    """What identifies the model behind an entry beyond its name (see `cache_context`)."""
+    if spec.backend in LOCAL_BACKENDS:
+        from covip.fingerprint import code_fingerprint
+
+        return "code:" + code_fingerprint(*_backend_modules(spec.backend))
+    if spec.backend in IN_PROCESS_MODEL_BACKENDS:
+        weights = spec.pretrained if spec.backend == "open_clip" else spec.model
+        path = _local_model_path(weights)
+        return f"files:{path_fingerprint(os.path.abspath(path))}" if path else f"id:{weights}"
+    return "remote"  # the endpoint's model name is all we can know
+
+
+def cache_context(spec: ModelSpec) -> dict[str, Any]:
+    """Besides backend, model and request, a cache key includes the entry's backend options and a
+    fingerprint of the model: a local model folder's files, or a stand-in's code."""
+    return {"options": spec.options, "fingerprint": model_fingerprint(spec)}
 
 
 class ModelRegistry:
@@ -298,7 +512,7 @@ class ModelRegistry:
         if name not in self._built:
             spec = self.spec(name)
             check_credentials(spec)
-            self._built[name] = _build_embedder_backend(spec)
+            self._built[name] = CachedEmbedder(spec, _build_embedder_backend(spec), self._response_cache(spec))
         return self._built[name]
 
 
@@ -332,6 +546,11 @@ BACKENDS: dict[str, dict[str, str]] = {
 def backend_module(capability: str, backend: str) -> str:
     """The module implementing `backend` for `capability` (for code fingerprints)."""
     return _backend_target(capability, backend, where=backend).split(":")[0]
+
+
+def _backend_modules(backend: str) -> list[str]:
+    """Every module implementing `backend`, whatever capability it serves."""
+    return sorted({target.split(":")[0] for table in BACKENDS.values() for name, target in table.items() if name == backend})
 
 
 def _backend_target(capability: str, backend: str, where: str) -> str:

@@ -13,6 +13,10 @@ Decisions, recorded on every row so the summary can count them:
 - A judge call that failed (after the client layer's retries) is also counted as 'D', as the
   authors' code would, but it keeps `raw_answer=None` and `unparseable=True`, and the summary counts
   it again in `n_judge_failed`: such a number is a judging problem, not a property of the policy.
+- With `max_attempts` > 1 (default 1, the authors' protocol) a reply with no readable letter is
+  sent back with the `capeval_repair` instruction, and a failed call is repeated, up to that many
+  calls per question; only what is still unreadable after that counts as D. Above
+  `max_failure_rate` unreadable or failed answers the workflow job fails (see covip.reliability).
 - A caption that failed to generate (status 'failed' or no text) is judged as an empty caption: the
   policy said nothing, so its positives are wrong and its negatives right. The captions table keeps
   the failure itself.
@@ -42,6 +46,7 @@ from covip.clients.registry import run_concurrently, is_stand_in
 from covip.formats import load_qas_gt
 from covip.local.facts import normalize_text
 from covip.prompts import PromptBook
+from covip.reliability import FailureReport, failure_report, validate_max_failure_rate
 from covip.seeding import derive_seed, rng_for
 
 LETTERS = ("A", "B", "C", "D")
@@ -72,6 +77,21 @@ class CapEvalSettings:
     concurrency: int | None = field(
         default=None, metadata={"help": "parallel judge requests; default: the judge's registry concurrency"}
     )
+    max_attempts: int = field(
+        default=1,
+        metadata={
+            "help": "judge calls per question: a reply with no readable letter (or a failed call) is asked again "
+            "with a repair instruction up to this many calls in all; 1 (default) keeps the authors' protocol, "
+            "where the first reply counts and an unreadable one is D"
+        },
+    )
+    max_failure_rate: float = field(
+        default=0.2,
+        metadata={
+            "help": "the stage fails (writes nothing, prints a summary) when more than this share of judge "
+            "answers is unreadable or failed after all attempts; finished calls stay cached"
+        },
+    )
     missing_captions: str = field(
         default="error",
         metadata={
@@ -81,6 +101,9 @@ class CapEvalSettings:
     )
 
     def __post_init__(self):
+        validate_max_failure_rate(self.max_failure_rate, "capeval")
+        if self.max_attempts < 1:
+            raise ValueError(f"capeval.max_attempts must be >= 1, got {self.max_attempts}")
         if self.n_bootstrap < 0:
             raise ValueError(f"capeval.n_bootstrap must be >= 0, got {self.n_bootstrap}")
         if not 0.0 < self.confidence < 1.0:
@@ -326,6 +349,35 @@ def _complete_all(judge: ChatModel, requests: list[ChatRequest], concurrency: in
     return list(run_concurrently(one, requests, concurrency=workers, desc="capeval judge", file=progress_file))
 
 
+def _repair_unreadable(judge, requests, responses, slots, prompts, settings, seed, progress_file) -> list[ChatResponse]:
+    """Ask again, up to `settings.max_attempts` calls per question, where the reply named no letter
+    (with the reply and a repair instruction appended) or the call failed (as it was, fresh seed).
+    A reply that stays unreadable is kept (its text goes on the row); a later failed call does not
+    replace an earlier reply."""
+    responses = list(responses)
+    for attempt in range(2, settings.max_attempts + 1):
+        redo, retry = [], []
+        for index, response in enumerate(responses):
+            caption_row, item, ci, q = slots[index]
+            if response.ok and parse_judge_letter(response.text, q["options"]) is not None:
+                continue
+            original = requests[index]
+            messages = original.messages
+            if response.ok:
+                messages = messages + (Message.assistant(response.text), Message.user(prompts.render("capeval_repair")))
+            retry_seed = judge_seed(seed, settings.seed_offset, caption_row["policy"], item.sample_id, ci,
+                                    q["question_id"], attempt)
+            task = dict(original.task or {}, attempt=attempt)
+            retry.append(ChatRequest(messages, original.sampling, original.response_schema, task, retry_seed))
+            redo.append(index)
+        if not redo:
+            break
+        for index, answer in zip(redo, _complete_all(judge, retry, settings.concurrency, progress_file)):
+            if answer.ok or not responses[index].ok:
+                responses[index] = answer
+    return responses
+
+
 def _judge_pairs(pairs, judge, prompts, settings, seed, judge_name, progress_file) -> list[dict]:
     judge_identity = getattr(judge, "identity", judge_name)
     judge_stand_in = is_stand_in(judge)
@@ -339,6 +391,7 @@ def _judge_pairs(pairs, judge, prompts, settings, seed, judge_name, progress_fil
                 requests.append(build_judge_request(caption, q, prompts, seed=request_seed))
                 slots.append((caption_row, item, ci, q))
     responses = _complete_all(judge, requests, settings.concurrency, progress_file)
+    responses = _repair_unreadable(judge, requests, responses, slots, prompts, settings, seed, progress_file)
     rows = []
     for (caption_row, item, ci, q), response in zip(slots, responses):
         failed = not response.ok
@@ -364,6 +417,16 @@ def _judge_pairs(pairs, judge, prompts, settings, seed, judge_name, progress_fil
             }
         )
     return rows
+
+
+def judge_failures(answer_rows: list[dict]) -> FailureReport:
+    """Judge answers that named no letter or whose call failed (they count as D; see the module docstring)."""
+    return failure_report(
+        answer_rows,
+        "capeval",
+        failed=lambda row: bool(row["unparseable"]),
+        reason=lambda row: "judge call failed" if row.get("raw_answer") is None else "reply names no option",
+    )
 
 
 def judge_captions(

@@ -19,6 +19,7 @@ from covip.clients.registry import run_concurrently
 from covip.io import decode_image
 from covip.local.facts import CATEGORIES, FACT_KINDS, fact_family, sample_facts
 from covip.prompts import PromptBook
+from covip.reliability import FailureReport, failure_report, validate_max_failure_rate
 from covip.seeding import derive_seed
 from covip.text import token_coverage
 
@@ -64,8 +65,14 @@ class DialogueSettings:
     concurrency: int | None = field(
         default=None, metadata={"help": "parallel requests; default: the writer model's registry concurrency"}
     )
+    max_failure_rate: float = field(
+        default=0.2,
+        metadata={"help": "the stage fails (writes nothing, prints a summary) when more than this share of its rows "
+                          "failed after all attempts; finished calls stay cached, so a rerun repeats none"},
+    )
 
     def __post_init__(self):
+        validate_max_failure_rate(self.max_failure_rate, "dialogues")
         if self.facts_per_dialogue < 1:
             raise ValueError(f"dialogues.facts_per_dialogue must be >= 1, got {self.facts_per_dialogue}")
         if self.num_turns < 2 or self.num_turns % 2:
@@ -295,6 +302,11 @@ def write_dialogues(
             run, jobs, concurrency=writer_concurrency(writer, settings.concurrency), desc="dialogues", file=progress_file
         )
     )
+
+
+def dialogue_failures(rows: list[dict]) -> FailureReport:
+    """Failed dialogues among all rows, grouped by reason (see `DialogueSettings.max_failure_rate`)."""
+    return failure_report(rows, "dialogues")
 
 
 def _write_one(sample_id, context_index, concept, facts, writer, prompts, settings, seed) -> dict:

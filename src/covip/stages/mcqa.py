@@ -20,6 +20,7 @@ from covip.clients.base import ChatModel, ChatRequest, Message
 from covip.clients.registry import run_concurrently
 from covip.local.facts import normalize_text
 from covip.prompts import PromptBook
+from covip.reliability import FailureReport, failure_report, validate_max_failure_rate
 from covip.schemas import NONE_OPTION
 from covip.seeding import rng_for
 from covip.stages.dialogues import ask_with_repair, format_facts, writer_concurrency
@@ -58,8 +59,14 @@ class MCQASettings:
     concurrency: int | None = field(
         default=None, metadata={"help": "parallel requests; default: the writer model's registry concurrency"}
     )
+    max_failure_rate: float = field(
+        default=0.2,
+        metadata={"help": "the stage fails (writes nothing, prints a summary) when more than this share of its rows "
+                          "failed after all attempts; finished calls stay cached, so a rerun repeats none"},
+    )
 
     def __post_init__(self):
+        validate_max_failure_rate(self.max_failure_rate, "mcqa")
         if self.questions_per_dialogue < 1:
             raise ValueError(f"mcqa.questions_per_dialogue must be >= 1, got {self.questions_per_dialogue}")
         if self.max_attempts < 1:
@@ -332,6 +339,11 @@ def write_mcqas(
             run, dialogues_rows, concurrency=writer_concurrency(writer, settings.concurrency), desc="mcqas", file=progress_file
         )
     )
+
+
+def mcqa_failures(rows: list[dict]) -> FailureReport:
+    """Failed question sets among the dialogues that were asked (a failed dialogue is not counted again)."""
+    return failure_report(rows, "mcqa", counted=lambda row: row.get("failure_reason") != "dialogue_failed")
 
 
 def _row(dialogue_row: dict, writer: ChatModel, **fields) -> dict:
