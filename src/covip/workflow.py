@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from covip.clients.registry import ModelRegistry
+from covip.gpu_slots import acquire_into_env
 from covip.io import read_rows, write_artifact
 from covip.prompts import PromptBook
 from covip.schemas import ArtifactSchema
@@ -37,6 +38,7 @@ class StageRun:
         self.models = ModelRegistry(self.config.get("models", {}), cache_path=cache_path)
         self.log_file = None
         self._started = 0.0
+        self.gpus = None
 
     # -- inputs / outputs -------------------------------------------------------------------------
     def read(self, name: str, schema: ArtifactSchema) -> list[dict]:
@@ -70,6 +72,15 @@ class StageRun:
             force=True,
         )
         log.info("rule %s started (seed %d)", self.rule, self.seed)
+        # Before any model is built: torch and vLLM read CUDA_VISIBLE_DEVICES when CUDA initialises.
+        wanted = int(getattr(self.smk.resources, "gpu", 0) or 0)
+        try:
+            self.gpus = acquire_into_env(wanted, self.rule)
+        except Exception as error:
+            self.__exit__(type(error), error, error.__traceback__)
+            raise
+        if wanted:
+            log.info("rule %s holds GPU(s) %s", self.rule, self.gpus.visible)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -81,6 +92,8 @@ class StageRun:
             log.error("rule %s failed: %s: %s", self.rule, exc_type.__name__, exc, exc_info=(exc_type, exc, tb))
         else:
             log.info("rule %s finished in %.1f s", self.rule, time.perf_counter() - self._started)
+        if self.gpus is not None:
+            self.gpus.release()
         if self.log_file is not None:
             self._redirect.close()
             self.log_file.close()
