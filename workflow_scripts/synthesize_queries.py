@@ -7,5 +7,6 @@ with StageRun(snakemake) as run:  # noqa: F821
     settings = run.settings(SynthesisSettings, "synthesis")
     generator = run.models.image_generator("image_generator")
     concepts = run.read("concepts", schemas.CONCEPTS)
-    rows = synthesize_queries(concepts, generator, run.prompts, settings, run.seed, progress_file=run.log_file)
+    only = run.shard.holds if run.shard else None  # a sharded run generates its samples only
+    rows = synthesize_queries(concepts, generator, run.prompts, settings, run.seed, progress_file=run.log_file, only=only)
     run.write(rows, schemas.QUERIES)

@@ -22,6 +22,7 @@ from covip.gpu_slots import acquire_into_env
 from covip.io import read_rows, write_artifact
 from covip.prompts import PromptBook
 from covip.schemas import ArtifactSchema
+from covip.sharding import Shard
 from covip.settings import settings_from
 
 log = logging.getLogger("covip")
@@ -51,6 +52,22 @@ class StageRun:
         path = self.smk.output[name]
         table = write_artifact(rows, path, schema)
         log.info("wrote %d rows of %s to %s", table.num_rows, schema.name, path)
+
+    @property
+    def shard(self) -> Shard | None:
+        """This job's shard of a sharded stage (wildcard `shard`, param `shard_size`), else None."""
+        index = getattr(self.smk.wildcards, "shard", None)
+        if index is None:
+            return None
+        return Shard(int(index), int(self.smk.params.shard_size))
+
+    def in_shard(self, rows: list[dict], what: str) -> list[dict]:
+        """The rows of this job's shard (all rows when the stage is not sharded)."""
+        if self.shard is None:
+            return rows
+        chosen = self.shard.select(rows, what)
+        log.info("%s: %d of %d %s rows", self.shard, len(chosen), len(rows), what)
+        return chosen
 
     def settings(self, cls: type, section: str):
         return settings_from(cls, self.config.get(section), where=f"config '{section}'")
