@@ -28,6 +28,12 @@ onstart:
 
     for spec in MODELS.values():
         check_credentials(spec)
+    # On one machine, a job that wants more GPUs than the machine has fails now, not hours into the
+    # run (Snakemake would start it anyway). Cluster jobs are checked by SLURM against their node.
+    if workflow.local_exec and not workflow.remote_exec:
+        from covip.gpu_slots import check_requests
+
+        check_requests({job.rule.name: int(job.resources.get("gpu", 0) or 0) for job in workflow.dag.needrun_jobs()})
 
 
 def out(path):

@@ -33,7 +33,8 @@ RECORDER = textwrap.dedent(
 
 def sim_env(lock_dir: Path, count: int = SIMULATED, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_JOB_ID")}
-    env.update(COVIP_GPU_COUNT=str(count), COVIP_GPU_LOCK_DIR=str(lock_dir), PYTHONPATH=str(ROOT / "src"), **extra)
+    env.update(COVIP_GPU_COUNT=str(count), COVIP_GPU_LOCK_DIR=str(lock_dir), PYTHONPATH=str(ROOT / "src"))
+    env.update(extra)
     return env
 
 
@@ -158,3 +159,18 @@ def test_snakemake_gpu_jobs_get_their_own_devices(tmp_path):
     result = subprocess.run([*run[:-1], "gpu=8", "--", "greedy.json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
     assert "rule greedy asks for 5 GPU(s) but only 4 are available" in (tmp_path / "greedy.log").read_text()
+
+
+def test_the_workflow_refuses_a_rule_bigger_than_the_machine_before_any_job(tmp_path):
+    from test_workflow import copy_workflow
+
+    workdir = copy_workflow(tmp_path)
+    (workdir / "big.yaml").write_text("resources: {rules: {build_concept_pool: {gpu: 9}}}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "--resources", "gpu=9", "--configfile", "tiny.yaml", "big.yaml"],
+        cwd=workdir, env=sim_env(tmp_path / "locks", PYTHONPATH=str(workdir / "src")), capture_output=True, text=True,
+        timeout=600,
+    )
+    assert result.returncode != 0
+    assert "rule build_concept_pool asks for 9 GPU(s) but only 8 are available" in result.stdout + result.stderr
+    assert not (workdir / "results" / "concepts").exists(), "no job may start"

@@ -164,6 +164,18 @@ def holders(directory: Path | None = None, pool: DevicePool | None = None) -> di
     return status
 
 
+def check_requests(requests: Mapping[str, int], pool: DevicePool | None = None) -> None:
+    """Fail before any job starts when a rule wants more GPUs than this machine's pool has."""
+    pool = pool or device_pool()
+    too_big = {rule: n for rule, n in requests.items() if n > len(pool.devices)}
+    if too_big:
+        listing = ", ".join(f"rule {rule} asks for {n} GPU(s)" for rule, n in sorted(too_big.items()))
+        raise GpuRequestError(
+            f"{listing} but only {len(pool.devices)} are available here ({pool.source}: "
+            f"{','.join(pool.devices) or 'none'}); lower its gpu resource or run it on a bigger machine"
+        )
+
+
 def acquire(
     count: int,
     rule: str = "job",
@@ -175,11 +187,7 @@ def acquire(
     pool = pool or device_pool()
     if count < 0:
         raise GpuRequestError(f"rule {rule}: gpu must be >= 0, got {count}")
-    if count > len(pool.devices):
-        raise GpuRequestError(
-            f"rule {rule} asks for {count} GPU(s) but only {len(pool.devices)} are available here "
-            f"({pool.source}: {','.join(pool.devices) or 'none'}); lower its gpu resource or run it on a bigger machine"
-        )
+    check_requests({rule: count}, pool)
     if count == 0:
         return GpuSlots(())
     directory = directory or lock_dir()
