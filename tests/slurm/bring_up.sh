@@ -24,7 +24,14 @@ if ((${#need[@]})); then
     apt-get install -y -qq slurm-wlm slurmdbd munge mariadb-server >/dev/null
 fi
 
-mkdir -p "$STATE"/{etc,log,run,spool/ctld,spool/d,mysql-run,munge-run}
+mkdir -p "$STATE"/{etc,log,run,spool/ctld,spool/d}
+# munged and mariadbd run as their own users, who may not be able to enter STATE_DIR (pytest's
+# temporary folders are private to root): their run folders live under /run, linked from STATE_DIR.
+RUN=$(mktemp -d /run/covip-slurm.XXXXXX)
+chmod 755 "$RUN"
+mkdir -p "$RUN/munge" "$RUN/mysql"
+ln -sfn "$RUN/munge" "$STATE/munge-run"
+ln -sfn "$RUN/mysql" "$STATE/mysql-run"
 NODE=$(hostname -s)
 # slurmd -C reports what this machine really has; keep a little memory back for the OS.
 read -r CPUS MEM < <(slurmd -C | awk '/^NodeName/ {for (i = 1; i <= NF; i++) {split($i, kv, "="); v[kv[1]] = kv[2]} print v["CPUs"], v["RealMemory"]}')
@@ -37,15 +44,15 @@ DB_PASS=covip-test
 mkdir -p /run/munge
 chown munge:munge /etc/munge/munge.key /run/munge "$STATE/munge-run"
 chmod 0700 "$STATE/munge-run"
-runuser -u munge -- munged --pid-file="$STATE/munge-run/munged.pid" --log-file="$STATE/munge-run/munged.log" --force
+runuser -u munge -- munged --pid-file="$RUN/munge/munged.pid" --log-file="$RUN/munge/munged.log" --force
 
 # -- MariaDB for slurmdbd, on a private socket and port.
-chown mysql:mysql "$STATE/mysql-run"
+chown mysql:mysql "$RUN/mysql"
 [[ -d /var/lib/mysql/mysql ]] || mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null
-setsid mariadbd --user=mysql --datadir=/var/lib/mysql --socket="$STATE/mysql-run/mysqld.sock" --port=3307 \
-    --bind-address=127.0.0.1 --pid-file="$STATE/mysql-run/mysqld.pid" --log-error="$STATE/mysql-run/mariadb.log" </dev/null >/dev/null 2>&1 &
-for _ in $(seq 100); do [[ -S $STATE/mysql-run/mysqld.sock ]] && break; sleep 0.1; done
-mariadb --socket="$STATE/mysql-run/mysqld.sock" -e "
+setsid mariadbd --user=mysql --datadir=/var/lib/mysql --socket="$RUN/mysql/mysqld.sock" --port=3307 \
+    --bind-address=127.0.0.1 --pid-file="$RUN/mysql/mysqld.pid" --log-error="$RUN/mysql/mariadb.log" </dev/null >/dev/null 2>&1 &
+for _ in $(seq 100); do [[ -S $RUN/mysql/mysqld.sock ]] && break; sleep 0.1; done
+mariadb --socket="$RUN/mysql/mysqld.sock" -e "
     CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '$DB_PASS';
     GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';"
 
@@ -102,6 +109,14 @@ ConstrainCores=no
 ConstrainRAMSpace=no
 EOF
 export SLURM_CONF="$STATE/etc/slurm.conf"
+# Commands inside a job do not see SLURM_CONF (the Snakemake jobstep plugin drops SLURM_* variables
+# before its srun), so the default path must lead to this cluster too; never replace a real one.
+mkdir -p /etc/slurm
+if [[ -e /etc/slurm/slurm.conf && ! -L /etc/slurm/slurm.conf ]]; then
+    echo "bring_up.sh: /etc/slurm/slurm.conf exists (a configured SLURM?); not replacing it" >&2
+    exit 1
+fi
+ln -sfn "$SLURM_CONF" /etc/slurm/slurm.conf
 
 slurmdbd  # reads slurmdbd.conf beside $SLURM_CONF
 # Every client call is bounded: sacctmgr retries for minutes while slurmdbd is not up.

@@ -11,4 +11,8 @@ for pidfile in run/slurmd.pid run/slurmctld.pid run/slurmdbd.pid mysql-run/mysql
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null
 done
+[[ $(readlink /etc/slurm/slurm.conf 2>/dev/null) == "$STATE/etc/slurm.conf" ]] && rm -f /etc/slurm/slurm.conf
+# The daemons' run folders under /run (see bring_up.sh).
+run_dir=$(dirname "$(readlink "$STATE/munge-run" 2>/dev/null || echo /nonexistent/x)")
+[[ $run_dir == /run/covip-slurm.* ]] && rm -rf "$run_dir"
 exit 0
