@@ -29,12 +29,13 @@ rule synthesize_queries:
     input:
         concepts=rules.build_concept_pool.output[0],
     output:
-        out("queries/queries.parquet"),
+        shard_output("synthesize_queries", "queries/queries.parquet"),
     log:
-        f"{LOGS}/synthesize_queries.log",
+        shard_log("synthesize_queries"),
     benchmark:
-        f"{OUT}/benchmarks/synthesize_queries.tsv",
+        shard_benchmark("synthesize_queries"),
     params:
+        shard_size=shard_size("synthesize_queries"),
         settings=config["synthesis"],
         seed=config["seed"],
         models=model_params("image_generator"),
@@ -52,7 +53,7 @@ rule synthesize_queries:
 
 rule filter_queries:
     input:
-        queries=rules.synthesize_queries.output[0],
+        queries=out("queries/queries.parquet"),
         concepts=rules.build_concept_pool.output[0],
     output:
         out("filtering/decisions.parquet"),
@@ -100,7 +101,7 @@ rule embed_concepts:
 
 rule build_contexts:
     input:
-        queries=rules.synthesize_queries.output[0],
+        queries=out("queries/queries.parquet"),
         decisions=rules.filter_queries.output[0],
         embeddings=rules.embed_concepts.output[0],
         concepts=rules.build_concept_pool.output[0],
@@ -129,12 +130,13 @@ rule write_dialogues:
         contexts=rules.build_contexts.output[0],
         concepts=rules.build_concept_pool.output[0],
     output:
-        out("dialogues/dialogues.parquet"),
+        shard_output("write_dialogues", "dialogues/dialogues.parquet"),
     log:
-        f"{LOGS}/write_dialogues.log",
+        shard_log("write_dialogues"),
     benchmark:
-        f"{OUT}/benchmarks/write_dialogues.tsv",
+        shard_benchmark("write_dialogues"),
     params:
+        shard_size=shard_size("write_dialogues"),
         settings=config["dialogues"],
         seed=config["seed"],
         models=model_params("dialogue_writer"),
@@ -152,14 +154,15 @@ rule write_dialogues:
 
 rule write_mcqas:
     input:
-        dialogues=rules.write_dialogues.output[0],
+        dialogues=out("dialogues/dialogues.parquet"),
     output:
-        out("mcqa/mcqas.parquet"),
+        shard_output("write_mcqas", "mcqa/mcqas.parquet"),
     log:
-        f"{LOGS}/write_mcqas.log",
+        shard_log("write_mcqas"),
     benchmark:
-        f"{OUT}/benchmarks/write_mcqas.tsv",
+        shard_benchmark("write_mcqas"),
     params:
+        shard_size=shard_size("write_mcqas"),
         settings=config["mcqa"],
         seed=config["seed"],
         models=model_params("mcqa_writer"),
@@ -177,12 +180,12 @@ rule write_mcqas:
 
 rule make_splits:
     input:
-        queries=rules.synthesize_queries.output[0],
+        queries=out("queries/queries.parquet"),
         decisions=rules.filter_queries.output[0],
         contexts=rules.build_contexts.output[0],
         concepts=rules.build_concept_pool.output[0],
-        dialogues=rules.write_dialogues.output[0],
-        mcqas=rules.write_mcqas.output[0],
+        dialogues=out("dialogues/dialogues.parquet"),
+        mcqas=out("mcqa/mcqas.parquet"),
     output:
         train=out("splits/train.parquet"),
         test=out("splits/test.parquet"),

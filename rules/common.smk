@@ -7,6 +7,7 @@ from snakemake.utils import validate
 from covip.clients.registry import ModelSpec, backend_module
 from covip.fingerprint import code_fingerprint
 from covip.prompts import PromptBook
+from covip.sharding import shard_count
 
 
 validate(config, schema="../config/schemas/config.schema.yaml")
@@ -27,6 +28,12 @@ onstart:
 
     for spec in MODELS.values():
         check_credentials(spec)
+    # On one machine, a job that wants more GPUs than the machine has fails now, not hours into the
+    # run (Snakemake would start it anyway). Cluster jobs are checked by SLURM against their node.
+    if workflow.local_exec and not workflow.remote_exec:
+        from covip.gpu_slots import check_requests
+
+        check_requests({job.rule.name: int(job.resources.get("gpu", 0) or 0) for job in workflow.dag.needrun_jobs()})
 
 
 def out(path):
@@ -103,3 +110,76 @@ def rule_resources(rule_name, key):
     """A rule's resource from config (resources.rules.<rule>.<key>), else resources.default.<key>."""
     overrides = config["resources"]["rules"].get(rule_name, {})
     return overrides.get(key, config["resources"]["default"][key])
+
+
+# -- Sharding -----------------------------------------------------------------------------------
+# A sharded stage runs as ceil(num_samples / shard_size) jobs, job k on the samples with ordinal in
+# [k*size, (k+1)*size) (covip.sharding); a gather rule concatenates the shards, in order, into the
+# artifact the rest of the DAG reads. Register a stage here (rule -> artifact, schema name), list it
+# in the schema's sharding.rules enum, give its rule shard_output/shard_log/shard_benchmark and
+# params shard_size=shard_size(rule), and have its script select its rows with run.in_shard().
+SHARDABLE = {
+    "synthesize_queries": ("queries/queries.parquet", "queries"),
+    "write_dialogues": ("dialogues/dialogues.parquet", "dialogues"),
+    "write_mcqas": ("mcqa/mcqas.parquet", "mcqas"),
+}
+
+
+wildcard_constraints:
+    shard=r"\d+",
+
+
+def sharded(rule_name):
+    return config["sharding"]["shard_size"] is not None and rule_name in config["sharding"]["rules"]
+
+
+def shard_size(rule_name):
+    """Samples per job of a sharded stage (None: one job); a param, so resizing reruns the stage."""
+    return config["sharding"]["shard_size"] if sharded(rule_name) else None
+
+
+def _shard_path(artifact):
+    return artifact.replace(".parquet", ".shards/{shard}.parquet")
+
+
+def shard_output(rule_name, artifact):
+    """Where a stage job writes: the artifact itself, or its shard of it when the stage is sharded."""
+    return out(_shard_path(artifact)) if sharded(rule_name) else out(artifact)
+
+
+def shard_log(rule_name):
+    return f"{LOGS}/{rule_name}.{{shard}}.log" if sharded(rule_name) else f"{LOGS}/{rule_name}.log"
+
+
+def shard_benchmark(rule_name):
+    return f"{OUT}/benchmarks/{rule_name}{'.{shard}' if sharded(rule_name) else ''}.tsv"
+
+
+def shard_inputs(artifact):
+    """Every shard of an artifact, in order (other wildcards in the path are kept)."""
+    count = shard_count(config["synthesis"]["num_samples"], config["sharding"]["shard_size"])
+    return expand(out(_shard_path(artifact)), shard=range(count), allow_missing=True)
+
+
+for _stage, (_artifact, _schema) in SHARDABLE.items():
+    if sharded(_stage):
+
+        rule:
+            name:
+                f"gather_{_stage}"
+            input:
+                shard_inputs(_artifact),
+            output:
+                out(_artifact),
+            log:
+                f"{LOGS}/gather_{_stage}.log",
+            params:
+                schema=_schema,
+            threads: 1
+            resources:
+                mem_mb=rule_resources("gather_shards", "mem_mb"),
+                gpu=0,
+            conda:
+                "../envs/data.yaml"
+            script:
+                "../workflow_scripts/gather_shards.py"

@@ -18,7 +18,7 @@ TINY = ROOT / "tests" / "data" / "tiny.yaml"
 
 def copy_workflow(dest: Path) -> Path:
     """A private copy of the workflow and package, so a test can edit code without touching ours."""
-    for name in ("Snakefile", "rules", "workflow_scripts", "config", "envs", "reference", "report"):
+    for name in ("Snakefile", "rules", "workflow_scripts", "config", "envs", "reference", "report", "profiles"):
         source = ROOT / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, dest / name)
     shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))

@@ -8,5 +8,6 @@ with StageRun(snakemake) as run:  # noqa: F821
     generator = run.models.image_generator("image_generator")
     concepts = run.read("concepts", schemas.CONCEPTS)
     # Streamed: each image is written as it is generated, so memory stays flat as samples grow.
-    rows = iter_queries(concepts, generator, run.prompts, settings, run.seed, progress_file=run.log_file)
+    only = run.shard.holds if run.shard else None  # a sharded run generates its samples only
+    rows = iter_queries(concepts, generator, run.prompts, settings, run.seed, progress_file=run.log_file, only=only)
     run.write_stream(rows, schemas.QUERIES)

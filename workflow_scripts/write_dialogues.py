@@ -6,7 +6,7 @@ from covip.workflow import StageRun
 with StageRun(snakemake) as run:  # noqa: F821
     settings = run.settings(DialogueSettings, "dialogues")
     writer = run.models.chat("dialogue_writer")
-    contexts = run.read("contexts", schemas.CONTEXTS)
+    contexts = run.in_shard(run.read("contexts", schemas.CONTEXTS), "contexts")
     concepts = run.read("concepts", schemas.CONCEPTS)
     rows = write_dialogues(contexts, concepts, writer, run.prompts, settings, run.seed, progress_file=run.log_file)
     run.check_failures(dialogue_failures(rows), settings.max_failure_rate)

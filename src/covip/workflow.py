@@ -19,10 +19,12 @@ from typing import Any
 
 from covip import schemas
 from covip.clients.registry import ModelRegistry
+from covip.gpu_slots import acquire_into_env
 from covip.io import ArtifactWriter, ColumnLookup, iter_rows, read_columns, read_rows, write_artifact, write_artifact_stream
 from covip.prompts import PromptBook
 from covip.reliability import FailureReport, check_failure_rate
 from covip.schemas import ArtifactSchema
+from covip.sharding import Shard
 from covip.settings import settings_from
 from covip.usage import usage_rows
 
@@ -40,6 +42,7 @@ class StageRun:
         self.models = ModelRegistry(self.config.get("models", {}), cache_path=cache_path)
         self.log_file = None
         self._started = 0.0
+        self.gpus = None
 
     # -- inputs / outputs -------------------------------------------------------------------------
     def read(self, name: str, schema: ArtifactSchema, columns: list[str] | None = None) -> list[dict]:
@@ -73,6 +76,22 @@ class StageRun:
         path = self.smk.output[name]
         count = write_artifact_stream(rows, path, schema)
         log.info("wrote %d rows of %s to %s", count, schema.name, path)
+
+    @property
+    def shard(self) -> Shard | None:
+        """This job's shard of a sharded stage (wildcard `shard`, param `shard_size`), else None."""
+        index = getattr(self.smk.wildcards, "shard", None)
+        if index is None:
+            return None
+        return Shard(int(index), int(self.smk.params.shard_size))
+
+    def in_shard(self, rows: list[dict], what: str) -> list[dict]:
+        """The rows of this job's shard (all rows when the stage is not sharded)."""
+        if self.shard is None:
+            return rows
+        chosen = self.shard.select(rows, what)
+        log.info("%s: %d of %d %s rows", self.shard, len(chosen), len(rows), what)
+        return chosen
 
     def settings(self, cls: type, section: str):
         return settings_from(cls, self.config.get(section), where=f"config '{section}'")
@@ -130,6 +149,15 @@ class StageRun:
             force=True,
         )
         log.info("rule %s started (seed %d)", self.rule, self.seed)
+        # Before any model is built: torch and vLLM read CUDA_VISIBLE_DEVICES when CUDA initialises.
+        wanted = int(getattr(self.smk.resources, "gpu", 0) or 0)
+        try:
+            self.gpus = acquire_into_env(wanted, self.rule)
+        except Exception as error:
+            self.__exit__(type(error), error, error.__traceback__)
+            raise
+        if wanted:
+            log.info("rule %s holds GPU(s) %s", self.rule, self.gpus.visible)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -141,6 +169,8 @@ class StageRun:
             log.error("rule %s failed: %s: %s", self.rule, exc_type.__name__, exc, exc_info=(exc_type, exc, tb))
         else:
             log.info("rule %s finished in %.1f s", self.rule, time.perf_counter() - self._started)
+        if self.gpus is not None:
+            self.gpus.release()
         if self.log_file is not None:
             self._redirect.close()
             self.log_file.close()

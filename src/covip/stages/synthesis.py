@@ -14,7 +14,7 @@ seed never depend on processing order or concurrency.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from covip.clients.base import ImageGenerator, ImagePart, ImageRequest
@@ -130,9 +130,10 @@ def synthesize_queries(
     settings: SynthesisSettings,
     seed: int,
     progress_file=None,
+    only: Callable[[str], bool] | None = None,
 ) -> list[dict]:
     """Plan the samples and generate one query image per sample; rows fit `schemas.QUERIES`."""
-    return list(iter_queries(concepts_rows, generator, prompts, settings, seed, progress_file))
+    return list(iter_queries(concepts_rows, generator, prompts, settings, seed, progress_file, only))
 
 
 def iter_queries(
@@ -142,10 +143,17 @@ def iter_queries(
     settings: SynthesisSettings,
     seed: int,
     progress_file=None,
+    only: Callable[[str], bool] | None = None,
 ) -> Iterator[dict]:
     """`synthesize_queries` as a generator, in sample order: the workflow writes each image as it
-    comes instead of holding all of them (the query table grows with the number of samples)."""
+    comes instead of holding all of them (the query table grows with the number of samples).
+
+    `only(sample_id)` restricts generation to some samples (a shard); the plan is always made for
+    all of them, so a sample's positives do not depend on how the stage is split.
+    """
     plan = plan_samples(concepts_rows, settings, seed)
+    if only is not None:
+        plan = [item for item in plan if only(item["sample_id"])]
     by_id = {row["concept_id"]: row for row in concepts_rows}
     identity = getattr(generator, "identity", type(generator).__name__)
     concurrency = max(1, int(getattr(getattr(generator, "spec", None), "concurrency", 1) or 1))

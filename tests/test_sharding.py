@@ -1,0 +1,68 @@
+"""Sharded API stages: shard arithmetic, and a sharded run's artifacts equal an unsharded run's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from covip import schemas
+from covip.io import write_artifact
+from covip.sharding import Shard, ShardError, gather, sample_ordinal, shard_count
+from covip.stages.synthesis import sample_id
+from test_workflow import copy_workflow, planned_jobs, snakemake
+
+
+def test_every_sample_is_in_exactly_one_shard():
+    for num_samples, size in [(12, 5), (64, 16), (7, 1), (3, 10)]:
+        shards = [Shard(k, size) for k in range(shard_count(num_samples, size))]
+        for index in range(num_samples):
+            assert sample_ordinal(sample_id(index)) == index
+            assert sum(s.holds(sample_id(index)) for s in shards) == 1
+    assert shard_count(12, 5) == 3 and shard_count(64, 16) == 4 and shard_count(3, 10) == 1
+
+
+def test_a_row_without_a_synthesis_id_is_named():
+    with pytest.raises(ShardError, match=r"contexts row 1: sample_id 'x7'"):
+        Shard(0, 4).select([{"sample_id": "s0001"}, {"sample_id": "x7"}], "contexts")
+
+
+def test_gather_refuses_a_sample_in_two_shards(tmp_path):
+    rows = [{"sample_id": "s0001", "context_concept_ids": ["c1", "c2"], "positive_indices": [0],
+             "negative_concept_ids": ["c2"], "negative_similarity": [0.5], "embedder": "e"}]
+    for name in ("a", "b"):
+        write_artifact(rows, tmp_path / f"{name}.parquet", schemas.CONTEXTS)
+    with pytest.raises(ShardError, match="s0001"):
+        gather([tmp_path / "a.parquet", tmp_path / "b.parquet"], schemas.CONTEXTS, tmp_path / "out.parquet")
+
+
+def artifact_tables(outdir: Path) -> dict[str, object]:
+    """Every Parquet artifact of a run (not the shards, logs or caches), by relative path."""
+    return {
+        str(p.relative_to(outdir)): pq.read_table(p)
+        for p in sorted(outdir.rglob("*.parquet"))
+        if ".shards" not in str(p.parent)
+    }
+
+
+def test_sharded_stages_write_the_same_rows_as_one_job(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    (workdir / "whole.yaml").write_text("outdir: whole\nsharding: {shard_size: null}\n")
+    (workdir / "sharded.yaml").write_text(
+        "outdir: sharded\nsharding: {shard_size: 5, rules: [synthesize_queries, write_dialogues, write_mcqas]}\n"
+    )
+    target = "splits/train.parquet"
+    plan = planned_jobs(snakemake(workdir, "-n", "--configfile", "tiny.yaml", "sharded.yaml", "--", f"sharded/{target}"))
+    # 12 samples in shards of 5: three jobs per sharded stage, and one gather each.
+    assert {k: plan[k] for k in ("synthesize_queries", "write_dialogues", "write_mcqas")} == {
+        "synthesize_queries": 3, "write_dialogues": 3, "write_mcqas": 3}
+    assert plan["gather_synthesize_queries"] == plan["gather_write_dialogues"] == plan["gather_write_mcqas"] == 1
+    snakemake(workdir, "--configfile", "tiny.yaml", "whole.yaml", "--", f"whole/{target}")
+    snakemake(workdir, "--configfile", "tiny.yaml", "sharded.yaml", "--", f"sharded/{target}")
+    whole, sharded = artifact_tables(workdir / "whole"), artifact_tables(workdir / "sharded")
+    assert set(whole) == set(sharded) and {"queries/queries.parquet", "mcqa/mcqas.parquet", target} <= set(whole)
+    for name, table in whole.items():
+        assert table.num_rows > 0, name
+        assert sharded[name].equals(table), f"{name} differs between the sharded and the unsharded run"
+    assert len(list((workdir / "sharded" / "dialogues").glob("dialogues.shards/*.parquet"))) == 3
