@@ -126,12 +126,12 @@ def test_trl_loss_equals_hand_computed_gspo_loss(tiny_models, arch, tmp_path):
 
 def test_mean_reward_rises_on_a_toy_reward(tiny_models, tmp_path):
     """A real signal flows: generation -> reward -> group advantage -> GSPO loss -> optimiser."""
-    settings = _tiny_settings(tiny_models["qwen2_5_vl"], preset="paper-code", max_steps=30)
+    settings = _tiny_settings(tiny_models["qwen2_5_vl"], preset="paper-code", max_steps=20)
     metrics = _Metrics()
     trainer = build_trainer(settings, _toy_records(), [toy_reward], tmp_path / "ckpt", seed=0, callbacks=[metrics])
     trainer.train()
     rewards = [log["reward"] for log in metrics.logs if "reward" in log]
-    assert len(rewards) == 30
+    assert len(rewards) == 20
     first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
     print(f"toy reward: first 5 steps {first:.3f}, last 5 steps {last:.3f}")
     assert last > first + 0.15
@@ -190,7 +190,8 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_models, benchmark_spli
     trained = AutoModelForImageTextToText.from_pretrained(tmp_path / "model")
     base = AutoModelForImageTextToText.from_pretrained(tiny_models["qwen2_5_vl"])
     assert not any("lora" in name for name, _ in trained.named_parameters())
-    assert not torch.equal(trained.lm_head.weight, base.lm_head.weight)
+    # (The random model earns the same reward on every rollout here, so these 4 steps move no weight;
+    # that training does move weights is what the toy-reward test shows.)
     visual = [n for n, _ in base.named_parameters() if "visual" in n]
     assert all(torch.equal(trained.state_dict()[n], base.state_dict()[n]) for n in visual)  # vision frozen
     policy = ModelRegistry({"p": {"backend": "transformers", "model": str(tmp_path / "model"), "device": "cpu",
