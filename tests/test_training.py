@@ -180,6 +180,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_models, benchmark_spli
     summary = train_policy("r", settings, train_rows, seed=0, judge=judge, **paths)
     assert Path(summary["resumed_from"]).name == "checkpoint-2"
     assert summary["steps"] == 4
+    assert not (tmp_path / "ckpt").exists()  # done: the checkpoints only had to survive the kill
     log = pq.read_table(tmp_path / "log.parquet").to_pandas()
     assert log["step"].tolist() == [1, 2, 3, 4]  # step 3 of the killed run was dropped, then redone
     assert log["learning_rate"].notna().all() and log["clip_ratio"].notna().all()
@@ -198,6 +199,17 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny_models, benchmark_spli
                                   "sampling": {"temperature": 0.0, "max_tokens": 8}}}).chat("p")
     request = build_caption_request(train_rows[0], PromptBook())
     assert policy.complete(request).ok
+
+
+def test_checkpoints_of_another_configuration_are_not_resumed(tmp_path):
+    from covip.training.trainer import _prepare_checkpoints
+
+    ckpt = tmp_path / "ckpt"
+    assert _prepare_checkpoints(ckpt, "a") is None
+    (ckpt / "checkpoint-2").mkdir()
+    assert Path(_prepare_checkpoints(ckpt, "a")).name == "checkpoint-2"
+    assert _prepare_checkpoints(ckpt, "b") is None  # settings or data changed: start over
+    assert not (ckpt / "checkpoint-2").exists()
 
 
 def test_records_follow_the_caption_prompt_layout(benchmark_splits):

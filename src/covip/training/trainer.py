@@ -9,6 +9,8 @@ load. `TrainingLogCallback` writes every logged step to Parquet (schemas.TRAININ
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import shutil
@@ -231,6 +233,29 @@ def save_merged(trainer, settings: TrainingSettings, out_dir: str | Path) -> Pat
     return out
 
 
+def _prepare_checkpoints(checkpoint_dir: Path, key: str) -> str | None:
+    """The checkpoint to resume from: the newest one, but only if it was written by a job with the
+    same resume key (settings, seed, data, base model); checkpoints of another configuration are
+    cleared rather than silently continued."""
+    marker = checkpoint_dir / "resume_key.json"
+    if checkpoint_dir.is_dir() and (not marker.is_file() or json.loads(marker.read_text()).get("key") != key):
+        log.info("clearing %s: its checkpoints belong to another configuration", checkpoint_dir)
+        shutil.rmtree(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"key": key}))
+    return last_checkpoint(checkpoint_dir)
+
+
+def resume_key(settings: TrainingSettings, rows: Sequence[Mapping], seed: int) -> str:
+    """A digest of what a run's result depends on, so a rerun resumes only its own checkpoints."""
+    digest = hashlib.sha256(json.dumps(dataclasses.asdict(settings), sort_keys=True, default=str).encode())
+    digest.update(str(seed).encode())
+    for row in rows:
+        digest.update(json.dumps({k: row.get(k) for k in ("sample_id", "positive_indices", "context_names", "context_dialogues")},
+                                 sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
 def train_policy(
     run: str,
     settings: TrainingSettings,
@@ -243,11 +268,13 @@ def train_policy(
     judge=None,
     prompts: PromptBook | None = None,
     callbacks: Sequence = (),
+    keep_checkpoints: bool = False,
 ) -> dict:
     """Train run `run` (settings already merged with `for_run`) and save the merged policy.
 
     Resumes from the last checkpoint in `checkpoint_dir` when there is one; `callbacks` are extra
-    transformers TrainerCallbacks. Returns a small summary
+    transformers TrainerCallbacks. Checkpoints are removed once the merged model is saved (they exist
+    to survive a kill) unless `keep_checkpoints`. Returns a small summary
     (steps, resumed-from, wall time).
     """
     prompts = prompts or PromptBook()
@@ -261,12 +288,14 @@ def train_policy(
     suite = RewardSuite(judge, prompts, max_tokens=settings.caption_token_limit, seed=seed)
     callback = TrainingLogCallback(run, log_path, Path(checkpoint_dir) / "log.jsonl", tasks)
     trainer = build_trainer(settings, records, suite.functions(tasks), checkpoint_dir, seed, [callback, *callbacks])
-    resume = last_checkpoint(checkpoint_dir)
+    resume = _prepare_checkpoints(Path(checkpoint_dir), resume_key(settings, rows, seed))
     if resume:
         log.info("resuming run %s from %s", run, resume)
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
     wall = time.perf_counter() - started
     save_merged(trainer, settings, model_dir)
+    if not keep_checkpoints and trainer.accelerator.is_main_process:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return {"run": run, "steps": int(trainer.state.global_step), "resumed_from": resume, "wall_s": wall,
             "records": len(records)}
