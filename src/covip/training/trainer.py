@@ -177,11 +177,13 @@ def build_trainer(settings: TrainingSettings, records: list[dict], reward_funcs,
     from trl import GRPOTrainer
 
     cuda = torch.cuda.is_available()
+    # The config comes first: under ZeRO-3 it must exist before the weights load, so they load sharded.
+    args = grpo_config(settings, checkpoint_dir, seed, cuda=cuda)
     model, processor = load_base(settings, cuda=cuda)
     return GRPOTrainer(
         model=model,
         reward_funcs=list(reward_funcs),
-        args=grpo_config(settings, checkpoint_dir, seed, cuda=cuda),
+        args=args,
         train_dataset=to_dataset(records),
         processing_class=processor,
         peft_config=lora_config(settings) if settings.lora else None,
