@@ -92,10 +92,15 @@ def training_inputs(run):
     return model_inputs(*training_roles(run), **named)
 
 
-def training_job_config():
-    """The config keys the training entry point reads, as JSON text."""
-    keys = ("training", "models", "prompts", "seed", "outdir", "cache")
-    return json.dumps({key: config[key] for key in keys if key in config})
+def training_job_config(run):
+    """What the training entry point reads, as JSON text: this run's training settings and the registry
+    entries it calls, nothing else, so editing another run or model does not retrain this one."""
+    section = {**config.get("training", {}), "runs": {run: config["training"]["runs"][run]}}
+    job = {"training": section, "models": model_params(*training_roles(run)), "prompts": config["prompts"],
+           "seed": config["seed"], "outdir": config["outdir"]}
+    if "cache" in config:
+        job["cache"] = config["cache"]
+    return json.dumps(job, sort_keys=True)
 
 
 def training_launcher(run):

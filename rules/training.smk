@@ -26,7 +26,7 @@ rule train_gspo:
         # Checkpoints live outside the outputs: Snakemake deletes the outputs of a killed job, and
         # the rerun resumes from the last checkpoint left here.
         checkpoints=lambda wc: out(f"training/{wc.run}/checkpoints"),
-        job_config=lambda wc: training_job_config(),
+        job_config=lambda wc: training_job_config(wc.run),
         launcher=lambda wc: training_launcher(wc.run),
     threads: rule_resources("train_gspo", "threads")
     resources:
