@@ -96,7 +96,7 @@ def training_job_config(run):
     """What the training entry point reads, as JSON text: this run's training settings and the registry
     entries it calls, nothing else, so editing another run or model does not retrain this one."""
     section = {**config.get("training", {}), "runs": {run: config["training"]["runs"][run]}}
-    job = {"training": section, "models": model_params(*training_roles(run)), "prompts": config["prompts"],
+    job = {"training": section, "models": model_params(*training_roles(run)), "prompts": config.get("prompts") or {},
            "seed": config["seed"], "outdir": config["outdir"]}
     if "cache" in config:
         job["cache"] = config["cache"]
