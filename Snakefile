@@ -13,6 +13,7 @@ report: "report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/benchmark.smk"
+include: "rules/training.smk"
 include: "rules/evaluation.smk"
 
 

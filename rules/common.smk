@@ -1,5 +1,7 @@
 # Config validation, paths and the small helpers every rule uses.
+import dataclasses
 import json
+import os
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -8,6 +10,8 @@ from covip.clients.registry import ModelSpec, backend_module
 from covip.fingerprint import code_fingerprint
 from covip.prompts import PromptBook
 from covip.sharding import shard_count
+from covip.settings import settings_from
+from covip.training.settings import TrainingSettings, launch_command
 
 
 validate(config, schema="../config/schemas/config.schema.yaml")
@@ -19,6 +23,11 @@ MODELS = {name: ModelSpec.from_config(name, entry) for name, entry in config["mo
 for _role in [*config["evaluation"]["policies"], *config["evaluation"]["judges"], config["evaluation"]["diagnostic_judge"]]:
     if _role not in MODELS:
         raise ValueError(f"evaluation: '{_role}' is not an entry of the models registry (have: {sorted(MODELS)})")
+TRAINING = settings_from(TrainingSettings, config.get("training"), "config 'training'")
+if TRAINING.judge is not None and TRAINING.judge not in MODELS:
+    raise ValueError(f"training.judge: '{TRAINING.judge}' is not an entry of the models registry (have: {sorted(MODELS)})")
+# Policy folders the workflow trains itself: <outdir>/training/<run>/model -> run.
+TRAINED_MODELS = {os.path.normpath(f"{OUT}/training/{run}/model"): run for run in TRAINING.runs}
 
 
 onstart:
@@ -57,13 +66,53 @@ def get_final_output():
 
 
 def model_inputs(*roles, **named):
-    """Named inputs plus, for a model the workflow builds itself (the tiny VLM), its directory."""
+    """Named inputs plus, for a model the workflow builds itself (the tiny VLM, a GSPO-trained
+    policy), its directory, so the job waits for build_tiny_vlm / train_gspo."""
     inputs = dict(named)
     for role in roles:
         spec = MODELS[role]
-        if spec.backend in ("transformers", "vllm") and spec.model == config["tiny_vlm"]["path"]:
+        if spec.backend in ("transformers", "vllm") and (
+            spec.model == config["tiny_vlm"]["path"] or os.path.normpath(spec.model) in TRAINED_MODELS
+        ):
             inputs[f"model_{role}"] = spec.model
     return inputs
+
+
+def training_settings(run):
+    """The merged settings of training run `run` (config training + training.runs.<run>)."""
+    return TRAINING.for_run(run)
+
+
+def training_roles(run):
+    """Registry entries a training job calls: the caption reward's judge, when the run needs one."""
+    settings = training_settings(run)
+    needs_judge = any(task in ("caption", "joint") for task in settings.tasks())
+    return [settings.judge] if needs_judge and settings.judge else []
+
+
+def training_inputs(run):
+    """The train split, the base model's folder when the workflow builds it, and the judge's inputs."""
+    named = {"train": out("splits/train.parquet")}
+    base = training_settings(run).base_model
+    if base == config["tiny_vlm"]["path"] or os.path.normpath(base) in TRAINED_MODELS:
+        named["base_model"] = base
+    return model_inputs(*training_roles(run), **named)
+
+
+def training_job_config(run):
+    """What the training entry point reads, as JSON text: this run's training settings and the registry
+    entries it calls, nothing else, so editing another run or model does not retrain this one."""
+    section = {**config.get("training", {}), "runs": {run: config["training"]["runs"][run]}}
+    job = {"training": section, "models": model_params(*training_roles(run)), "prompts": config.get("prompts") or {},
+           "seed": config["seed"], "outdir": config["outdir"]}
+    if "cache" in config:
+        job["cache"] = config["cache"]
+    return json.dumps(job, sort_keys=True)
+
+
+def training_launcher(run):
+    """python, or one `accelerate launch` over the job's GPUs (covip.training.settings.launch_command)."""
+    return launch_command(training_settings(run), Path(workflow.basedir) / "config" / "accelerate")
 
 
 def diagnostic_roles(wildcards):

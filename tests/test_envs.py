@@ -9,7 +9,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 # vLLM wheels pin their own torch/CUDA build, so the vLLM env deliberately leaves torch to vLLM.
-NOT_IN_PYPROJECT = {"vllm"}
+# DeepSpeed compiles CUDA ops and only matters for multi-GPU training, so only the training env has it.
+NOT_IN_PYPROJECT = {"vllm", "deepspeed"}
 
 
 def _name(requirement: str) -> str:

@@ -116,3 +116,12 @@ def test_mcqa_prompts():
     assert recorder.requests[0].response_schema is not None
     check("mcqa_writer", show(recorder.requests[0]))
     check("mcqa_repair", show(recorder.requests[1]))
+
+
+@pytest.mark.parametrize("task", ["multi_vision", "vision", "joint"])
+def test_training_task_prompts(benchmark_splits, task):
+    from covip.training.records import build_record
+
+    record = build_record(benchmark_splits[0][0], task, PromptBook(), seed=0, where="train row 0")
+    text = "\n".join("<image>" if p["type"] == "image" else p["text"] for p in record["prompt"][0]["content"])
+    check(f"train_{task}", text + "\n")

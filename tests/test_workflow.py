@@ -41,8 +41,11 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     return result
 
 
-# In tests/data/tiny.yaml: 3 policies x 1 judge; what a new test split reruns downstream.
-EVALUATION_OF_SPLITS = {"caption": 3, "capeval": 3, "collect_evaluation": 1, "report": 1}
+# In tests/data/tiny.yaml: 4 policies x 1 judge, one of them GSPO-trained on the train split; what new
+# splits rerun downstream: the training, every policy's captions and scores, and the trained policy's
+# 6 diagnostics (its model changed).
+EVALUATION_OF_SPLITS = {"train_gspo": 1, "caption": 4, "capeval": 4, "diagnose": 6, "collect_evaluation": 1,
+                        "report": 1}
 
 
 def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
@@ -126,8 +129,9 @@ def test_editing_stage_code_reruns_that_stage_and_downstream_only(finished_run):
     try:
         splits_module.write_text(original + "\n# an edit\n")
         jobs = planned_jobs(snakemake(finished_run, "-n"))
-        # The edited stage and everything that reads its output (captions of the new test split, their
-        # scores, the report), but nothing upstream and not the diagnostics, which do not use the splits.
+        # The edited stage and everything that reads its output (the GSPO run on the new train split, captions
+        # of the new test split, their scores, the report), but nothing upstream, and of the diagnostics,
+        # which do not use the splits, only the retrained policy's.
         assert jobs == {"write_mcqas": 1, "make_splits": 1, **EVALUATION_OF_SPLITS, "all": 1}
     finally:
         splits_module.write_text(original)
@@ -156,8 +160,10 @@ def test_changing_the_judge_sampling_reruns_only_scoring(finished_run):
         "models: {lexical_judge: {backend: local_lexical_judge, model: lexical-v1, options: {support_threshold: 0.7}}}\n"
     )
     jobs = planned_jobs(snakemake(finished_run, "-n", "--configfile", "tiny.yaml", "judge.yaml"))
-    # The LAR diagnostics use the same judge, so they are rescored too; captions are not remade.
-    assert jobs == {"capeval": 3, "diagnose": 6, "collect_evaluation": 1, "report": 1, "all": 1}
+    # The LAR diagnostics use the same judge, so they are rescored too; the GSPO run's caption reward
+    # uses it as well, so that policy is retrained and re-evaluated; the other captions are not remade.
+    assert jobs == {"train_gspo": 1, "caption": 1, "capeval": 4, "diagnose": 3 * 2 + 6, "collect_evaluation": 1,
+                    "report": 1, "all": 1}
 
 
 def test_changing_a_model_backend_reruns_its_stage(finished_run):
@@ -177,6 +183,19 @@ def test_editing_a_prompt_reruns_the_stage_that_uses_it(finished_run):
         assert jobs == {"write_dialogues": 1, "write_mcqas": 1, "make_splits": 1, **EVALUATION_OF_SPLITS, "all": 1}
     finally:
         prompt.write_text(original)
+
+
+def test_trained_policy_is_trained_before_it_captions(tmp_path):
+    """The DAG edge of stage 8: build_tiny_vlm and the train split -> train_gspo -> caption of the policy."""
+    workdir = copy_workflow(tmp_path)
+    dot = snakemake(workdir, "--forceall", "--dag", "--", "results/capeval/tiny_vlm_gspo/lexical_judge/summary.parquet").stdout
+    labels = {m[1]: m[2].split("\\n")[0] + ("/" + m[2].split(": ")[-1] if ": " in m[2] else "")
+              for m in re.finditer(r'(\d+)\[label = "([^"]+)"', dot)}
+    edges = {(labels[a], labels[b]) for a, b in re.findall(r"(\d+) -> (\d+)", dot)}
+    assert ("build_tiny_vlm", "train_gspo/tiny_vlm_gspo") in edges
+    assert ("make_splits", "train_gspo/tiny_vlm_gspo") in edges
+    assert ("train_gspo/tiny_vlm_gspo", "caption/tiny_vlm_gspo") in edges
+    assert ("caption/tiny_vlm_gspo", "capeval/lexical_judge") in edges
 
 
 def test_missing_api_key_fails_before_any_job_runs(tmp_path, monkeypatch):

@@ -395,11 +395,40 @@ USAGE = _schema(
      "output_tokens", "seconds", "estimated_cost_usd"],
 )
 
+# ---------------------------------------------------------------------------------------------------
+# Training (SPEC stage 8)
+
+TRAINING_LOG = _schema(
+    "training_log",
+    "Stage 8: one row per logged GSPO optimiser step (TRL's metrics, averaged over the logging interval).",
+    [
+        ("run", pa.string()),
+        ("step", pa.int64()),
+        ("epoch", pa.float64()),
+        ("wall_s", pa.float64()),  # seconds since this (possibly resumed) process started training
+        ("loss", pa.float64()),
+        ("reward_mean", pa.float64()),
+        ("reward_std", pa.float64()),
+        ("reward_caption", pa.float64()),  # per-task means; null when the run has no such task
+        ("reward_multi_vision", pa.float64()),
+        ("reward_vision", pa.float64()),
+        ("reward_joint", pa.float64()),
+        ("clip_ratio", pa.float64()),  # share of sequences whose ratio s was clipped
+        ("clip_ratio_low", pa.float64()),
+        ("clip_ratio_high", pa.float64()),
+        ("completion_length_mean", pa.float64()),
+        ("completion_truncated_ratio", pa.float64()),
+        ("learning_rate", pa.float64()),
+        ("grad_norm", pa.float64()),
+    ],
+    ["run", "step"],
+)
+
 ALL = {
     s.name: s
     for s in (
         CONCEPTS, QUERIES, FILTER_DECISIONS, CONCEPT_EMBEDDINGS, CONTEXTS, DIALOGUES, MCQAS, SPLIT, SPLIT_REPORT,
         CAPTIONS, CAPEVAL_ANSWERS, CAPEVAL_SUMMARY, DIAGNOSTIC_SET, DIAGNOSTIC_RESPONSES, DIAGNOSTIC_SUMMARY,
-        USAGE,
+        USAGE, TRAINING_LOG,
     )
 }

@@ -1,0 +1,144 @@
+"""Train split rows -> TRL's multimodal conversational records (SPEC section 2 layout).
+
+Each record is ``{"prompt": [one user message], "images": [PIL images], "task": str, "truth": JSON,
+"sample_id": str}``. The user message's content interleaves ``{"type": "text"}`` and
+``{"type": "image"}`` parts; TRL fills the image placeholders from ``images`` in order.
+
+The `caption` prompt is exactly the evaluation prompt (`covip.stages.captioning.build_caption_request`),
+so the policy is trained on what it is scored on. `multi_vision` and `joint` keep that context layout
+and swap the final instruction; `vision` shows one context concept's photo and the query photo. The
+task types and their truth:
+
+- caption      {"sample_id", "positive_indices", "questions"} (questions per context concept, A-D)
+- multi_vision {"indices"}: the 1-based memory numbers of the concepts in the query image
+- vision       {"present"}: whether the named concept (image 1) is in the query (image 2)
+- joint        caption truth plus "indices" (the paper's r_vis + r_caps)
+
+Which task a sample gets is drawn per sample from the run seed, in the configured proportions.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping, Sequence
+
+from PIL import Image
+
+from covip.clients.base import ChatRequest, ImagePart, Message, TextPart
+from covip.prompts import PromptBook
+from covip.seeding import pyrandom_for
+from covip.stages.captioning import _image_part, build_caption_request
+
+TRAIN_PROMPT = "train_tasks"
+
+
+class TrainingDataError(ValueError):
+    """A train split row that cannot become a training record; the message names row and field."""
+
+
+def _content(message: Message) -> tuple[list[dict], list[Image.Image]]:
+    """A covip Message as TRL content parts plus its images (in order)."""
+    parts, images = [], []
+    for part in message.parts:
+        if isinstance(part, TextPart):
+            parts.append({"type": "text", "text": part.text})
+        elif isinstance(part, ImagePart):
+            parts.append({"type": "image", "text": None})
+            images.append(Image.open(io.BytesIO(part.data)).convert("RGB"))
+        else:  # pragma: no cover - Message only holds these two
+            raise TypeError(f"unexpected message part {type(part).__name__}")
+    return parts, images
+
+
+def _record(request: ChatRequest, task: str, truth: Mapping, sample_id: str) -> dict:
+    (message,) = request.messages
+    content, images = _content(message)
+    return {
+        "prompt": [{"role": "user", "content": content}],
+        "images": images,
+        "task": task,
+        "truth": json.dumps(truth),
+        "sample_id": sample_id,
+    }
+
+
+def _questions(row: Mapping, where: str) -> list[list[dict]]:
+    mcqa = row.get("mcqa")
+    if mcqa is None:
+        raise TrainingDataError(f"{where} field 'mcqa': missing (the caption reward needs the questions)")
+    out = []
+    for ci, concept in enumerate(mcqa):
+        qs = []
+        for qi, q in enumerate(concept):
+            options = q.get("options") or {}
+            if q.get("answer") not in ("A", "B", "C", "D") or not all(isinstance(options.get(k), str) for k in "ABCD"):
+                raise TrainingDataError(f"{where} field 'mcqa'[{ci}][{qi}]: needs options A-D and an answer letter")
+            qs.append({"question": str(q["question"]), "options": {k: options[k] for k in "ABCD"}, "answer": q["answer"]})
+        out.append(qs)
+    return out
+
+
+def build_record(row: Mapping, task: str, prompts: PromptBook, *, seed: int, where: str) -> dict:
+    """One training record of type `task` from one train split row (schemas.SPLIT)."""
+    sample_id = str(row.get("sample_id"))
+    here = f"{where} (sample_id={sample_id})"
+    caption_request = build_caption_request(row, prompts, where=where)
+    positives = sorted(int(i) for i in row.get("positive_indices") or [])
+    if task == "caption":
+        truth = {"sample_id": sample_id, "positive_indices": positives, "questions": _questions(row, here)}
+        return _record(caption_request, task, truth, sample_id)
+    sections = prompts.sections(TRAIN_PROMPT)
+    if task in ("multi_vision", "joint"):
+        (message,) = caption_request.messages
+        # Same context and query layout as the caption prompt; only the final instruction differs.
+        parts = message.parts[:-1] + (TextPart(sections[task].substitute().strip()),)
+        request = ChatRequest((Message("user", parts),))
+        truth: dict = {"indices": [i + 1 for i in positives]}
+        if task == "joint":
+            truth.update(sample_id=sample_id, positive_indices=positives, questions=_questions(row, here))
+        return _record(request, task, truth, sample_id)
+    if task == "vision":
+        names = list(row.get("context_names") or [])
+        images = list(row.get("context_images") or [])
+        if not names or len(names) != len(images):
+            raise TrainingDataError(f"{here} fields 'context_names'/'context_images': need one name per context image")
+        # Half the vision questions ask about a concept that is present, when there is one.
+        rng = pyrandom_for(seed, "train_vision", sample_id)
+        absent = [k for k in range(len(names)) if k not in positives]
+        pool = positives if positives and (not absent or rng.random() < 0.5) else absent
+        k = rng.choice(pool)
+        name = str(names[k])
+        parts = (
+            TextPart(sections["vision_first"].substitute(name=name).strip()),
+            _image_part(images[k], f"{here} field 'context_images'[{k}]"),
+            TextPart(sections["vision_second"].substitute().strip()),
+            _image_part(row.get("query_image"), f"{here} field 'query_image'"),
+            TextPart(sections["vision_question"].substitute(name=name).strip()),
+        )
+        return _record(ChatRequest((Message("user", parts),)), task, {"present": k in positives}, sample_id)
+    raise TrainingDataError(f"{here}: unknown task type {task!r}")
+
+
+def assign_tasks(sample_ids: Sequence[str], mixture: Mapping[str, float], seed: int) -> list[str]:
+    """One task type per sample, drawn independently per sample id with the mixture's weights."""
+    tasks = [t for t, w in mixture.items() if w > 0]
+    weights = [float(mixture[t]) for t in tasks]
+    if not tasks:
+        raise ValueError(f"training.task_mixture has no positive weight: {dict(mixture)}")
+    return [pyrandom_for(seed, "train_task", sid).choices(tasks, weights)[0] for sid in sample_ids]
+
+
+def build_records(rows: Sequence[Mapping], mixture: Mapping[str, float], prompts: PromptBook, *, seed: int,
+                  where: str = "train split") -> list[dict]:
+    """Training records for every row; task types drawn per sample from `mixture` (task -> weight)."""
+    ids = [str(r.get("sample_id")) for r in rows]
+    tasks = assign_tasks(ids, mixture, seed)
+    return [build_record(row, task, prompts, seed=seed, where=f"{where} row {i}") for i, (row, task) in enumerate(zip(rows, tasks))]
+
+
+def to_dataset(records: Sequence[dict]):
+    """A `datasets.Dataset` of the records (images become an Image sequence column)."""
+    import datasets
+
+    return datasets.Dataset.from_list(list(records))

@@ -1,0 +1,293 @@
+"""GSPO rewards (SPEC section 4) as plain functions, plus the TRL-shaped wrappers around them.
+
+The scoring functions take one completion and its ground truth and return a float:
+
+- `boxed_f1`     `multi_vision`: set F1 between the indices in the last ``\\boxed{[...]}`` and the truth;
+                 0 when there is no readable box (missing, empty, or not a list of integers).
+- `yes_no_reward` `vision`: 1 when the reply's first yes/no word matches the truth, else 0.
+- `caption_score` `caption`: (1/3)·#positive questions answered correctly − #negative questions not
+                 answered D / #negative questions, from judge letters; −1 if the caption degenerates
+                 (`is_degenerate`) or is longer than the token limit.
+- `joint_score`  the paper's form r = r_vis + r_caps (r_caps = #correct positives − #negatives not
+                 D), −1 when the caption degenerates or runs past the limit.
+
+`RewardSuite` turns them into TRL reward functions (``f(prompts, completions, completion_ids,
+**columns) -> list[float | None]``). Each returns None for rows of another task type, so TRL's
+per-function means are means over the rows that task owns. The caption and joint rewards send every
+question of a batch to the judge at once through `CachedChatModel.complete_many`, the client and
+SQLite cache CapEval-QA uses, with CapEval-QA's own request builder and letter parser.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from covip.prompts import PromptBook
+from covip.stages.capeval import NONE_LETTER, build_judge_request, judge_seed, parse_judge_letter
+
+TASKS = ("caption", "multi_vision", "vision", "joint")
+# The authors' caption reward counts each correct positive answer as 1/3 (three questions per concept).
+POSITIVE_WEIGHT = 1.0 / 3.0
+
+# ---------------------------------------------------------------------------------------------------
+# multi_vision: \boxed{[...]} indices
+
+_BOXED = re.compile(r"\\boxed\{(.*?)\}(?!\})", re.DOTALL)
+
+
+def parse_boxed_indices(text: str | None) -> set[int] | None:
+    """The integer set in the LAST ``\\boxed{...}`` of `text`, or None when there is none readable.
+
+    ``\\boxed{[1, 3]}``, ``\\boxed{1,3}`` and ``\\boxed{[]}`` (the empty set) are readable;
+    ``\\boxed{}``, ``\\boxed{[1, x]}`` and a missing box are not.
+    """
+    if not text:
+        return None
+    boxes = _BOXED.findall(text)
+    if not boxes:
+        return None
+    inner = boxes[-1].strip()
+    if inner.startswith("[") and inner.endswith("]"):
+        inner = inner[1:-1].strip()
+    elif not inner:
+        return None
+    if not inner:
+        return set()
+    items = [item.strip() for item in inner.split(",")]
+    if not all(re.fullmatch(r"[+-]?\d+", item) for item in items):
+        return None
+    return {int(item) for item in items}
+
+
+def set_f1(predicted: set[int], truth: set[int]) -> float:
+    """F1 of two index sets; two empty sets agree perfectly (1.0)."""
+    if not predicted and not truth:
+        return 1.0
+    hits = len(predicted & truth)
+    if hits == 0:
+        return 0.0
+    precision, recall = hits / len(predicted), hits / len(truth)
+    return 2 * precision * recall / (precision + recall)
+
+
+def boxed_f1(completion: str | None, truth: Sequence[int]) -> float:
+    """The `multi_vision` reward: set F1 of the boxed indices against `truth`, 0 if unreadable."""
+    predicted = parse_boxed_indices(completion)
+    return 0.0 if predicted is None else set_f1(predicted, {int(i) for i in truth})
+
+
+# ---------------------------------------------------------------------------------------------------
+# vision: yes / no
+
+_YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
+
+
+def parse_yes_no(text: str | None) -> bool | None:
+    """True/False for the first stand-alone 'yes'/'no' in the reply (any case, markup ignored), else None."""
+    if not text:
+        return None
+    match = _YES_NO.search(re.sub(r"[*_`]", "", text))
+    return None if match is None else match[1].lower() == "yes"
+
+
+def yes_no_reward(completion: str | None, truth: bool) -> float:
+    """The `vision` reward: 1 when the reply says yes/no correctly, else 0 (also when it says neither)."""
+    answer = parse_yes_no(completion)
+    return 1.0 if answer is not None and answer == bool(truth) else 0.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Degeneration (SPEC section 4, from the authors' code)
+
+DUPLICATE_SENTENCE_RATIO = 0.3
+MIN_SENTENCES = 4
+DUPLICATE_NGRAM_RATIO = 0.3
+NGRAM = 5
+MIN_WORDS = 20
+CHUNK_SIZES = (10, 20, 30)
+REPEATED_CHUNK_RATIO = 0.2
+
+
+def _normalize(text: str) -> str:
+    return re.sub(r"\s+", " ", text.lower()).strip()
+
+
+def duplicate_sentence_ratio(text: str) -> tuple[float, int]:
+    """(1 − distinct/total sentences, total) after normalizing; sentences end at '.', '!' or '?'."""
+    sentences = [s.strip() for s in re.split(r"[.!?]+", _normalize(text)) if s.strip()]
+    if not sentences:
+        return 0.0, 0
+    return (len(sentences) - len(set(sentences))) / len(sentences), len(sentences)
+
+
+def duplicate_ngram_ratio(text: str, n: int = NGRAM) -> tuple[float, int]:
+    """(1 − distinct/total word n-grams, word count) after normalizing."""
+    words = _normalize(text).split()
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0, len(words)
+    return (len(grams) - len(set(grams))) / len(grams), len(words)
+
+
+def repeated_chunk_ratio(text: str, size: int) -> float:
+    """Share of the non-overlapping `size`-word chunks that repeat an earlier chunk (0 with < 2 chunks)."""
+    words = _normalize(text).split()
+    chunks = [tuple(words[i : i + size]) for i in range(0, len(words) - size + 1, size)]
+    if len(chunks) < 2:
+        return 0.0
+    return (len(chunks) - len(set(chunks))) / len(chunks)
+
+
+def degeneration_reasons(text: str | None) -> list[str]:
+    """Which of SPEC section 4's repetition rules `text` trips (empty list: none)."""
+    if not text:
+        return []
+    reasons = []
+    ratio, sentences = duplicate_sentence_ratio(text)
+    if sentences >= MIN_SENTENCES and ratio >= DUPLICATE_SENTENCE_RATIO:
+        reasons.append("duplicate_sentences")
+    ratio, words = duplicate_ngram_ratio(text)
+    if words >= MIN_WORDS and ratio >= DUPLICATE_NGRAM_RATIO:
+        reasons.append("duplicate_5grams")
+    for size in CHUNK_SIZES:
+        if repeated_chunk_ratio(text, size) >= REPEATED_CHUNK_RATIO:
+            reasons.append(f"repeated_{size}_word_chunks")
+    return reasons
+
+
+def is_degenerate(text: str | None) -> bool:
+    """True when any degeneration rule fires."""
+    return bool(degeneration_reasons(text))
+
+
+# ---------------------------------------------------------------------------------------------------
+# caption and joint scores from judge letters
+
+
+def caption_score(positive_letters: Sequence[tuple[str, str]], negative_letters: Sequence[str]) -> float:
+    """The authors' caption reward from (judged, correct) letter pairs of positive questions and the
+    judged letters of negative questions: (1/3)·#correct − #negatives not D / #negatives."""
+    correct = sum(1 for judged, answer in positive_letters if judged == answer)
+    leaked = sum(1 for judged in negative_letters if judged != NONE_LETTER)
+    penalty = leaked / len(negative_letters) if negative_letters else 0.0
+    return POSITIVE_WEIGHT * correct - penalty
+
+
+def joint_caption_score(positive_letters: Sequence[tuple[str, str]], negative_letters: Sequence[str]) -> float:
+    """The paper's r_caps: #correct positive answers − #negative questions not answered D."""
+    correct = sum(1 for judged, answer in positive_letters if judged == answer)
+    return float(correct - sum(1 for judged in negative_letters if judged != NONE_LETTER))
+
+
+_BOX_SPAN = re.compile(r"\\boxed\{.*?\}(?!\})", re.DOTALL)
+
+
+def strip_boxed(text: str) -> str:
+    """The completion without its \\boxed{...} spans: the caption part of a joint answer."""
+    return _BOX_SPAN.sub(" ", text).strip()
+
+
+# ---------------------------------------------------------------------------------------------------
+# TRL reward functions
+
+
+def completion_text(completion: Any) -> str:
+    """The text of a TRL completion: a string, or a conversational list of assistant messages."""
+    if isinstance(completion, str):
+        return completion
+    parts = []
+    for message in completion or []:
+        content = message.get("content") if isinstance(message, Mapping) else message
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(str(p.get("text") or "") for p in content if isinstance(p, Mapping) and p.get("type") == "text")
+    return "".join(parts)
+
+
+class RewardSuite:
+    """The TRL reward functions of one training run.
+
+    `judge` is a chat model (from `ModelRegistry.chat`) used by the caption and joint rewards;
+    `max_tokens` is the caption token limit (authors: 511: a longer caption gets −1); `seed` keys the
+    judge requests so a sampled judge is reproducible and cacheable.
+    """
+
+    def __init__(self, judge=None, prompts: PromptBook | None = None, *, max_tokens: int = 511, seed: int = 0):
+        self.judge = judge
+        self.prompts = prompts or PromptBook()
+        self.max_tokens = max_tokens
+        self.seed = seed
+
+    def functions(self, tasks: Sequence[str]) -> list[Callable]:
+        """One TRL reward function per task type used by the run, named so TRL logs `rewards/<task>`."""
+        table = {"multi_vision": self.multi_vision, "vision": self.vision, "caption": self.caption, "joint": self.joint}
+        unknown = [t for t in tasks if t not in table]
+        if unknown:
+            raise ValueError(f"unknown task type(s) {unknown}; known: {sorted(table)}")
+        return [table[t] for t in tasks]
+
+    # TRL calls these with the batch's dataset columns as keyword lists.
+    def multi_vision(self, prompts, completions, task, truth, **_) -> list[float | None]:
+        return [
+            boxed_f1(completion_text(c), json.loads(t)["indices"]) if k == "multi_vision" else None
+            for c, k, t in zip(completions, task, truth)
+        ]
+
+    def vision(self, prompts, completions, task, truth, **_) -> list[float | None]:
+        return [
+            yes_no_reward(completion_text(c), json.loads(t)["present"]) if k == "vision" else None
+            for c, k, t in zip(completions, task, truth)
+        ]
+
+    def caption(self, prompts, completions, task, truth, completion_ids=None, **_) -> list[float | None]:
+        return self._judged(completions, task, truth, completion_ids, "caption")
+
+    def joint(self, prompts, completions, task, truth, completion_ids=None, **_) -> list[float | None]:
+        return self._judged(completions, task, truth, completion_ids, "joint")
+
+    def _judged(self, completions, task, truth, completion_ids, kind: str) -> list[float | None]:
+        """Judge every question of every row of `kind` in one `complete_many` call, then score."""
+        rewards: list[float | None] = [None] * len(completions)
+        jobs = []  # (row, caption, positive questions, negative questions, ground truth)
+        for row, (completion, k, t) in enumerate(zip(completions, task, truth)):
+            if k != kind:
+                continue
+            text = completion_text(completion)
+            caption = strip_boxed(text) if kind == "joint" else text.strip()
+            n_tokens = len(completion_ids[row]) if completion_ids is not None else 0
+            if n_tokens > self.max_tokens or is_degenerate(caption):
+                rewards[row] = -1.0
+                continue
+            jobs.append((row, caption, json.loads(t)))
+        if not jobs:
+            return rewards
+        if self.judge is None:
+            raise ValueError(f"the '{kind}' reward needs a judge model (training.judge)")
+        requests, slots = [], []
+        for row, caption, gt in jobs:
+            for ci, questions in enumerate(gt["questions"]):
+                for qi, q in enumerate(questions):
+                    seed = judge_seed(self.seed, "train", gt["sample_id"], ci, qi, caption)
+                    requests.append(build_judge_request(caption, q, self.prompts, seed=seed))
+                    slots.append((row, ci, q))
+        responses = self.judge.complete_many(requests, desc=f"{kind} reward judge")
+        letters: dict[int, tuple[list, list]] = {row: ([], []) for row, _, _ in jobs}
+        positives = {row: set(gt["positive_indices"]) for row, _, gt in jobs}
+        for (row, ci, q), response in zip(slots, responses):
+            judged = (parse_judge_letter(response.text, q["options"]) if response.ok else None) or NONE_LETTER
+            if ci in positives[row]:
+                letters[row][0].append((judged, q["answer"]))
+            else:
+                letters[row][1].append(judged)
+        for row, _, gt in jobs:
+            pos, neg = letters[row]
+            if kind == "caption":
+                rewards[row] = caption_score(pos, neg)
+            else:
+                text = completion_text(completions[row])
+                rewards[row] = boxed_f1(text, gt["indices"]) + joint_caption_score(pos, neg)
+        return rewards

@@ -1,0 +1,214 @@
+"""GSPO rewards on golden cases (SPEC section 4): boxed indices, yes/no, degeneration rules on both
+sides of each threshold, the caption/joint scores through a real (offline) judge and its cache."""
+
+import json
+
+import pytest
+
+from covip.clients.registry import ModelRegistry
+from covip.training.rewards import (
+    RewardSuite,
+    boxed_f1,
+    caption_score,
+    degeneration_reasons,
+    duplicate_ngram_ratio,
+    duplicate_sentence_ratio,
+    is_degenerate,
+    joint_caption_score,
+    parse_boxed_indices,
+    parse_yes_no,
+    repeated_chunk_ratio,
+    set_f1,
+    yes_no_reward,
+)
+
+
+# ----- multi_vision: \boxed{[...]}
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (r"The answer is \boxed{[1, 3]}", {1, 3}),
+        (r"\boxed{[2]}", {2}),
+        (r"\boxed{2,4}", {2, 4}),
+        (r"\boxed{[]}", set()),  # an explicit empty list is a readable answer
+        (r"first \boxed{[1]} then \boxed{[2, 3]}", {2, 3}),  # the last box counts
+        (r"\boxed{}", None),  # empty box: unreadable
+        (r"\boxed{[1, x]}", None),  # malformed list
+        (r"\boxed{[1.5]}", None),
+        ("[1, 2] without a box", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_parse_boxed_indices(text, expected):
+    assert parse_boxed_indices(text) == expected
+
+
+def test_set_f1_and_boxed_reward():
+    assert set_f1({1, 2}, {1, 2}) == 1.0
+    assert set_f1({1}, {1, 2}) == pytest.approx(2 / 3)
+    assert set_f1({1, 2, 3}, {1}) == pytest.approx(0.5)
+    assert set_f1({4}, {1}) == 0.0
+    assert set_f1(set(), set()) == 1.0
+    assert set_f1(set(), {1}) == 0.0
+    assert boxed_f1(r"\boxed{[1, 2]}", [2, 1]) == 1.0
+    assert boxed_f1(r"\boxed{[1]}", [1, 2]) == pytest.approx(2 / 3)
+    assert boxed_f1(r"\boxed{}", [1]) == 0.0  # unparseable -> 0
+    assert boxed_f1("no box at all", []) == 0.0  # even when the truth is empty: no answer is no answer
+    assert boxed_f1(r"\boxed{[]}", []) == 1.0
+
+
+# ----- vision: yes / no
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("Yes", True), ("yes.", True), ("**No**", False), ("no, it is not there", False), ("YES it is", True),
+     ("I think so", None), ("nothing", None), ("", None), ("Yesterday", None), ("No. Well, yes.", False)],
+)
+def test_parse_yes_no(text, expected):
+    assert parse_yes_no(text) is expected
+
+
+def test_yes_no_reward():
+    assert yes_no_reward("Yes.", True) == 1.0
+    assert yes_no_reward("yes", False) == 0.0
+    assert yes_no_reward("No", False) == 1.0
+    assert yes_no_reward("maybe", False) == 0.0  # neither word: no reward
+
+
+# ----- degeneration: each rule on both sides of its threshold
+
+
+def test_duplicate_sentences_threshold():
+    # 10 sentences, 3 duplicates -> ratio 0.3: degenerate; 2 duplicates -> 0.2: not.
+    unique = [f"sentence number {w} is here" for w in "abcdefghij"]
+    at = unique[:7] + [unique[0]] * 3
+    below = unique[:8] + [unique[0]] * 2
+    assert duplicate_sentence_ratio(". ".join(at) + ".") == (pytest.approx(0.3), 10)
+    assert "duplicate_sentences" in degeneration_reasons(". ".join(at) + ".")
+    assert "duplicate_sentences" not in degeneration_reasons(". ".join(below) + ".")
+
+
+def test_duplicate_sentences_needs_four_sentences():
+    # 3 sentences, all the same (ratio 0.67) but fewer than 4: this rule does not fire.
+    text = "A cat sits. A cat sits. A cat sits."
+    assert duplicate_sentence_ratio(text)[1] == 3
+    assert "duplicate_sentences" not in degeneration_reasons(text)
+    assert "duplicate_sentences" in degeneration_reasons(text + " A cat sits.")
+
+
+def test_case_and_whitespace_are_normalized():
+    assert "duplicate_sentences" in degeneration_reasons("A Cat sits. a  cat\nsits. A CAT SITS. a cat sits.")
+
+
+def _words(n, start=0):
+    return [f"w{i}" for i in range(start, start + n)]
+
+
+def test_duplicate_ngrams_threshold():
+    # 30 distinct words + the first k words repeated: k - 4 duplicate 5-grams of 26 + k - 4 ... computed below.
+    def text_with_repeat(k):
+        return " ".join(_words(30) + _words(k))
+
+    above = text_with_repeat(14)  # 44 words, 40 grams, 10 duplicates -> 0.25? check explicitly
+    ratios = {k: duplicate_ngram_ratio(text_with_repeat(k))[0] for k in range(5, 25)}
+    k_at = min(k for k, r in ratios.items() if r >= 0.3)
+    assert "duplicate_5grams" in degeneration_reasons(text_with_repeat(k_at))
+    assert "duplicate_5grams" not in degeneration_reasons(text_with_repeat(k_at - 1))
+    assert ratios[k_at - 1] < 0.3 <= ratios[k_at]
+    assert duplicate_ngram_ratio(above)[1] == 44
+
+
+def test_duplicate_ngrams_needs_twenty_words():
+    # 19 words that are one 5-gram repeated: very repetitive but under 20 words.
+    short = " ".join(["a b c d e"] * 3 + ["a b c d"])
+    assert duplicate_ngram_ratio(short) [1] == 19
+    assert "duplicate_5grams" not in degeneration_reasons(short)
+    assert "duplicate_5grams" in degeneration_reasons(short + " e")
+
+
+@pytest.mark.parametrize("size", [10, 20, 30])
+def test_repeated_chunks_threshold(size):
+    # 5 chunks of `size` words: one repeat -> 0.2 (fires), none -> 0 (does not).
+    distinct = [_words(size, start=1000 * j) for j in range(5)]
+    repeated = distinct[:4] + [distinct[0]]
+    assert repeated_chunk_ratio(" ".join(sum(repeated, [])), size) == pytest.approx(0.2)
+    assert f"repeated_{size}_word_chunks" in degeneration_reasons(" ".join(sum(repeated, [])))
+    assert repeated_chunk_ratio(" ".join(sum(distinct, [])), size) == 0.0
+    # 6 chunks with one repeat -> 1/6 < 0.2: below the threshold.
+    six = [_words(size, start=1000 * j) for j in range(5)] + [distinct[0]]
+    assert repeated_chunk_ratio(" ".join(sum(six, [])), size) == pytest.approx(1 / 6)
+
+
+def test_normal_prose_is_not_degenerate():
+    text = ("Jeffrey stands by the window of the cafe at New Ryan holding a cup of green tea, the one drink he orders. "
+            "Behind him the morning light falls on a row of bicycles, and a small dog sleeps under the table.")
+    assert degeneration_reasons(text) == []
+    assert not is_degenerate("")
+
+
+# ----- caption and joint scores
+
+
+def test_caption_score_formula():
+    # 2 positive concepts (6 questions), 4 correct; 3 negative questions, 1 not answered D.
+    pos = [("A", "A"), ("B", "B"), ("C", "C"), ("A", "A"), ("D", "B"), ("A", "C")]
+    neg = ["D", "B", "D"]
+    assert caption_score(pos, neg) == pytest.approx(4 / 3 - 1 / 3)
+    assert caption_score(pos, []) == pytest.approx(4 / 3)  # no negatives: no penalty
+    assert joint_caption_score(pos, neg) == 3.0
+
+
+def _caption_truth():
+    q = lambda text, answer: {"question": text, "options": {"A": "green tea", "B": "coffee", "C": "milk",  # noqa: E731
+                                                          "D": "The answer cannot be determined"}, "answer": answer}
+    return {"sample_id": "s1", "positive_indices": [0], "indices": [1],
+            "questions": [[q("What does Jeffrey drink?", "A")] * 3, [q("What does Mara drink?", "B")] * 3]}
+
+
+def test_caption_reward_through_the_judge_and_cache(tmp_path):
+    # cache: true puts the offline judge behind the same SQLite cache a served judge uses.
+    registry = ModelRegistry({"lexical_judge": {"backend": "local_lexical_judge", "model": "lexical-v1", "cache": True}},
+                             cache_path=str(tmp_path / "cache.sqlite"))
+    judge = registry.chat("lexical_judge")
+    suite = RewardSuite(judge, max_tokens=10)
+    truth = json.dumps(_caption_truth())
+    good = "Jeffrey drinks green tea by the window."
+    leaky = "Jeffrey drinks green tea and Mara drinks coffee."
+    loop = " ".join(["the cat sat on the mat"] * 8)
+    rewards = suite.caption(None, [good, leaky, "", loop, "short one"], ["caption"] * 4 + ["vision"], [truth] * 5,
+                            completion_ids=[[0] * 5, [0] * 5, [], [0] * 5, [0] * 5])
+    assert rewards[0] == pytest.approx(1.0)  # 3 positives right (3 x 1/3), negatives all D
+    assert rewards[1] == pytest.approx(1.0 - 1.0)  # the negatives leak: -3/3
+    assert rewards[2] == pytest.approx(0.0)  # empty caption: positives D (wrong), negatives D (fine)
+    assert rewards[3] == -1.0  # degenerate
+    assert rewards[4] is None  # another task's row
+    over = suite.caption(None, [good], ["caption"], [truth], completion_ids=[[0] * 11])
+    assert over == [-1.0]  # above the token limit
+    at_limit = suite.caption(None, [good], ["caption"], [truth], completion_ids=[[0] * 10])
+    assert at_limit == [pytest.approx(1.0)]
+    assert judge.usage.cache_hits > 0  # the second ask of the same caption came from the cache
+
+
+def test_joint_reward_adds_vision_and_caption_terms(tmp_path):
+    judge = ModelRegistry({"j": {"backend": "local_lexical_judge"}}, cache_path=str(tmp_path / "c.sqlite")).chat("j")
+    suite = RewardSuite(judge)
+    truth = json.dumps(_caption_truth())
+    [r] = suite.joint(None, [r"\boxed{[1]} Jeffrey drinks green tea by the window."], ["joint"], [truth],
+                      completion_ids=[[0] * 5])
+    assert r == pytest.approx(1.0 + 3.0)  # F1 1 + 3 correct positives - 0 leaks
+
+
+def test_task_rewards_skip_other_rows():
+    suite = RewardSuite()
+    mv = json.dumps({"indices": [1, 2]})
+    vis = json.dumps({"present": False})
+    assert suite.multi_vision(None, [r"\boxed{[1,2]}", "No"], ["multi_vision", "vision"], [mv, vis]) == [1.0, None]
+    assert suite.vision(None, [r"\boxed{[1,2]}", "No"], ["multi_vision", "vision"], [mv, vis]) == [None, 1.0]
+    # Conversational completions (lists of messages) are read too.
+    assert suite.vision(None, [[{"role": "assistant", "content": "yes"}]], ["vision"], [vis]) == [0.0]
+    with pytest.raises(ValueError, match="unknown task"):
+        suite.functions(["captions"])
