@@ -29,6 +29,7 @@ STAGE_SETTINGS = {
     "captioning": "covip.stages.captioning:CaptioningSettings",
     "capeval": "covip.stages.capeval:CapEvalSettings",
     "diagnostics": "covip.stages.diagnostics:DiagnosticSettings",
+    "controls": "covip.stages.controls:ControlSettings",
 }
 BEGIN = "  # BEGIN GENERATED STAGE SECTIONS (python -m covip.config_schema)"
 END = "  # END GENERATED STAGE SECTIONS"
