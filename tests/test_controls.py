@@ -211,3 +211,20 @@ def test_drop_and_its_paired_interval_on_a_hand_case():
     assert pooled[("swapped_context", "acc_neg")]["drop"] == 0.0
     lsd = pooled[("swapped_context", "lsd")]
     assert lsd["intact"] == 50.0 and lsd["drop"] == 50.0 and 0.0 <= lsd["drop_low"] < 50.0 < lsd["drop_high"] <= 100.0
+
+
+def test_the_looking_policy_loses_acc_pos_when_the_evidence_goes(test_rows, prompts):
+    """The positive control: a policy that finds the concepts in the pixels must fall under the controls
+    that take the visual evidence away, while the oracle (above) does not move."""
+    registry = ModelRegistry({"looking": {"backend": "reference_looking"}, "judge": {"backend": "local_lexical_judge"}})
+    looking, judge = registry.chat("looking"), registry.chat("judge")
+    answers = {}
+    for condition in ("intact", "text_only", "swapped_context", "blank_query"):
+        rows, _ = apply_control(test_rows, condition, SETTINGS, SEED)
+        captions = caption_samples(rows, "looking", looking, prompts, CaptioningSettings(), SEED, progress_file=QUIET)
+        answers[condition] = judge_captions(captions, rows, judge, prompts, CapEvalSettings(), SEED, "judge")
+    effects = control_effects(answers, {}, n_bootstrap=200, seed=SEED)
+    pooled = {r["condition"]: r for r in effects if r["metric"] == "acc_pos" and r["num_positives"] == 0}
+    assert pooled["intact"]["value"] >= 50.0
+    for condition in ("text_only", "swapped_context", "blank_query"):
+        assert pooled[condition]["drop"] >= 30.0 and pooled[condition]["drop_low"] > 0.0, (condition, pooled[condition])

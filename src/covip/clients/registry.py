@@ -42,6 +42,7 @@ LOCAL_BACKENDS = {
     "reference_oracle",
     "reference_context_dump",
     "reference_blind",
+    "reference_looking",
 }
 # Backends that run a real model in this process (no API key, but worth caching: generation is slow).
 IN_PROCESS_MODEL_BACKENDS = {"transformers", "vllm", "open_clip"}
@@ -317,6 +318,7 @@ BACKENDS: dict[str, dict[str, str]] = {
         "reference_oracle": "covip.local.reference_policies:OraclePolicy",
         "reference_context_dump": "covip.local.reference_policies:ContextDumpPolicy",
         "reference_blind": "covip.local.reference_policies:BlindPolicy",
+        "reference_looking": "covip.local.looking_policy:LookingPolicy",
         "transformers": "covip.clients.transformers_backend:TransformersChatModel",
         "vllm": "covip.clients.vllm_backend:VLLMChatModel",
     },

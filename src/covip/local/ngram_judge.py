@@ -10,8 +10,9 @@ Rule, for a CapEval question (`task['kind'] == 'capeval'`: caption, question, op
 1. The caption is cut into sentences. Each sentence, the question and options A-C become TF-IDF
    vectors of character 3-5-grams (scikit-learn `TfidfVectorizer(analyzer='char_wb')`, fitted on
    just these texts).
-2. A sentence's relevance is its cosine similarity to the question; option k's support is the
-   largest, over sentences, of cos(sentence, option k) x relevance^(1/2).
+2. A sentence's relevance is its cosine similarity to the question, divided by the largest such
+   similarity (the most question-like sentence counts fully); option k's support is the largest,
+   over sentences, of cos(sentence, option k) x relevance.
 3. The best-supported option wins if its support reaches `threshold` and beats the runner-up by
    `margin`; otherwise D (abstain: the caption does not single out an answer).
 
@@ -48,7 +49,10 @@ def ngram_choice(caption: str, question: str, options: dict[str, str], threshold
         return "D"
     sims = (matrix @ matrix.T).toarray()  # rows are L2-normalised: dot product = cosine
     n = len(sentences)
-    relevance = sims[n, :n].clip(min=0.0) ** 0.5
+    relevance = sims[n, :n].clip(min=0.0)
+    if relevance.max() <= 0.0:
+        return "D"  # no sentence shares anything with the question
+    relevance = relevance / relevance.max()  # the most question-like sentence counts fully
     support = [float((sims[n + 1 + k, :n] * relevance).max()) for k in range(len(CHOICES))]
     ranked = sorted(range(len(CHOICES)), key=lambda k: support[k], reverse=True)
     best, second = support[ranked[0]], support[ranked[1]]
