@@ -58,6 +58,7 @@ def get_final_output():
         out("report/summary.md"),
         out("report/capeval_by_count.png"),
         out("report/direct_vs_cag.png"),
+        out("report/controls.png"),
     ] + [
         out(f"released/{name}/{judge}/summary.parquet")
         for name in config["released_scoring"]
@@ -232,3 +233,48 @@ for _stage, (_artifact, _schema) in SHARDABLE.items():
                 "../envs/data.yaml"
             script:
                 "../workflow_scripts/gather_shards.py"
+
+
+def condition_input(condition, dataset):
+    """The table a job of this condition reads: the original for 'intact', else the control's copy."""
+    if condition == "intact":
+        return out("splits/test.parquet") if dataset == "test" else out(f"diagnostics/sets/{dataset}.parquet")
+    return out(f"controls/{condition}/{dataset}.parquet")
+
+
+CONDITIONS = config["controls"]["conditions"]
+# Diagnostics run under every condition unless controls.diagnostics is false (then intact only).
+DIAGNOSTIC_CONDITIONS = CONDITIONS if config["controls"]["diagnostics"] else ["intact"]
+DIAGNOSTIC_JOBS = [
+    f"{policy}/{task}.{mode}"
+    for policy in config["evaluation"]["policies"]
+    for task in config["evaluation"]["diagnostic_tasks"]
+    for mode in config["evaluation"]["diagnostic_modes"]
+]
+
+
+def control_keys(policies, judges=None, diagnostics=False):
+    """(condition, job) pairs in a fixed order; the scripts read the condition of each input from it."""
+    conditions = DIAGNOSTIC_CONDITIONS if diagnostics else CONDITIONS
+    if judges is None:
+        return [(c, job) for c in conditions for job in policies]
+    return [(c, f"{p}/{j}") for c in conditions for p in policies for j in judges]
+
+
+def control_capeval_answers():
+    keys = control_keys(config["evaluation"]["policies"], config["evaluation"]["judges"])
+    return [out(f"capeval/{c}/{job}/answers.parquet") for c, job in keys]
+
+
+def control_diagnostic_responses():
+    return [out(f"diagnostics/responses/{c}/{job}.parquet") for c, job in control_keys(DIAGNOSTIC_JOBS, diagnostics=True)]
+
+
+def control_changes():
+    datasets = ["test"] + [t for t in config["evaluation"]["diagnostic_tasks"]]
+    return [
+        out(f"controls/{c}/{d}.changes.parquet")
+        for c in CONDITIONS
+        if c != "intact"
+        for d in (datasets if c in DIAGNOSTIC_CONDITIONS else ["test"])
+    ]

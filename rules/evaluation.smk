@@ -8,6 +8,8 @@ wildcard_constraints:
     task="lsd|lar|itr",
     mode="direct|cag",
     name="[A-Za-z0-9_.-]+",
+    condition="intact|text_only|corrupted_context|swapped_context|blank_query",
+    dataset="test|lsd|lar|itr",
 
 
 rule build_tiny_vlm:
@@ -33,13 +35,13 @@ rule build_tiny_vlm:
 
 rule caption:
     input:
-        unpack(lambda wc: model_inputs(wc.policy, test=out("splits/test.parquet"))),
+        unpack(lambda wc: model_inputs(wc.policy, test=condition_input(wc.condition, "test"))),
     output:
-        out("captions/{policy}.parquet"),
+        out("captions/{condition}/{policy}.parquet"),
     log:
-        f"{LOGS}/caption/{{policy}}.log",
+        f"{LOGS}/caption/{{condition}}/{{policy}}.log",
     benchmark:
-        f"{OUT}/benchmarks/caption/{{policy}}.tsv"
+        f"{OUT}/benchmarks/caption/{{condition}}/{{policy}}.tsv"
     params:
         settings=config["captioning"],
         seed=config["seed"],
@@ -58,14 +60,15 @@ rule caption:
 
 rule capeval:
     input:
-        unpack(lambda wc: model_inputs(wc.judge, captions=out("captions/{policy}.parquet"), test=out("splits/test.parquet"))),
+        unpack(lambda wc: model_inputs(wc.judge, captions=out("captions/{condition}/{policy}.parquet"),
+                                       test=condition_input(wc.condition, "test"))),
     output:
-        answers=out("capeval/{policy}/{judge}/answers.parquet"),
-        summary=out("capeval/{policy}/{judge}/summary.parquet"),
+        answers=out("capeval/{condition}/{policy}/{judge}/answers.parquet"),
+        summary=out("capeval/{condition}/{policy}/{judge}/summary.parquet"),
     log:
-        f"{LOGS}/capeval/{{policy}}.{{judge}}.log",
+        f"{LOGS}/capeval/{{condition}}/{{policy}}.{{judge}}.log",
     benchmark:
-        f"{OUT}/benchmarks/capeval/{{policy}}.{{judge}}.tsv"
+        f"{OUT}/benchmarks/capeval/{{condition}}/{{policy}}.{{judge}}.tsv"
     params:
         settings=config["capeval"],
         seed=config["seed"],
@@ -108,13 +111,13 @@ rule build_diagnostic_set:
 
 rule diagnose:
     input:
-        unpack(lambda wc: model_inputs(*diagnostic_roles(wc), diagnostic_set=out("diagnostics/sets/{task}.parquet"))),
+        unpack(lambda wc: model_inputs(*diagnostic_roles(wc), diagnostic_set=condition_input(wc.condition, wc.task))),
     output:
-        out("diagnostics/responses/{policy}/{task}.{mode}.parquet"),
+        out("diagnostics/responses/{condition}/{policy}/{task}.{mode}.parquet"),
     log:
-        f"{LOGS}/diagnostics/{{policy}}.{{task}}.{{mode}}.log",
+        f"{LOGS}/diagnostics/{{condition}}/{{policy}}.{{task}}.{{mode}}.log",
     benchmark:
-        f"{OUT}/benchmarks/diagnostics/{{policy}}.{{task}}.{{mode}}.tsv"
+        f"{OUT}/benchmarks/diagnostics/{{condition}}/{{policy}}.{{task}}.{{mode}}.tsv"
     params:
         settings=config["diagnostics"],
         seed=config["seed"],
@@ -134,12 +137,12 @@ rule diagnose:
 rule collect_evaluation:
     input:
         capeval=expand(
-            out("capeval/{policy}/{judge}/summary.parquet"),
+            out("capeval/intact/{policy}/{judge}/summary.parquet"),
             policy=config["evaluation"]["policies"],
             judge=config["evaluation"]["judges"],
         ),
         diagnostics=expand(
-            out("diagnostics/responses/{policy}/{task}.{mode}.parquet"),
+            out("diagnostics/responses/intact/{policy}/{task}.{mode}.parquet"),
             policy=config["evaluation"]["policies"],
             task=config["evaluation"]["diagnostic_tasks"],
             mode=config["evaluation"]["diagnostic_modes"],
@@ -164,15 +167,99 @@ rule collect_evaluation:
         "../workflow_scripts/collect_evaluation.py"
 
 
+# Visual-context controls (covip.stages.controls): each condition rewrites the test split and the
+# diagnostic sets into tables of the same schema, so caption / capeval / diagnose run unchanged on
+# them. 'intact' is never rewritten: its jobs read the original files (condition_input).
+rule apply_control:
+    input:
+        source=lambda wc: condition_input("intact", wc.dataset),
+    output:
+        data=out("controls/{condition}/{dataset}.parquet"),
+        changes=out("controls/{condition}/{dataset}.changes.parquet"),
+    wildcard_constraints:
+        condition="text_only|corrupted_context|swapped_context|blank_query",
+    log:
+        f"{LOGS}/controls/{{condition}}.{{dataset}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/controls/{{condition}}.{{dataset}}.tsv"
+    params:
+        settings=config["controls"],
+        seed=config["seed"],
+        code=stage_code("covip.stages.controls"),
+    threads: 1
+    resources:
+        mem_mb=rule_resources("apply_control", "mem_mb"),
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/apply_control.py"
+
+
+rule summarize_controls:
+    input:
+        capeval=control_capeval_answers(),
+        diagnostics=control_diagnostic_responses(),
+        changes=control_changes(),
+        captions=expand(out("captions/intact/{policy}.parquet"), policy=config["evaluation"]["policies"]),
+    output:
+        effects=out("report/control_effects.parquet"),
+        changes=out("report/control_changes.parquet"),
+    log:
+        f"{LOGS}/summarize_controls.log",
+    benchmark:
+        f"{OUT}/benchmarks/summarize_controls.tsv"
+    params:
+        capeval_conditions=[c for c, _ in control_keys(config["evaluation"]["policies"], config["evaluation"]["judges"])],
+        diagnostic_conditions=[c for c, _ in control_keys(DIAGNOSTIC_JOBS, diagnostics=True)],
+        n_bootstrap=config["capeval"]["n_bootstrap"],
+        confidence=config["capeval"]["confidence"],
+        seed=config["seed"],
+        code=stage_code("covip.stages.controls"),
+    threads: 1
+    resources:
+        mem_mb=rule_resources("summarize_controls", "mem_mb"),
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/summarize_controls.py"
+
+
+rule judge_agreement:
+    input:
+        capeval=control_capeval_answers(),
+    output:
+        agreement=out("report/judge_agreement.parquet"),
+        disagreements=out("report/judge_disagreements.parquet"),
+    log:
+        f"{LOGS}/judge_agreement.log",
+    benchmark:
+        f"{OUT}/benchmarks/judge_agreement.tsv"
+    params:
+        conditions=[c for c, _ in control_keys(config["evaluation"]["policies"], config["evaluation"]["judges"])],
+        code=stage_code("covip.stages.agreement"),
+    threads: 1
+    resources:
+        mem_mb=rule_resources("judge_agreement", "mem_mb"),
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/judge_agreement.py"
+
+
 rule report:
     input:
         capeval=rules.collect_evaluation.output.capeval,
         diagnostics=rules.collect_evaluation.output.diagnostics,
+        effects=rules.summarize_controls.output.effects,
+        changes=rules.summarize_controls.output.changes,
+        agreement=rules.judge_agreement.output.agreement,
+        disagreements=rules.judge_agreement.output.disagreements,
         paper=config["paper_results"],
     output:
         summary=report(out("report/summary.md"), category="Summary", caption="../report/summary.rst"),
         capeval_plot=report(out("report/capeval_by_count.png"), category="CapEval-QA", caption="../report/capeval_plot.rst"),
         diagnostics_plot=report(out("report/direct_vs_cag.png"), category="Diagnostics", caption="../report/diagnostics_plot.rst"),
+        controls_plot=report(out("report/controls.png"), category="Does it look?", caption="../report/controls_plot.rst"),
     log:
         f"{LOGS}/report.log",
     benchmark:

@@ -115,3 +115,41 @@ def test_captioning_and_judging_through_a_real_server(llama_server, benchmark_sp
     to_table(summary, schemas.CAPEVAL_SUMMARY, "summary")
     pooled = next(row for row in summary if row["num_positives"] == 0)
     assert pooled["n_unparseable"] == sum(row["unparseable"] for row in answers)
+
+
+def test_judge_agreement_lexical_vs_gemma(llama_server, benchmark_splits, tmp_path):
+    """The same oracle captions judged by the lexical stand-in and by a real LLM judge (Gemma 3 270M
+    via llama.cpp): kappa over the same questions, each judge's accuracy and unparseable rate."""
+    from covip.stages.agreement import judge_agreement
+    from covip.stages.capeval import CapEvalSettings, judge_captions
+    from covip.stages.captioning import CaptioningSettings, caption_samples
+
+    _, test = benchmark_splits
+    samples = test[:3]
+    registry = ModelRegistry(
+        {"oracle": {"backend": "reference_oracle"}, "lexical": {"backend": "local_lexical_judge"},
+         "gemma": {"backend": "openai", "model": "gemma-3-270m", "base_url": llama_server, "concurrency": 2,
+                   "max_retries": 1, "sampling": {"temperature": 0.0, "max_tokens": 6}}},
+        cache_path=str(tmp_path / "responses.sqlite"),
+    )
+    prompts = PromptBook()
+    captions = caption_samples(samples, "oracle", registry.chat("oracle"), prompts, CaptioningSettings(), seed=3)
+    answers = []
+    for judge in ("lexical", "gemma"):
+        answers += judge_captions(captions, samples, registry.chat(judge), prompts, CapEvalSettings(n_bootstrap=0),
+                                  seed=3, judge_name=judge)
+    agreement, disagreements = judge_agreement({"intact": answers})
+    to_table(agreement, schemas.JUDGE_AGREEMENT, "agreement")
+    to_table(disagreements, schemas.JUDGE_DISAGREEMENTS, "disagreements")
+    pooled = next(r for r in agreement if r["condition"] == "all")
+    questions = sum(len(q) for sample in samples for q in sample["mcqa"])
+    assert (pooled["judge_a"], pooled["judge_b"], pooled["n_items"]) == ("gemma", "lexical", questions)
+    gemma = [r for r in answers if r["judge"] == "gemma"]
+    assert pooled["unparseable_a"] == pytest.approx(100.0 * sum(r["unparseable"] for r in gemma) / len(gemma))
+    assert pooled["kappa"] is None or -1.0 <= pooled["kappa"] <= 1.0
+    assert len(disagreements) == round((1 - pooled["agreement"]) * questions)
+    # The lexical judge reads the oracle's captions near perfectly; what Gemma does is measured, not assumed.
+    assert pooled["acc_pos_b"] >= 80.0
+    print(f"\nkappa(gemma, lexical) = {pooled['kappa']}, agreement = {pooled['agreement']:.3f}, "
+          f"Acc+ {pooled['acc_pos_a']:.1f}/{pooled['acc_pos_b']:.1f}, Acc- {pooled['acc_neg_a']:.1f}/{pooled['acc_neg_b']:.1f}, "
+          f"unparseable {pooled['unparseable_a']:.1f}%/{pooled['unparseable_b']:.1f}%, n = {pooled['n_items']}")

@@ -84,3 +84,33 @@ def test_bad_paper_csv_is_named(tmp_path):
     bad.write_text("system,value\nx,1\n")
     with pytest.raises(ValueError, match="p.csv: expected columns"):
         report.load_paper_results(bad)
+
+
+def effect_row(policy, condition, value, intact, metric="acc_pos", mode="", judge="lexical_judge"):
+    drop = intact - value
+    return {"policy": policy, "condition": condition, "metric": metric, "mode": mode, "judge": judge,
+            "num_positives": 0, "value": value, "intact": intact, "drop": drop,
+            "drop_low": None if condition == "intact" else drop - 4, "drop_high": None if condition == "intact" else drop + 4,
+            "n_samples": 10, "policy_identity": f"{policy}:reference_{policy}",
+            "judge_identity": "lexical_judge:local_lexical_judge", "stand_in": True}
+
+
+def test_does_it_look_section_states_drops_backends_and_agreement(tmp_path):
+    effects = [effect_row("looking", "intact", 80.0, 80.0), effect_row("looking", "swapped_context", 20.0, 80.0),
+               effect_row("oracle", "intact", 95.0, 95.0), effect_row("oracle", "swapped_context", 95.0, 95.0),
+               effect_row("oracle", "intact", 40.0, 40.0, metric="lsd", mode="direct", judge="token_f1")]
+    changes = [{"condition": "swapped_context", "dataset": "test", "sample_id": "s1", "field": "context_images", "index": 0,
+                "change": "swapped", "source_sample_id": "s2", "sha_before": "a", "sha_after": "b"}]
+    agreement = [{"condition": "all", "policy": "all", "judge_a": "lexical_judge", "judge_b": "ngram_judge", "n_items": 40,
+                  "agreement": 0.9, "kappa": None, "acc_pos_a": 90.0, "acc_neg_a": 95.0, "acc_pos_b": 85.0,
+                  "acc_neg_b": 90.0, "unparseable_a": 0.0, "unparseable_b": 2.5, "judge_a_identity": "lexical_judge:x",
+                  "judge_b_identity": "ngram_judge:y", "stand_in": True}]
+    text = report.controls_section(effects, changes, agreement, [{}] * 4, "controls.png")
+    assert "Does it look?" in text and "| swapped_context | test | swapped | 1 |" in text
+    looking = next(line for line in text.splitlines() if line.startswith("| looking"))
+    assert "`looking:reference_looking`" in looking and "`lexical_judge:local_lexical_judge`" in looking
+    assert "20.0 (−60.0 [56.0, 64.0])" in looking and looking.split("|")[4].strip() == "80.0"
+    assert "| undefined | 90.0% |" in text and "2.5" in text and "4 questions" in text
+    assert "### LSD direct" in text
+    report.plot_controls(effects, tmp_path / "controls.png")
+    assert (tmp_path / "controls.png").stat().st_size > 1000

@@ -41,11 +41,12 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     return result
 
 
-# In tests/data/tiny.yaml: 4 policies x 1 judge, one of them GSPO-trained on the train split; what new
-# splits rerun downstream: the training, every policy's captions and scores, and the trained policy's
-# 6 diagnostics (its model changed).
-EVALUATION_OF_SPLITS = {"train_gspo": 1, "caption": 4, "capeval": 4, "diagnose": 6, "collect_evaluation": 1,
-                        "report": 1}
+# In tests/data/tiny.yaml: 4 policies (one GSPO-trained on the train split) x 1 judge x 5 conditions
+# (4 controls of the test split; diagnostics under intact only). What a new test split reruns
+# downstream: the training, every policy's captions and scores under every condition, and the trained
+# policy's 6 diagnostics (its model changed).
+EVALUATION_OF_SPLITS = {"train_gspo": 1, "apply_control": 4, "caption": 20, "capeval": 20, "diagnose": 6,
+                        "collect_evaluation": 1, "summarize_controls": 1, "judge_agreement": 1, "report": 1}
 
 
 def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
@@ -93,9 +94,11 @@ def test_bad_config_value_fails_naming_it(tmp_path):
 def test_tiny_run_produces_every_artifact(finished_run):
     results = finished_run / "results"
     for stage in ("concepts/concepts", "queries/queries", "filtering/decisions", "negatives/contexts",
-                  "dialogues/dialogues", "mcqa/mcqas", "splits/train", "splits/test", "captions/tiny_vlm",
-                  "capeval/oracle/lexical_judge/summary", "diagnostics/sets/lar", "diagnostics/responses/blind/itr.cag",
-                  "report/capeval_summary", "report/diagnostic_summary"):
+                  "dialogues/dialogues", "mcqa/mcqas", "splits/train", "splits/test", "captions/intact/tiny_vlm",
+                  "capeval/intact/oracle/lexical_judge/summary", "diagnostics/sets/lar",
+                  "diagnostics/responses/intact/blind/itr.cag", "report/capeval_summary", "report/diagnostic_summary",
+                  "controls/swapped_context/test", "captions/blank_query/oracle", "report/control_effects",
+                  "report/judge_agreement"):
         assert (results / f"{stage}.parquet").is_file(), stage
     logs = list((results / "logs").rglob("*.log"))
     assert len(logs) >= 20
@@ -111,6 +114,30 @@ def test_reference_policies_order_as_the_metric_intends(finished_run):
     assert pooled["oracle"]["acc_pos"] >= 80 and pooled["oracle"]["acc_neg"] >= 90
     assert pooled["blind"]["acc_pos"] <= 10 and pooled["blind"]["acc_neg"] >= 95
     assert pooled["tiny_vlm"]["stand_in"] and pooled["tiny_vlm"]["policy_identity"].startswith("tiny_vlm:transformers")
+
+
+def test_controls_move_what_they_claim_and_not_the_oracle(finished_run):
+    results = finished_run / "results"
+    effects = pq.read_table(results / "report" / "control_effects.parquet").to_pylist()
+    conditions = {"intact", "text_only", "corrupted_context", "swapped_context", "blank_query"}
+    assert {r["condition"] for r in effects} == conditions
+    oracle = [r for r in effects if r["policy"] == "oracle"]
+    assert {r["condition"] for r in oracle} == conditions and all(r["drop"] == 0.0 for r in oracle)
+    # The oracle's captions are byte-identical under every control: it reads the ground truth.
+    intact = pq.read_table(results / "captions" / "intact" / "oracle.parquet").column("caption").to_pylist()
+    for condition in conditions:
+        assert pq.read_table(results / "captions" / condition / "oracle.parquet").column("caption").to_pylist() == intact
+    blind = [r for r in effects if r["policy"] == "blind" and r["metric"] == "acc_pos"]
+    assert blind and all(r["value"] <= 10.0 for r in blind)
+    # Every control changed images, and only images: the texts of the split are identical.
+    test = pq.read_table(results / "splits" / "test.parquet").drop_columns(["query_image", "context_images"])
+    for condition in conditions - {"intact"}:
+        changed = pq.read_table(results / "controls" / condition / "test.parquet")
+        assert changed.drop_columns(["query_image", "context_images"]).equals(test)
+        changes = pq.read_table(results / "controls" / condition / "test.changes.parquet").to_pylist()
+        assert changes and all(c["sha_before"] != c["sha_after"] for c in changes)
+    assert "Does it look?" in (results / "report" / "summary.md").read_text()
+    assert (results / "report" / "controls.png").stat().st_size > 0
 
 
 def test_snakemake_html_report_builds(finished_run):
@@ -161,8 +188,10 @@ def test_changing_the_judge_sampling_reruns_only_scoring(finished_run):
     )
     jobs = planned_jobs(snakemake(finished_run, "-n", "--configfile", "tiny.yaml", "judge.yaml"))
     # The LAR diagnostics use the same judge, so they are rescored too; the GSPO run's caption reward
-    # uses it as well, so that policy is retrained and re-evaluated; the other captions are not remade.
-    assert jobs == {"train_gspo": 1, "caption": 1, "capeval": 4, "diagnose": 3 * 2 + 6, "collect_evaluation": 1,
+    # uses it as well, so that policy is retrained, recaptioned under every condition and re-evaluated;
+    # the other captions are not remade.
+    assert jobs == {"train_gspo": 1, "caption": 5, "capeval": 20, "diagnose": 3 * 2 + 6, "collect_evaluation": 1,
+                    "summarize_controls": 1, "judge_agreement": 1,
                     "report": 1, "all": 1}
 
 

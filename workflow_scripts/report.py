@@ -13,6 +13,12 @@ with StageRun(snakemake) as run:  # noqa: F821
     paper = report.load_paper_results(snakemake.input.paper)  # noqa: F821
     report.plot_capeval_by_count(capeval, out.capeval_plot)
     report.plot_direct_vs_cag(diagnostics, out.diagnostics_plot)
+    effects = run.read("effects", schemas.CONTROL_EFFECTS)
+    report.plot_controls(effects, out.controls_plot)
+    controls = report.controls_section(
+        effects, run.read("changes", schemas.CONTROL_CHANGES), run.read("agreement", schemas.JUDGE_AGREEMENT),
+        run.read("disagreements", schemas.JUDGE_DISAGREEMENTS), Path(out.controls_plot).name,
+    )
     text = report.render_summary(
         capeval, diagnostics, paper,
         run_name=snakemake.params.run_name,  # noqa: F821
@@ -20,5 +26,6 @@ with StageRun(snakemake) as run:  # noqa: F821
         capeval_plot=Path(out.capeval_plot).name,
         diagnostics_plot=Path(out.diagnostics_plot).name,
         usage=load_usage(Path(run.config["outdir"]) / "usage"),
+        extra_sections=[controls],
     )
     write_text_atomic(out.summary, text)

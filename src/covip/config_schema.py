@@ -30,6 +30,7 @@ STAGE_SETTINGS = {
     "capeval": "covip.stages.capeval:CapEvalSettings",
     "diagnostics": "covip.stages.diagnostics:DiagnosticSettings",
     "training": "covip.training.settings:TrainingSettings",
+    "controls": "covip.stages.controls:ControlSettings",
 }
 BEGIN = "  # BEGIN GENERATED STAGE SECTIONS (python -m covip.config_schema)"
 END = "  # END GENERATED STAGE SECTIONS"

@@ -175,6 +175,7 @@ def render_summary(
     capeval_plot: str,
     diagnostics_plot: str,
     usage: Sequence[Mapping] | None = None,
+    extra_sections: Sequence[str] = (),
 ) -> str:
     pooled = [r for r in capeval if int(r["num_positives"]) == 0]
     pooled_lines = ["| policy | judge | Acc+ (95% CI) | Acc- (95% CI) | questions +/- | unparseable |",
@@ -199,6 +200,7 @@ def render_summary(
         "## Diagnostics (SPEC §5): LSD, LAR, ITR, direct and with caption-augmented generation",
         downstream_table(diagnostics, paper),
         f"![Direct vs CAG]({diagnostics_plot})",
+        *extra_sections,
         "## Where each of our numbers came from",
         provenance_table(capeval, diagnostics),
     ]
@@ -232,3 +234,140 @@ def backends_note(config: Mapping) -> str:
             "paper's numbers; point the `models:` registry at real models (config/paper.yaml) for those.",
         ]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# "Does it look?": visual-context controls and judge agreement
+
+CONDITION_ORDER = ("intact", "text_only", "corrupted_context", "swapped_context", "blank_query")
+_DIAG_METRICS = ("lsd", "lar", "itr")
+
+
+def _drop(row: Mapping) -> str:
+    if row["condition"] == "intact":
+        return _fmt(row["value"])
+    interval = "" if row.get("drop_low") is None else f" [{_fmt(row['drop_low'])}, {_fmt(row['drop_high'])}]"
+    return f"{_fmt(row['value'])} (−{_fmt(row['drop'])}{interval})" if row["drop"] >= 0 else \
+        f"{_fmt(row['value'])} (+{_fmt(-row['drop'])}{interval})"
+
+
+def controls_table(effects: Sequence[Mapping], metric: str, judge: str | None = None, mode: str = "") -> str:
+    """policy x condition for one pooled metric: value under the condition, (−drop [paired 95% CI])."""
+    chosen = [r for r in effects if r["metric"] == metric and r["mode"] == mode and int(r["num_positives"]) == 0
+              and (judge is None or r["judge"] == judge)]
+    conditions = [c for c in CONDITION_ORDER if any(r["condition"] == c for r in chosen)]
+    lines = ["| policy | produced by | scored by | " + " | ".join(conditions) + " |",
+             "|---|---|---|" + "---:|" * len(conditions)]
+    cells: dict[str, dict[str, Mapping]] = {}
+    for row in chosen:
+        cells.setdefault(row["policy"], {})[row["condition"]] = row
+    for policy, by_condition in sorted(cells.items()):
+        first = by_condition.get("intact") or next(iter(by_condition.values()))
+        mark = f" {STAND_IN_MARK}" if first["stand_in"] else ""
+        lines.append(f"| {policy}{mark} | `{first['policy_identity']}` | `{first['judge_identity']}` | "
+                     + " | ".join(_drop(by_condition[c]) if c in by_condition else "–" for c in conditions) + " |")
+    return "\n".join(lines)
+
+
+def changes_table(changes: Sequence[Mapping]) -> str:
+    """What each control changed: image cells per dataset and kind of change."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for row in changes:
+        key = (row["condition"], row["dataset"], row["change"])
+        counts[key] = counts.get(key, 0) + 1
+    lines = ["| condition | dataset | change | image cells |", "|---|---|---|---:|"]
+    for (condition, dataset, change), n in sorted(counts.items(), key=lambda kv: (CONDITION_ORDER.index(kv[0][0]), kv[0][1:])):
+        lines.append(f"| {condition} | {dataset} | {change} | {n} |")
+    return "\n".join(lines)
+
+
+def agreement_table(agreement: Sequence[Mapping]) -> str:
+    """Judge pairs: kappa, raw agreement, each judge's Acc+/Acc- and unparseable rate."""
+    lines = ["| condition | policy | judges (A / B) | items | κ | agreement | Acc+ A / B | Acc- A / B | unparseable % A / B |",
+             "|---|---|---|---:|---:|---:|---|---|---|"]
+    order = {c: i for i, c in enumerate(("all", *CONDITION_ORDER))}
+    for r in sorted(agreement, key=lambda r: (order.get(r["condition"], 99), r["policy"] != "all", r["policy"])):
+        kappa = "undefined" if r["kappa"] is None or (isinstance(r["kappa"], float) and math.isnan(r["kappa"])) else f"{r['kappa']:.2f}"
+        mark = f" {STAND_IN_MARK}" if r["stand_in"] else ""
+        lines.append(
+            f"| {r['condition']} | {r['policy']} | `{r['judge_a_identity']}` / `{r['judge_b_identity']}`{mark} | "
+            f"{r['n_items']} | {kappa} | {100 * r['agreement']:.1f}% | {_fmt(r['acc_pos_a'])} / {_fmt(r['acc_pos_b'])} | "
+            f"{_fmt(r['acc_neg_a'])} / {_fmt(r['acc_neg_b'])} | {_fmt(r['unparseable_a'])} / {_fmt(r['unparseable_b'])} |"
+        )
+    return "\n".join(lines)
+
+
+def controls_section(effects, changes, agreement, disagreements, plot: str) -> str:
+    """The report's "Does it look?" section (Markdown)."""
+    judges = sorted({r["judge"] for r in effects if r["metric"] == "acc_pos"})
+    parts = [
+        "## Does it look? Visual-context controls",
+        "Every policy captions the same test samples again with the visual evidence taken away or falsified "
+        "(`text_only`: no context images; `corrupted_context`: context images degraded; `swapped_context`: "
+        "another sample's context images under the same dialogues and names; `blank_query`: the query image "
+        "replaced). Cells: the score under the condition, then (−drop against `intact` [paired 95% cluster-"
+        "bootstrap interval over the same samples]). A policy that uses the images must lose Acc+ under "
+        "`swapped_context` and `blank_query`; one that matches text only will not. The reference policies "
+        "read the ground truth or the text, not the pixels: they show what the control does to the metric "
+        "itself, and the oracle must not move.",
+        "### What each control changed",
+        changes_table(changes),
+    ]
+    for judge in judges:
+        parts += [f"### CapEval-QA Acc+ (all concept counts pooled), judge `{judge}`", controls_table(effects, "acc_pos", judge),
+                  f"### CapEval-QA Acc- (all concept counts pooled), judge `{judge}`", controls_table(effects, "acc_neg", judge)]
+    for metric in _DIAG_METRICS:
+        for mode in MODES:
+            if any(r["metric"] == metric and r["mode"] == mode for r in effects):
+                parts += [f"### {metric.upper()} {mode}", controls_table(effects, metric, None, mode)]
+    parts += [
+        f"![Acc+ by condition]({plot})",
+        "Per concept count (1-4) the same drops are in `report/control_effects.parquet`.",
+        "## Judge agreement",
+        "The same captions scored by every judge: Cohen's κ of their letters over the same questions "
+        "('undefined' when both judges give one and the same letter to everything), each judge's Acc+/Acc- "
+        "on those questions, and how often each reply had no readable letter (counted as D).",
+        agreement_table(agreement) if agreement else "(only one judge configured: nothing to compare)",
+        f"{len(disagreements)} questions were answered differently; they are listed in "
+        "`report/judge_disagreements.parquet`.",
+    ]
+    return "\n\n".join(parts)
+
+
+def plot_controls(effects: Sequence[Mapping], path: str | Path) -> None:
+    """Pooled Acc+ per policy under each condition (one panel per judge), with drop intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = pd.DataFrame([dict(r) for r in effects if r["metric"] == "acc_pos" and int(r["num_positives"]) == 0])
+    judges = sorted(frame["judge"].unique()) if not frame.empty else ["–"]
+    fig, axes = plt.subplots(1, len(judges), figsize=(6 * len(judges), 4), sharey=True, squeeze=False)
+    for axis, judge in zip(axes[0], judges):
+        part = frame[frame["judge"] == judge] if not frame.empty else frame
+        policies = sorted(part["policy"].unique()) if not part.empty else []
+        conditions = [c for c in CONDITION_ORDER if not part.empty and c in set(part["condition"])]
+        width = 0.8 / max(1, len(conditions))
+        for k, condition in enumerate(conditions):
+            values, low, high = [], [], []
+            for policy in policies:
+                row = part[(part["policy"] == policy) & (part["condition"] == condition)]
+                value = float(row["value"].iloc[0]) if len(row) else 0.0
+                values.append(value)
+                # The interval is on the drop; shown around the value as value ± the drop's spread.
+                has = len(row) and pd.notna(row["drop_low"].iloc[0])
+                low.append(float(row["drop_high"].iloc[0] - row["drop"].iloc[0]) if has else 0.0)
+                high.append(float(row["drop"].iloc[0] - row["drop_low"].iloc[0]) if has else 0.0)
+            axis.bar([i + (k - (len(conditions) - 1) / 2) * width for i in range(len(policies))], values, width,
+                     yerr=[low, high], capsize=2, label=condition)
+        axis.set_xticks(range(len(policies)))
+        axis.set_xticklabels(policies, rotation=20, ha="right", fontsize=8)
+        axis.set_title(f"Acc+ by condition (judge: {judge})")
+        axis.set_ylim(0, 105)
+        axis.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("Acc+ (%)")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

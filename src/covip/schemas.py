@@ -424,11 +424,102 @@ TRAINING_LOG = _schema(
     ["run", "step"],
 )
 
+# ---------------------------------------------------------------------------------------------------
+# Visual-context controls and judge robustness (covip.stages.controls, covip.stages.agreement)
+
+CONTROL_CHANGES = _schema(
+    "control_changes",
+    "What a visual-context control changed: one row per image cell, with the bytes' hashes before and after.",
+    [
+        ("condition", pa.string()),  # text_only | corrupted_context | swapped_context | blank_query
+        ("dataset", pa.string()),  # 'test' or a diagnostic task
+        ("sample_id", pa.string()),
+        ("field", pa.string()),  # the image column
+        ("index", pa.int32()),  # position in the context list; -1 for the query image
+        ("change", pa.string()),  # 'removed', 'swapped', 'blank', 'noise+blur severity 0.6', ...
+        ("source_sample_id", pa.string()),  # where a swapped or unrelated image came from
+        ("sha_before", pa.string()),
+        ("sha_after", pa.string()),  # '' when the image was removed
+    ],
+    ["condition", "dataset", "sample_id", "field", "index", "change", "sha_before", "sha_after"],
+)
+
+CONTROL_EFFECTS = _schema(
+    "control_effects",
+    "Every metric of every policy under every condition, and its drop against 'intact' with a paired "
+    "cluster-bootstrap interval over the same samples.",
+    [
+        ("policy", pa.string()),
+        ("condition", pa.string()),
+        ("metric", pa.string()),  # 'acc_pos' | 'acc_neg' (CapEval-QA) | 'lsd' | 'lar' | 'itr'
+        ("mode", pa.string()),  # diagnostics: 'direct' | 'cag'; CapEval-QA: ''
+        ("judge", pa.string()),  # CapEval-QA judge; diagnostics: the scorer
+        ("num_positives", pa.int32()),  # CapEval-QA concept count, 0 = pooled (diagnostics: 0)
+        ("value", pa.float64()),  # percent, under the condition
+        ("intact", pa.float64()),  # percent, same samples, intact
+        ("drop", pa.float64()),  # intact - value: positive when the score fell
+        ("drop_low", pa.float64()),
+        ("drop_high", pa.float64()),
+        ("n_samples", pa.int32()),
+        ("policy_identity", pa.string()),
+        ("judge_identity", pa.string()),
+        ("stand_in", pa.bool_()),
+    ],
+    ["policy", "condition", "metric", "mode", "judge", "num_positives", "n_samples", "stand_in"],
+)
+
+JUDGE_AGREEMENT = _schema(
+    "judge_agreement",
+    "Per pair of CapEval-QA judges over the same (policy, condition, sample, question) items: Cohen's kappa "
+    "of their parsed letters, raw agreement, and each judge's Acc+ / Acc- and unparseable rate.",
+    [
+        ("condition", pa.string()),  # a condition, or 'all'
+        ("policy", pa.string()),  # a policy, or 'all'
+        ("judge_a", pa.string()),
+        ("judge_b", pa.string()),
+        ("n_items", pa.int32()),
+        ("agreement", pa.float64()),  # fraction of items with the same letter
+        ("kappa", pa.float64()),  # null when undefined (both judges constant on the same letter)
+        ("acc_pos_a", pa.float64()),
+        ("acc_neg_a", pa.float64()),
+        ("acc_pos_b", pa.float64()),
+        ("acc_neg_b", pa.float64()),
+        ("unparseable_a", pa.float64()),  # percent of items
+        ("unparseable_b", pa.float64()),
+        ("judge_a_identity", pa.string()),
+        ("judge_b_identity", pa.string()),
+        ("stand_in", pa.bool_()),
+    ],
+    ["condition", "policy", "judge_a", "judge_b", "n_items", "agreement", "stand_in"],
+)
+
+JUDGE_DISAGREEMENTS = _schema(
+    "judge_disagreements",
+    "Every question two judges answered differently.",
+    [
+        ("condition", pa.string()),
+        ("policy", pa.string()),
+        ("sample_id", pa.string()),
+        ("context_index", pa.int32()),
+        ("question_id", pa.string()),
+        ("is_positive", pa.bool_()),
+        ("answer", pa.string()),
+        ("judge_a", pa.string()),
+        ("parsed_a", pa.string()),
+        ("raw_a", pa.string()),
+        ("judge_b", pa.string()),
+        ("parsed_b", pa.string()),
+        ("raw_b", pa.string()),
+    ],
+    ["condition", "policy", "sample_id", "context_index", "question_id", "is_positive", "answer", "judge_a",
+     "parsed_a", "judge_b", "parsed_b"],
+)
+
 ALL = {
     s.name: s
     for s in (
         CONCEPTS, QUERIES, FILTER_DECISIONS, CONCEPT_EMBEDDINGS, CONTEXTS, DIALOGUES, MCQAS, SPLIT, SPLIT_REPORT,
         CAPTIONS, CAPEVAL_ANSWERS, CAPEVAL_SUMMARY, DIAGNOSTIC_SET, DIAGNOSTIC_RESPONSES, DIAGNOSTIC_SUMMARY,
-        USAGE, TRAINING_LOG,
+        USAGE, TRAINING_LOG, CONTROL_CHANGES, CONTROL_EFFECTS, JUDGE_AGREEMENT, JUDGE_DISAGREEMENTS,
     )
 }

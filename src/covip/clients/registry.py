@@ -45,9 +45,11 @@ LOCAL_BACKENDS = {
     "local_color_texture",
     "local_facts_writer",
     "local_lexical_judge",
+    "local_ngram_judge",
     "reference_oracle",
     "reference_context_dump",
     "reference_blind",
+    "reference_looking",
 }
 # Backends that run a real model in this process (no API key, but worth caching: generation is slow).
 IN_PROCESS_MODEL_BACKENDS = {"transformers", "vllm", "open_clip"}
@@ -526,9 +528,11 @@ BACKENDS: dict[str, dict[str, str]] = {
         "local_facts_writer": "covip.local.facts_writer:FactsFirstWriter",
         "local_pixel_verifier": "covip.local.pixel_verifier:PixelVerifier",
         "local_lexical_judge": "covip.local.lexical_judge:LexicalJudge",
+        "local_ngram_judge": "covip.local.ngram_judge:NgramJudge",
         "reference_oracle": "covip.local.reference_policies:OraclePolicy",
         "reference_context_dump": "covip.local.reference_policies:ContextDumpPolicy",
         "reference_blind": "covip.local.reference_policies:BlindPolicy",
+        "reference_looking": "covip.local.looking_policy:LookingPolicy",
         "transformers": "covip.clients.transformers_backend:TransformersChatModel",
         "vllm": "covip.clients.vllm_backend:VLLMChatModel",
     },

@@ -469,6 +469,59 @@ def _interval(correct: np.ndarray, total: np.ndarray, draws: np.ndarray, confide
     return float(low) * 100.0, float(high) * 100.0
 
 
+def bootstrap_draws(rng: np.random.Generator, n_samples: int, n_bootstrap: int) -> np.ndarray:
+    """(n_bootstrap, n_samples) sample indices drawn with replacement, in chunks to bound memory."""
+    chunk = max(1, 4_000_000 // max(1, n_samples))
+    parts = [
+        rng.integers(0, n_samples, size=(min(chunk, n_bootstrap - start), n_samples))
+        for start in range(0, n_bootstrap, chunk)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, n_samples), dtype=np.int64)
+
+
+def paired_drop_interval(
+    base_correct: np.ndarray, base_total: np.ndarray, correct: np.ndarray, total: np.ndarray, draws: np.ndarray,
+    confidence: float,
+) -> tuple[float | None, float | None]:
+    """Percentile interval (in points) of base ratio - ratio, both pooled over the SAME drawn samples.
+
+    Arrays are per sample and aligned (sample k is the same sample in both); a draw in which either
+    side has no questions is skipped. Pairing removes the between-sample spread from the difference.
+    """
+    bc, bt = base_correct[draws].sum(axis=1), base_total[draws].sum(axis=1)
+    c, t = correct[draws].sum(axis=1), total[draws].sum(axis=1)
+    keep = (bt > 0) & (t > 0)
+    if not keep.any():
+        return None, None
+    drops = bc[keep] / bt[keep] - c[keep] / t[keep]
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(drops, [tail, 100.0 - tail])
+    return float(low) * 100.0, float(high) * 100.0
+
+
+def per_sample_counts(answer_rows: Iterable[Mapping]) -> dict[tuple[str, str], dict[str, list[int]]]:
+    """(policy, judge) -> sample_id -> [num_positives, pos correct, pos total, neg correct, neg total,
+    unparseable, judge failed], the per-sample tallies every Acc+/Acc- number is pooled from."""
+    groups: dict[tuple[str, str], dict[str, list[int]]] = defaultdict(dict)
+    for position, row in enumerate(answer_rows):
+        sample = groups[(row["policy"], row["judge"])].setdefault(row["sample_id"], [row["num_positives"], 0, 0, 0, 0, 0, 0])
+        if sample[0] != row["num_positives"]:
+            raise CapEvalInputError(
+                f"capeval answers row {position} (sample_id={row['sample_id']}) field 'num_positives': "
+                f"{row['num_positives']} disagrees with {sample[0]} on other rows of the sample"
+            )
+        correct = int(bool(row["correct"]))
+        if row["is_positive"]:
+            sample[1] += correct
+            sample[2] += 1
+        else:
+            sample[3] += correct
+            sample[4] += 1
+        sample[5] += int(bool(row["unparseable"]))
+        sample[6] += int(row.get("raw_answer") is None)
+    return groups
+
+
 def _summary_row(policy, judge, count, per_sample, n_bootstrap, seed, confidence, policy_identity, judge_identity, stand_in):
     stats = np.array([s[1:] for s in per_sample], dtype=np.int64).reshape(-1, 6)
     pos_c, pos_t, neg_c, neg_t, unparseable, failed = stats.T
@@ -491,14 +544,8 @@ def _summary_row(policy, judge, count, per_sample, n_bootstrap, seed, confidence
         "stand_in": stand_in,
     }
     if n_bootstrap > 0 and len(per_sample):
-        rng = rng_for(seed, "capeval-bootstrap", policy, judge, count)
-        # The same sample draws serve Acc+ and Acc-; drawn in chunks to bound memory on large sets.
-        chunk = max(1, 4_000_000 // len(per_sample))
-        draws_all = []
-        for start in range(0, n_bootstrap, chunk):
-            size = min(chunk, n_bootstrap - start)
-            draws_all.append(rng.integers(0, len(per_sample), size=(size, len(per_sample))))
-        draws = np.concatenate(draws_all)
+        # The same sample draws serve Acc+ and Acc-.
+        draws = bootstrap_draws(rng_for(seed, "capeval-bootstrap", policy, judge, count), len(per_sample), n_bootstrap)
         row["acc_pos_low"], row["acc_pos_high"] = _interval(pos_c, pos_t, draws, confidence) if pos_t.sum() else (None, None)
         row["acc_neg_low"], row["acc_neg_high"] = _interval(neg_c, neg_t, draws, confidence) if neg_t.sum() else (None, None)
     return row
@@ -523,7 +570,6 @@ def summarize_capeval(
     """
     if n_bootstrap < 0:
         raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
-    groups: dict[tuple[str, str], dict[str, list]] = defaultdict(dict)
     meta: dict[tuple[str, str], dict] = {}
     for position, row in enumerate(answer_rows):
         key = (row["policy"], row["judge"])
@@ -534,21 +580,7 @@ def summarize_capeval(
                 f"identities ({info['judge_identity']!r}, {row['judge_identity']!r}); give each judge its own name"
             )
         info["stand_in"] |= bool(row["stand_in"])
-        sample = groups[key].setdefault(row["sample_id"], [row["num_positives"], 0, 0, 0, 0, 0, 0])
-        if sample[0] != row["num_positives"]:
-            raise CapEvalInputError(
-                f"capeval answers row {position} (sample_id={row['sample_id']}) field 'num_positives': "
-                f"{row['num_positives']} disagrees with {sample[0]} on other rows of the sample"
-            )
-        correct = int(bool(row["correct"]))
-        if row["is_positive"]:
-            sample[1] += correct
-            sample[2] += 1
-        else:
-            sample[3] += correct
-            sample[4] += 1
-        sample[5] += int(bool(row["unparseable"]))
-        sample[6] += int(row.get("raw_answer") is None)
+    groups = per_sample_counts(answer_rows)
     summary = []
     for (policy, judge), samples in groups.items():
         info = meta[(policy, judge)]

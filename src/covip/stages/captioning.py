@@ -96,7 +96,8 @@ def build_caption_request(
 ) -> ChatRequest:
     """The captioning request for one split-style row (SPEC section 2 layout, one user turn).
 
-    `sample_row` needs sample_id, context_images ({'bytes','path'} dicts), context_dialogues,
+    `sample_row` needs sample_id, context_images ({'bytes','path'} dicts; an empty list places the
+    dialogues without images, the text-only control), context_dialogues,
     query_image, and may carry context_names, context_categories, context_facts (JSON text) and
     positive_indices (empty for rows, such as diagnostic items, that lack them). `where` prefixes
     error messages (e.g. "results/splits/test.parquet row 3"). Greedy unless `sampling` is given.
@@ -105,7 +106,8 @@ def build_caption_request(
     here = f"{where} (sample_id={sample_id})"
     images = _as_list(sample_row.get("context_images"))
     dialogues = [str(d) for d in _as_list(sample_row.get("context_dialogues"))]
-    if len(images) != len(dialogues):
+    # No context images at all is the text-only control (covip.stages.controls): dialogues alone.
+    if images and len(images) != len(dialogues):
         raise CaptioningError(
             f"{here} fields 'context_images' and 'context_dialogues': {len(images)} images but {len(dialogues)} dialogues"
         )
@@ -123,9 +125,10 @@ def build_caption_request(
 
     sections = prompts.sections(CAPTION_PROMPT, CAPTION_SECTIONS)
     parts: list[TextPart | ImagePart] = []
-    for k, (image, dialogue) in enumerate(zip(images, dialogues)):
+    for k, dialogue in enumerate(dialogues):
         header = fill_section(sections["context"], CAPTION_PROMPT, "context", index=k + 1, num_contexts=n)
-        parts += [TextPart(header), _image_part(image, f"{here} field 'context_images'[{k}]"), TextPart(dialogue)]
+        image = [_image_part(images[k], f"{here} field 'context_images'[{k}]")] if images else []
+        parts += [TextPart(header), *image, TextPart(dialogue)]
     parts.append(TextPart(fill_section(sections["query"], CAPTION_PROMPT, "query", num_contexts=n)))
     parts.append(_image_part(sample_row.get("query_image"), f"{here} field 'query_image'"))
     parts.append(TextPart(fill_section(sections["instruction"], CAPTION_PROMPT, "instruction", num_contexts=n)))

@@ -526,9 +526,10 @@ def build_direct_request(item: Mapping, prompts: PromptBook, *, sampling: dict |
     """One user turn: per context entry a header, its image and its dialogue; then the query image and question."""
     sections = prompts.sections(QUESTIONS_PROMPT, LAYOUT_SECTIONS)
     parts: list[TextPart | ImagePart] = []
-    for index, (image, dialogue) in enumerate(zip(item["images_context"], item["dialogues_context"]), start=1):
+    images = list(item["images_context"])  # empty under the text-only control: dialogues alone
+    for index, dialogue in enumerate(item["dialogues_context"], start=1):
         header = fill_section(sections["context"], QUESTIONS_PROMPT, "context", index=index, num_context=len(item["dialogues_context"]))
-        parts += [TextPart(header), ImagePart(image["bytes"]), TextPart(dialogue)]
+        parts += [TextPart(header), *([ImagePart(images[index - 1]["bytes"])] if images else []), TextPart(dialogue)]
     parts.append(TextPart(fill_section(sections["query"], QUESTIONS_PROMPT, "query", num_context=len(item["dialogues_context"]))))
     parts.append(ImagePart(item["query_image"]["bytes"]))
     parts.append(TextPart(item["question"]))
