@@ -201,6 +201,7 @@ def acquire(
     while True:
         slots = _try_take(directory, order, count, who)
         if slots is not None:
+            slots.devices = tuple(sorted(slots.devices, key=pool.devices.index))  # in the pool's order
             return slots
         if time.monotonic() >= deadline:
             busy = {d: h for d, h in holders(directory, pool).items() if h}
