@@ -39,7 +39,7 @@ AUTHORS_POOL = 32
 
 
 @contextlib.contextmanager
-def latency_server(latency: float, lifetime: float = 1800.0):
+def latency_server(latency: float, lifetime: float = 3600.0):
     """Start the loopback latency server in its own process; yield its base URL; always stop it."""
     process = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.latency_server", "--latency", str(latency), "--lifetime", str(lifetime)],

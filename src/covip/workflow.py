@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,19 @@ from covip.settings import settings_from
 from covip.usage import usage_rows
 
 log = logging.getLogger("covip")
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory in MB: VmHWM on Linux, which starts afresh at exec (the
+    getrusage peak keeps the forking Snakemake process's size as a floor), else getrusage."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class StageRun:
@@ -168,7 +182,8 @@ class StageRun:
         if exc is not None:
             log.error("rule %s failed: %s: %s", self.rule, exc_type.__name__, exc, exc_info=(exc_type, exc, tb))
         else:
-            log.info("rule %s finished in %.1f s", self.rule, time.perf_counter() - self._started)
+            # The exact peak of this job's process (Snakemake's benchmark files sample it every 30 s).
+            log.info("rule %s finished in %.1f s, peak RSS %.0f MB", self.rule, time.perf_counter() - self._started, _peak_rss_mb())
         if self.gpus is not None:
             self.gpus.release()
         if self.log_file is not None:
