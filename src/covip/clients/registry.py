@@ -13,6 +13,8 @@ import importlib
 import os
 import threading
 import time
+import itertools
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -600,9 +602,17 @@ def run_concurrently(
             yield result
         bar.close()
         return
+    # A bounded window of futures: a result is dropped as soon as it is yielded, so a stage that
+    # streams its output (synthesis writes each image as it comes) never holds all results at once.
+    window: deque = deque()
+    pending = iter(items)
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        futures = [pool.submit(fn, item) for item in items]
-        for future in futures:
-            yield future.result()
+        for item in itertools.islice(pending, 2 * concurrency):
+            window.append(pool.submit(fn, item))
+        while window:
+            result = window.popleft().result()
+            for item in itertools.islice(pending, 1):
+                window.append(pool.submit(fn, item))
             bar.update()
+            yield result
     bar.close()
