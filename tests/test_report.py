@@ -97,6 +97,8 @@ def effect_row(policy, condition, value, intact, metric="acc_pos", mode="", judg
 
 def test_does_it_look_section_states_drops_backends_and_agreement(tmp_path):
     effects = [effect_row("looking", "intact", 80.0, 80.0), effect_row("looking", "swapped_context", 20.0, 80.0),
+               effect_row("looking", "intact", 70.0, 70.0, metric="acc_neg"),
+               effect_row("looking", "swapped_context", 90.0, 70.0, metric="acc_neg"),
                effect_row("oracle", "intact", 95.0, 95.0), effect_row("oracle", "swapped_context", 95.0, 95.0),
                effect_row("oracle", "intact", 40.0, 40.0, metric="lsd", mode="direct", judge="token_f1")]
     changes = [{"condition": "swapped_context", "dataset": "test", "sample_id": "s1", "field": "context_images", "index": 0,
@@ -111,6 +113,7 @@ def test_does_it_look_section_states_drops_backends_and_agreement(tmp_path):
     assert "`looking:reference_looking`" in looking and "`lexical_judge:local_lexical_judge`" in looking
     assert "20.0 (−60.0 [56.0, 64.0])" in looking and looking.split("|")[4].strip() == "80.0"
     assert "| undefined | 90.0% |" in text and "2.5" in text and "4 questions" in text
+    assert "90.0 (+20.0 [16.0, 24.0])" in text  # a rise, with its interval as a rise
     assert "### LSD direct" in text
     report.plot_controls(effects, tmp_path / "controls.png")
     assert (tmp_path / "controls.png").stat().st_size > 1000

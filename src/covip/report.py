@@ -246,9 +246,12 @@ _DIAG_METRICS = ("lsd", "lar", "itr")
 def _drop(row: Mapping) -> str:
     if row["condition"] == "intact":
         return _fmt(row["value"])
-    interval = "" if row.get("drop_low") is None else f" [{_fmt(row['drop_low'])}, {_fmt(row['drop_high'])}]"
-    return f"{_fmt(row['value'])} (−{_fmt(row['drop'])}{interval})" if row["drop"] >= 0 else \
-        f"{_fmt(row['value'])} (+{_fmt(-row['drop'])}{interval})"
+    if row["drop"] >= 0:
+        interval = "" if row.get("drop_low") is None else f" [{_fmt(row['drop_low'])}, {_fmt(row['drop_high'])}]"
+        return f"{_fmt(row['value'])} (−{_fmt(row['drop'])}{interval})"
+    # A rise: show it and its interval as positive numbers (the interval of -drop).
+    interval = "" if row.get("drop_low") is None else f" [{_fmt(-row['drop_high'])}, {_fmt(-row['drop_low'])}]"
+    return f"{_fmt(row['value'])} (+{_fmt(-row['drop'])}{interval})"
 
 
 def controls_table(effects: Sequence[Mapping], metric: str, judge: str | None = None, mode: str = "") -> str:
