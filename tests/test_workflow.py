@@ -94,6 +94,7 @@ def test_tiny_run_produces_every_artifact(finished_run):
     results = finished_run / "results"
     for stage in ("concepts/concepts", "queries/queries", "filtering/decisions", "negatives/contexts",
                   "dialogues/dialogues", "mcqa/mcqas", "splits/train", "splits/test", "captions/tiny_vlm",
+                  "training/tiny_vlm_gspo/log", "captions/tiny_vlm_gspo", "capeval/tiny_vlm_gspo/lexical_judge/summary",
                   "capeval/oracle/lexical_judge/summary", "diagnostics/sets/lar", "diagnostics/responses/blind/itr.cag",
                   "report/capeval_summary", "report/diagnostic_summary"):
         assert (results / f"{stage}.parquet").is_file(), stage
@@ -102,6 +103,7 @@ def test_tiny_run_produces_every_artifact(finished_run):
     for log in logs:
         assert "finished in" in log.read_text(), f"{log.name} was not really written by its stage"
     assert pq.read_metadata(results / "splits/test.parquet").num_rows > 0
+    assert (results / "training" / "tiny_vlm_gspo" / "model" / "config.json").is_file()  # the merged policy
     assert (results / "report" / "summary.md").read_text().count("(paper)") >= 18
 
 
