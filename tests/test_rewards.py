@@ -109,23 +109,23 @@ def _words(n, start=0):
 
 
 def test_duplicate_ngrams_threshold():
-    # 30 distinct words + the first k words repeated: k - 4 duplicate 5-grams of 26 + k - 4 ... computed below.
+    # 30 distinct words followed by their first k words again: the duplicate 5-gram ratio grows with k.
     def text_with_repeat(k):
         return " ".join(_words(30) + _words(k))
 
-    above = text_with_repeat(14)  # 44 words, 40 grams, 10 duplicates -> 0.25? check explicitly
     ratios = {k: duplicate_ngram_ratio(text_with_repeat(k))[0] for k in range(5, 25)}
     k_at = min(k for k, r in ratios.items() if r >= 0.3)
+    assert ratios[k_at - 1] < 0.3 <= ratios[k_at]
     assert "duplicate_5grams" in degeneration_reasons(text_with_repeat(k_at))
     assert "duplicate_5grams" not in degeneration_reasons(text_with_repeat(k_at - 1))
-    assert ratios[k_at - 1] < 0.3 <= ratios[k_at]
-    assert duplicate_ngram_ratio(above)[1] == 44
+    # k = 20: 46 five-grams of which the 16 that start in the repeat are duplicates.
+    assert duplicate_ngram_ratio(text_with_repeat(20)) == (pytest.approx(16 / 46), 50)
 
 
 def test_duplicate_ngrams_needs_twenty_words():
     # 19 words that are one 5-gram repeated: very repetitive but under 20 words.
     short = " ".join(["a b c d e"] * 3 + ["a b c d"])
-    assert duplicate_ngram_ratio(short) [1] == 19
+    assert duplicate_ngram_ratio(short)[1] == 19
     assert "duplicate_5grams" not in degeneration_reasons(short)
     assert "duplicate_5grams" in degeneration_reasons(short + " e")
 

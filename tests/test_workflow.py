@@ -95,6 +95,8 @@ def test_tiny_run_produces_every_artifact(finished_run):
     results = finished_run / "results"
     for stage in ("concepts/concepts", "queries/queries", "filtering/decisions", "negatives/contexts",
                   "dialogues/dialogues", "mcqa/mcqas", "splits/train", "splits/test", "captions/intact/tiny_vlm",
+                  "training/tiny_vlm_gspo/log", "captions/intact/tiny_vlm_gspo",
+                  "capeval/intact/tiny_vlm_gspo/lexical_judge/summary",
                   "capeval/intact/oracle/lexical_judge/summary", "diagnostics/sets/lar",
                   "diagnostics/responses/intact/blind/itr.cag", "report/capeval_summary", "report/diagnostic_summary",
                   "controls/swapped_context/test", "captions/blank_query/oracle", "report/control_effects",
@@ -105,6 +107,7 @@ def test_tiny_run_produces_every_artifact(finished_run):
     for log in logs:
         assert "finished in" in log.read_text(), f"{log.name} was not really written by its stage"
     assert pq.read_metadata(results / "splits/test.parquet").num_rows > 0
+    assert (results / "training" / "tiny_vlm_gspo" / "model" / "config.json").is_file()  # the merged policy
     assert (results / "report" / "summary.md").read_text().count("(paper)") >= 18
 
 
@@ -217,7 +220,7 @@ def test_editing_a_prompt_reruns_the_stage_that_uses_it(finished_run):
 def test_trained_policy_is_trained_before_it_captions(tmp_path):
     """The DAG edge of stage 8: build_tiny_vlm and the train split -> train_gspo -> caption of the policy."""
     workdir = copy_workflow(tmp_path)
-    dot = snakemake(workdir, "--forceall", "--dag", "--", "results/capeval/tiny_vlm_gspo/lexical_judge/summary.parquet").stdout
+    dot = snakemake(workdir, "--forceall", "--dag", "--", "results/capeval/intact/tiny_vlm_gspo/lexical_judge/summary.parquet").stdout
     labels = {m[1]: m[2].split("\\n")[0] + ("/" + m[2].split(": ")[-1] if ": " in m[2] else "")
               for m in re.finditer(r'(\d+)\[label = "([^"]+)"', dot)}
     edges = {(labels[a], labels[b]) for a, b in re.findall(r"(\d+) -> (\d+)", dot)}

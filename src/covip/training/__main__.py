@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import time
 
 from covip import schemas
 from covip.clients.registry import ModelRegistry
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", required=True, help="training log Parquet (schemas.TRAINING_LOG)")
     parser.add_argument("--checkpoints", required=True, help="checkpoint folder (kept across reruns, for resume)")
     args = parser.parse_args(argv)
+    started = time.perf_counter()
     logging.basicConfig(level=os.environ.get("COVIP_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
     text = args.config_json
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = read_rows(args.train, schemas.SPLIT)
     summary = train_policy(args.run, settings, rows, model_dir=args.model_dir, log_path=args.log,
                            checkpoint_dir=args.checkpoints, seed=int(config.get("seed", 0)), judge=judge, prompts=prompts)
-    logging.getLogger("covip.training").info("training finished: %s", json.dumps(summary))
+    logging.getLogger("covip.training").info("training run %s finished in %.1f s: %s", args.run,
+                                             time.perf_counter() - started, json.dumps(summary))
     return 0
 
 
