@@ -34,7 +34,10 @@ rule train_gspo:
         gpu=lambda wc: training_settings(wc.run).gpus,
     conda:
         "../envs/train.yaml"
+    # The job takes its devices (CUDA_VISIBLE_DEVICES) through covip.gpu_slots, which execs ONE
+    # launch over all of them and holds the locks until it and its workers exit.
     shell:
+        "python -m covip.gpu_slots run --gpus {resources.gpu} --rule {rule} -- "
         "{params.launcher} -m covip.training --config-json {params.job_config:q} --run {wildcards.run}"
         " --train {input.train} --model-dir {output.model} --log {output.log}"
         " --checkpoints {params.checkpoints} > {log} 2>&1"
