@@ -259,3 +259,21 @@ def test_score_released_rule_scores_a_captions_file(finished_run):
     answers = pq.read_table(finished_run / "results/released/mine/lexical_judge/answers.parquet").to_pylist()
     seth = next(r for r in answers if r["sample_id"] == "sample_0" and r["context_index"] == 0 and r["question_id"] == "Q1")
     assert seth["parsed"] == "B" and seth["correct"]
+
+
+def test_diagnostics_run_under_every_control_when_switched_on(finished_run):
+    """`controls.diagnostics: true` adds LSD/LAR/ITR (direct and CAG) for every policy under every
+    control; the oracle, which reads the ground truth, answers exactly as it does intact."""
+    (finished_run / "diag_controls.yaml").write_text("controls: {diagnostics: true}\n")
+    jobs = planned_jobs(snakemake(finished_run, "-n", "--configfile", "tiny.yaml", "diag_controls.yaml"))
+    # 4 policies x 3 tasks x 2 modes under 4 controls; each control applied to the 3 diagnostic sets.
+    assert jobs["diagnose"] == 4 * 3 * 2 * 4
+    assert jobs["apply_control"] == 4 * 3
+    targets = [f"results/diagnostics/responses/{condition}/oracle/lar.cag.parquet"
+               for condition in ("swapped_context", "blank_query")]
+    snakemake(finished_run, "--configfile", "tiny.yaml", "diag_controls.yaml", "--", *targets)
+    intact = pq.read_table(finished_run / "results/diagnostics/responses/intact/oracle/lar.cag.parquet").to_pylist()
+    for target in targets:
+        controlled = pq.read_table(finished_run / target).to_pylist()
+        assert [(r["sample_id"], r["response"], r["score"]) for r in controlled] == \
+               [(r["sample_id"], r["response"], r["score"]) for r in intact], target
