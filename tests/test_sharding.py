@@ -35,6 +35,19 @@ def test_gather_refuses_a_sample_in_two_shards(tmp_path):
         write_artifact(rows, tmp_path / f"{name}.parquet", schemas.CONTEXTS)
     with pytest.raises(ShardError, match="s0001"):
         gather([tmp_path / "a.parquet", tmp_path / "b.parquet"], schemas.CONTEXTS, tmp_path / "out.parquet")
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "a.parquet", tmp_path / "b.parquet"]  # nothing half-written
+
+
+def test_gather_keeps_shard_order_and_every_row(tmp_path):
+    shards = []
+    for k, ids in enumerate([["s0000", "s0001"], [], ["s0005", "s0005", "s0007"]]):
+        rows = [{"sample_id": sid, "context_concept_ids": ["c1"], "positive_indices": [0],
+                 "negative_concept_ids": [], "negative_similarity": [], "embedder": "e"} for sid in ids]
+        write_artifact(rows, tmp_path / f"{k}.parquet", schemas.CONTEXTS)
+        shards.append(tmp_path / f"{k}.parquet")
+    assert gather(shards, schemas.CONTEXTS, tmp_path / "out.parquet") == 5
+    out = pq.read_table(tmp_path / "out.parquet").column("sample_id").to_pylist()
+    assert out == ["s0000", "s0001", "s0005", "s0005", "s0007"]
 
 
 def artifact_tables(outdir: Path) -> dict[str, object]:

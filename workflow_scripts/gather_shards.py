@@ -8,5 +8,5 @@ from covip.workflow import StageRun
 with StageRun(snakemake) as run:  # noqa: F821
     schema = schemas.ALL[run.smk.params.schema]
     shards = list(run.smk.input)
-    table = gather(shards, schema, run.smk.output[0])
-    logging.getLogger("covip").info("gathered %d shards into %d rows of %s", len(shards), table.num_rows, schema.name)
+    rows = gather(shards, schema, run.smk.output[0])
+    logging.getLogger("covip").info("gathered %d shards into %d rows of %s", len(shards), rows, schema.name)

@@ -14,9 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
-import pyarrow as pa
 
-from covip.io import read_artifact, write_artifact
+from covip.io import ArtifactWriter, iter_rows
 from covip.schemas import ArtifactSchema
 
 _SAMPLE_ID = re.compile(r"^s(\d+)$")
@@ -56,16 +55,20 @@ class Shard:
         return f"shard {self.index} (samples {self.index * self.size}..{(self.index + 1) * self.size - 1})"
 
 
-def gather(paths: Iterable[str], schema: ArtifactSchema, out: str) -> pa.Table:
-    """Concatenate shard artifacts, in shard order, into `out`; a sample may appear in one shard only."""
-    tables, owner = [], {}
-    for path in paths:
-        table = read_artifact(path, schema)
-        for sample in set(table.column("sample_id").to_pylist()):
-            if sample in owner:
-                raise ShardError(f"{path}: sample_id '{sample}' is also in {owner[sample]}")
-            owner[sample] = path
-        tables.append(table)
-    if not tables:
+def gather(paths: Iterable[str], schema: ArtifactSchema, out: str) -> int:
+    """Concatenate shard artifacts, in shard order, into `out`, streaming a batch of rows at a time
+    (a gathered query table holds every image); a sample may appear in one shard only. Returns the
+    number of rows written; nothing is written if a check fails."""
+    paths = list(paths)
+    if not paths:
         raise ShardError(f"{out}: no shards to gather")
-    return write_artifact(pa.concat_tables(tables), out, schema)
+    owner: dict[str, str] = {}
+    with ArtifactWriter(out, schema) as writer:
+        for path in paths:
+            for batch in iter_rows(path, schema):
+                for row in batch:
+                    sample = row["sample_id"]
+                    if owner.setdefault(sample, str(path)) != str(path):
+                        raise ShardError(f"{path}: sample_id '{sample}' is also in {owner[sample]}")
+                writer.write(batch)
+    return writer.num_rows
