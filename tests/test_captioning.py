@@ -18,9 +18,11 @@ from covip.stages.captioning import (
     CaptioningSettings,
     build_cag_request,
     build_caption_request,
+    caption_failures,
     caption_samples,
     clean_caption,
 )
+from covip.reliability import FailureRateExceeded, check_failure_rate
 
 QUIET = io.StringIO()
 
@@ -199,6 +201,20 @@ def test_failed_calls_become_failed_rows(test_rows, prompts, wrapped):
     assert (ok["prompt_tokens"], ok["completion_tokens"]) == (321, 7)
     assert ok["stand_in"] is False
     assert ok["model_identity"] == ("policy:transformers:tiny" if wrapped else "scripted:test")
+
+
+def test_failure_rate_counts_failed_calls_and_names_their_reasons(test_rows, prompts):
+    ids = [r["sample_id"] for r in test_rows]
+    scripted = ScriptedModel(fail_error=ids[:2])
+    rows = caption_samples(test_rows, "tiny", scripted, prompts, CaptioningSettings(), seed=0, progress_file=QUIET)
+    report = caption_failures(rows)
+    assert (report.failed, report.total) == (2, len(test_rows))
+    assert report.reasons == {"HTTP 500: server overloaded": 2}
+    check_failure_rate(report, 2 / len(test_rows))  # at the limit: the stage goes on
+    with pytest.raises(FailureRateExceeded, match="captions: 2 of"):
+        check_failure_rate(report, 1 / len(test_rows))
+    with pytest.raises(ValueError, match="captioning.max_failure_rate"):
+        CaptioningSettings(max_failure_rate=1.5)
 
 
 def test_requests_carry_settings_sampling_and_per_sample_seeds(test_rows, prompts):

@@ -28,6 +28,7 @@ from covip.stages.diagnostics import (
     keyword_present,
     load_diagnostic_set,
     parse_lar_verdict,
+    response_failures,
     score_diagnostics,
     summarize_diagnostics,
     token_set_f1,
@@ -500,6 +501,10 @@ def test_answer_direct_rows_and_failures(sets, prompts):
     assert scored[0]["score"] == 1.0 and scored[0]["extracted"] == items[0]["answer"]
     assert scored[1]["score"] is None
     assert scored[2]["score"] == pytest.approx(token_set_f1(items[0]["answer"], items[2]["answer"]))
+    # One failed call in three; a reply without a readable answer would not count (it is scored).
+    report = response_failures(scored)
+    assert (report.failed, report.total) == (1, 3)
+    assert "connection reset" in next(iter(report.reasons))
 
 
 def test_answer_cag_message_structure(sets, prompts):

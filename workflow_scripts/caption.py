@@ -1,6 +1,6 @@
 """Stage 9: caption every test sample with one policy."""
 from covip import schemas
-from covip.stages.captioning import CaptioningSettings, caption_samples
+from covip.stages.captioning import CaptioningSettings, caption_failures, caption_samples
 from covip.workflow import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821
@@ -8,4 +8,6 @@ with StageRun(snakemake) as run:  # noqa: F821
     settings = run.settings(CaptioningSettings, "captioning")
     model = run.models.chat(policy)
     test = run.read("test", schemas.SPLIT)
-    run.write(caption_samples(test, policy, model, run.prompts, settings, run.seed, progress_file=run.log_file), schemas.CAPTIONS)
+    rows = caption_samples(test, policy, model, run.prompts, settings, run.seed, progress_file=run.log_file)
+    run.check_failures(caption_failures(rows), settings.max_failure_rate)
+    run.write(rows, schemas.CAPTIONS)

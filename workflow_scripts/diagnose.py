@@ -1,6 +1,6 @@
 """Stage 11b: one policy answers one diagnostic set, directly or with its own caption first (CAG)."""
 from covip import schemas
-from covip.stages.diagnostics import DiagnosticSettings, answer_diagnostics, score_diagnostics
+from covip.stages.diagnostics import DiagnosticSettings, answer_diagnostics, response_failures, score_diagnostics
 from covip.workflow import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821
@@ -12,4 +12,5 @@ with StageRun(snakemake) as run:  # noqa: F821
                               progress_file=run.log_file)
     judge = run.models.chat(run.config["evaluation"]["diagnostic_judge"]) if wildcards.task == "lar" else None
     rows = score_diagnostics(rows, items, judge=judge, prompts=run.prompts, progress_file=run.log_file)
+    run.check_failures(response_failures(rows), settings.max_failure_rate)
     run.write(rows, schemas.DIAGNOSTIC_RESPONSES)

@@ -39,6 +39,7 @@ from covip.clients.registry import run_concurrently, is_stand_in
 from covip.io import decode_image
 from covip.prompts import PromptBook, fill_section
 from covip.seeding import derive_seed
+from covip.reliability import FailureReport, failure_report, validate_max_failure_rate
 
 CAPTION_PROMPT = "caption"
 CAPTION_SECTIONS = ("context", "query", "instruction", "cag_question")
@@ -63,8 +64,14 @@ class CaptioningSettings:
     sampling: dict[str, Any] | None = field(default=None, metadata={"help": "Sampling of the caption request (null: greedy, {'temperature': 0.0}, as in the authors' code)."})
     max_tokens: int | None = field(default=512, metadata={"help": "Longest caption in tokens, sent as sampling 'max_tokens' unless `sampling` sets it (the authors' limit is 512; null: the backend's default)."})
     strip_thinking: bool = field(default=True, metadata={"help": "Remove <think>...</think> blocks from the model's reply before storing the caption (reasoning models)."})
+    max_failure_rate: float = field(
+        default=0.2,
+        metadata={"help": "The stage fails (writes nothing, prints a summary) when more than this share of its model "
+                          "calls failed after the client's retries; finished calls stay cached, so a rerun repeats none."},
+    )
 
     def __post_init__(self):
+        validate_max_failure_rate(self.max_failure_rate, "captioning")
         if self.max_samples is not None and self.max_samples < 1:
             raise ValueError(f"captioning.max_samples must be >= 1 or null, got {self.max_samples}")
         if self.concurrency is not None and self.concurrency < 1:
@@ -309,4 +316,8 @@ def _image_part(image, where: str) -> ImagePart:
     decoded = decode_image(data, where)  # raises BadImageError naming `where`
     return ImagePart(bytes(data), Image.MIME.get(decoded.format or "", "image/png"))
 
+
+def caption_failures(rows: list[dict]) -> FailureReport:
+    """Failed caption calls among all rows (see `CaptioningSettings.max_failure_rate`)."""
+    return failure_report(rows, "captions", reason=lambda row: row.get("error"))
 

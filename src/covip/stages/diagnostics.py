@@ -56,6 +56,7 @@ from covip.clients.registry import is_stand_in
 from covip.io import BadImageError, decode_image, write_artifact
 from covip.prompts import PromptBook, fill_section
 from covip.seeding import derive_seed, pyrandom_for, rng_for
+from covip.reliability import FailureReport, failure_report, validate_max_failure_rate
 
 TASKS = ("lsd", "lar", "itr")
 MODES = ("direct", "cag")
@@ -99,8 +100,14 @@ class DiagnosticSettings:
     caption_sampling: dict = field(default_factory=_greedy, metadata={"help": "Sampling of the CAG caption (SPEC §4: greedy)."})
     answer_sampling: dict = field(default_factory=_answer_sampling, metadata={"help": "Sampling of every answer, direct or CAG (SPEC §4: T 0.7, top-p 0.8, top-k 20, presence penalty 1.5)."})
     n_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples of the 95% interval in the summary."})
+    max_failure_rate: float = field(
+        default=0.2,
+        metadata={"help": "The stage fails (writes nothing, prints a summary) when more than this share of its model "
+                          "calls failed after the client's retries; finished calls stay cached, so a rerun repeats none."},
+    )
 
     def __post_init__(self):
+        validate_max_failure_rate(self.max_failure_rate, "diagnostics")
         if not 1 <= self.items_per_task <= 100_000:
             raise ValueError(f"diagnostics.items_per_task must be in [1, 100000], got {self.items_per_task}")
         if not 2 <= self.dialogues_per_item <= 16:
@@ -846,3 +853,10 @@ def summarize_diagnostics(rows: Sequence[Mapping], n_bootstrap: int = 1000, seed
             "stand_in": any(bool(r["stand_in"]) for r in group),
         })
     return summary
+
+
+def response_failures(rows: list[dict]) -> FailureReport:
+    """Failed model calls among a diagnose job's rows (see `DiagnosticSettings.max_failure_rate`). An
+    answer without a readable answer is not a failure: it is scored (that is what LSD measures)."""
+    return failure_report(rows, "diagnostic responses", reason=lambda row: row.get("error"))
+
