@@ -18,6 +18,11 @@ validate(config, schema="../config/schemas/config.schema.yaml")
 
 OUT = config["outdir"].rstrip("/")
 LOGS = f"{OUT}/logs"
+# A registry entry may name a model the workflow itself writes as "{outdir}/..." (a GSPO-trained
+# policy), so it follows `outdir`. Resolved in the config itself, which every job receives.
+for _entry in config["models"].values():
+    if isinstance(_entry.get("model"), str) and "{outdir}" in _entry["model"]:
+        _entry["model"] = _entry["model"].replace("{outdir}", OUT)
 PROMPTS = PromptBook(config["prompts"])
 MODELS = {name: ModelSpec.from_config(name, entry) for name, entry in config["models"].items()}
 for _role in [*config["evaluation"]["policies"], *config["evaluation"]["judges"], config["evaluation"]["diagnostic_judge"]]:

@@ -324,6 +324,9 @@ def test_workflow_under_faults_keeps_the_key_secret_and_a_rerun_from_the_cache_c
             f"models: {{dialogue_writer: {entry}, mcqa_writer: {entry}, fault_judge: {entry}}}\n"
             "evaluation: {policies: [oracle, blind], judges: [fault_judge], diagnostic_judge: lexical_judge,"
             " diagnostic_tasks: [lsd], diagnostic_modes: [direct]}\n"
+            # One condition: under the controls the oracle's captions repeat, and two capeval jobs
+            # running at once may both send the same (still uncached) request; see README, Reliability.
+            "controls: {conditions: [intact]}\n"
             "dialogues: {max_attempts: 5}\nmcqa: {max_attempts: 5}\ncapeval: {max_attempts: 5, n_bootstrap: 50}\n"
             "prices: {fault-model: {input: 1.0, output: 2.0}}\n"
         )
