@@ -2,43 +2,34 @@
 
 A cold `snakemake --cores N` run of config/config.yaml into a fresh output folder, then every output
 is deleted except `<outdir>/cache/` (the SQLite response cache) and the workflow runs again. Model
-calls and model-call time come from the usage summary each job logs on exit (`model NAME (identity):
-{'requests': ..., 'cache_hits': ..., 'seconds': ...}`, written by covip.workflow.StageRun): a model
-call is a request that was not a cache hit. Only chat models and image generators keep usage;
-embedders do not, so embedding calls are not counted. The tiny VLM under resources/ is a build
-input outside the output folder and is kept.
+calls and model-call time come from the usage every job writes to `<outdir>/usage/<job>.parquet`
+(covip.workflow.StageRun; schema `usage`): a model call is a request that was not a cache hit, and
+model-call time is the summed latency of those calls. Every backend goes through the cache (chat
+models, image generators, embedders). The tiny VLM under resources/ is a build input outside the
+output folder and is kept.
 """
 
 from __future__ import annotations
 
-import ast
-import re
 import shutil
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 from benchmarks.embedded_default import run_default
+from covip.usage import load_usage
 
-_USAGE = re.compile(r"model (\S+) \(([^)]*)\): (\{.*\})\s*$")
 
-
-def usage_from_logs(outdir: Path) -> dict:
-    """Sum the usage lines of every job log under `outdir/logs`, in total and per registry entry."""
+def usage_totals(outdir: Path) -> dict:
+    """Sum the usage rows of every job under `outdir/usage`, in total and per registry entry."""
     total = {"requests": 0, "cache_hits": 0, "model_calls": 0, "seconds": 0.0}
     per_model: dict[str, dict] = defaultdict(lambda: {"requests": 0, "cache_hits": 0, "model_calls": 0, "seconds": 0.0})
-    for log in sorted((outdir / "logs").rglob("*.log")):
-        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
-            match = _USAGE.search(line)
-            if not match:
-                continue
-            usage = ast.literal_eval(match[3])
-            calls = usage["requests"] - usage["cache_hits"]
-            for bucket in (total, per_model[match[1]]):
-                bucket["requests"] += usage["requests"]
-                bucket["cache_hits"] += usage["cache_hits"]
-                bucket["model_calls"] += calls
-                bucket["seconds"] += usage["seconds"]
+    for row in load_usage(outdir / "usage"):
+        for bucket in (total, per_model[row["role"]]):
+            bucket["requests"] += row["requests"]
+            bucket["cache_hits"] += row["cache_hits"]
+            bucket["model_calls"] += row["requests"] - row["cache_hits"]
+            bucket["seconds"] += row["seconds"]
     return {"total": total, "per_model": dict(per_model)}
 
 
@@ -46,13 +37,13 @@ def run(cores: int = 2) -> dict:
     with tempfile.TemporaryDirectory(prefix="covip-rerun-bench-") as tmp:
         outdir = Path(tmp) / "out"
         cold = run_default(outdir, cores)
-        cold_usage = usage_from_logs(outdir)
+        cold_usage = usage_totals(outdir)
         for child in outdir.iterdir():
             if child.name != "cache":
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         kept = sorted(str(p.relative_to(outdir)) for p in outdir.rglob("*") if p.is_file())
         warm = run_default(outdir, cores)
-        warm_usage = usage_from_logs(outdir)
+        warm_usage = usage_totals(outdir)
     cold_s, warm_s = cold_usage["total"]["seconds"], warm_usage["total"]["seconds"]
     return {
         "cores": cores, "kept_files": kept,
