@@ -266,9 +266,10 @@ def test_diagnostics_run_under_every_control_when_switched_on(finished_run):
     control; the oracle, which reads the ground truth, answers exactly as it does intact."""
     (finished_run / "diag_controls.yaml").write_text("controls: {diagnostics: true}\n")
     jobs = planned_jobs(snakemake(finished_run, "-n", "--configfile", "tiny.yaml", "diag_controls.yaml"))
-    # 4 policies x 3 tasks x 2 modes under 4 controls; each control applied to the 3 diagnostic sets.
+    # 4 policies x 3 tasks x 2 modes under 4 controls; each control applied to the 3 diagnostic sets,
+    # and again to the test split (its job's params hold the controls settings, which changed).
     assert jobs["diagnose"] == 4 * 3 * 2 * 4
-    assert jobs["apply_control"] == 4 * 3
+    assert jobs["apply_control"] == 4 * (3 + 1)
     targets = [f"results/diagnostics/responses/{condition}/oracle/lar.cag.parquet"
                for condition in ("swapped_context", "blank_query")]
     snakemake(finished_run, "--configfile", "tiny.yaml", "diag_controls.yaml", "--", *targets)
