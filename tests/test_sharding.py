@@ -55,7 +55,7 @@ def artifact_tables(outdir: Path) -> dict[str, object]:
     return {
         str(p.relative_to(outdir)): pq.read_table(p)
         for p in sorted(outdir.rglob("*.parquet"))
-        if ".shards" not in str(p.parent) and p.parent.name != "usage"  # usage: one file per job
+        if ".shards" not in str(p.parent) and p.relative_to(outdir).parts[0] != "usage"  # one file per job
     }
 
 
