@@ -94,29 +94,40 @@ def benchmark_splits(builtin_pool, prompts):
     """
     from covip.clients.registry import ModelRegistry
     from covip.stages.dialogues import DialogueSettings, write_dialogues
-    from covip.stages.filtering import FilterSettings, filter_queries
     from covip.stages.mcqa import MCQASettings, write_mcqas
-    from covip.stages.negatives import NegativeSettings, build_contexts, embed_concepts
     from covip.stages.splits import SplitSettings, make_splits
-    from covip.stages.synthesis import SynthesisSettings, synthesize_queries
 
     quiet = io.StringIO()
-    registry = ModelRegistry({
-        "image_generator": {"backend": "local_compositor", "options": {"defect_rate": 0.0}},
-        "verifier": {"backend": "local_pixel_verifier", "concurrency": 2},
-        "embedder": {"backend": "local_color_texture"},
-        "writer": {"backend": "local_facts_writer"},
-    })
+    registry = ModelRegistry({**OFFLINE_STAGES_2_TO_4, "writer": {"backend": "local_facts_writer"}})
     seed = 11
-    queries = synthesize_queries(builtin_pool, registry.image_generator("image_generator"), prompts,
-                                 SynthesisSettings(num_samples=16, image_size=224), seed, progress_file=quiet)
-    decisions = filter_queries(queries, builtin_pool, registry.chat("verifier"), prompts, FilterSettings(),
-                               progress_file=quiet)
-    embeddings = embed_concepts(builtin_pool, registry.embedder("embedder"), progress_file=quiet)
-    contexts = build_contexts(queries, decisions, embeddings, NegativeSettings(), seed, concepts_rows=builtin_pool)
+    queries, decisions, contexts = offline_contexts(builtin_pool, prompts, registry, num_samples=16, image_size=224, seed=seed)
     dialogues = write_dialogues(contexts, builtin_pool, registry.chat("writer"), prompts, DialogueSettings(), seed,
                                 progress_file=quiet)
     mcqas = write_mcqas(dialogues, registry.chat("writer"), prompts, MCQASettings(), seed, progress_file=quiet)
     train, test, _ = make_splits(queries, contexts, builtin_pool, dialogues, mcqas, SplitSettings(test_fraction=0.5),
                                  seed, decisions_rows=decisions)
     return train, test
+
+
+# The offline stand-ins of stages 2-4 (query synthesis, filtering, embedding), as registry entries.
+OFFLINE_STAGES_2_TO_4 = {
+    "image_generator": {"backend": "local_compositor", "options": {"defect_rate": 0.0}},
+    "verifier": {"backend": "local_pixel_verifier", "concurrency": 2},
+    "embedder": {"backend": "local_color_texture"},
+}
+
+
+def offline_contexts(pool, prompts, registry, *, num_samples: int, image_size: int, seed: int):
+    """Stages 2-4 on `pool` with the offline stand-ins of `registry` (OFFLINE_STAGES_2_TO_4):
+    (queries, filter decisions, contexts)."""
+    from covip.stages.filtering import FilterSettings, filter_queries
+    from covip.stages.negatives import NegativeSettings, build_contexts, embed_concepts
+    from covip.stages.synthesis import SynthesisSettings, synthesize_queries
+
+    quiet = io.StringIO()
+    queries = synthesize_queries(pool, registry.image_generator("image_generator"), prompts,
+                                 SynthesisSettings(num_samples=num_samples, image_size=image_size), seed, progress_file=quiet)
+    decisions = filter_queries(queries, pool, registry.chat("verifier"), prompts, FilterSettings(), progress_file=quiet)
+    embeddings = embed_concepts(pool, registry.embedder("embedder"), progress_file=quiet)
+    contexts = build_contexts(queries, decisions, embeddings, NegativeSettings(), seed, concepts_rows=pool)
+    return queries, decisions, contexts

@@ -24,10 +24,8 @@ from covip.io import read_rows, write_artifact
 from covip.reliability import FailureRateExceeded, check_failure_rate
 from covip.stages.capeval import CapEvalSettings, judge_captions, judge_failures
 from covip.stages.dialogues import DialogueSettings, dialogue_failures, write_dialogues
-from covip.stages.filtering import FilterSettings, filter_queries
 from covip.stages.mcqa import MCQASettings, mcqa_failures, write_mcqas
-from covip.stages.negatives import NegativeSettings, build_contexts, embed_concepts
-from covip.stages.synthesis import SynthesisSettings, synthesize_queries
+from conftest import OFFLINE_STAGES_2_TO_4, offline_contexts
 from fault_server import FAULT_KINDS, FaultServer
 
 TESTS = Path(__file__).parent
@@ -46,17 +44,8 @@ def endpoint(server: FaultServer, **extra) -> dict:
 @pytest.fixture(scope="module")
 def contexts(small_pool, prompts):
     """A few samples' contexts built by stages 2-4 with the offline stand-ins: (concepts, contexts)."""
-    registry = ModelRegistry({
-        "image_generator": {"backend": "local_compositor", "options": {"defect_rate": 0.0}},
-        "verifier": {"backend": "local_pixel_verifier"},
-        "embedder": {"backend": "local_color_texture"},
-    })
-    queries = synthesize_queries(small_pool, registry.image_generator("image_generator"), prompts,
-                                 SynthesisSettings(num_samples=4, image_size=192), SEED, progress_file=QUIET)
-    decisions = filter_queries(queries, small_pool, registry.chat("verifier"), prompts, FilterSettings(),
-                               progress_file=QUIET)
-    embeddings = embed_concepts(small_pool, registry.embedder("embedder"), progress_file=QUIET)
-    rows = build_contexts(queries, decisions, embeddings, NegativeSettings(), SEED, concepts_rows=small_pool)
+    registry = ModelRegistry(OFFLINE_STAGES_2_TO_4)
+    _, _, rows = offline_contexts(small_pool, prompts, registry, num_samples=4, image_size=192, seed=SEED)
     return small_pool, rows
 
 
