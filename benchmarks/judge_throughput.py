@@ -212,7 +212,7 @@ def run_bare(payloads: list[dict], base_url: str, concurrency: int) -> dict:
             "cpu_ms_per_request": 1000 * cpu / len(answers)}
 
 
-def run_raw(payloads: list[dict], base_url: str, concurrency: int) -> dict:
+def run_raw(payloads: list[dict], base_url: str, concurrency: int, reply_timeout: float = 120.0) -> dict:
     """No HTTP library: `concurrency` keep-alive asyncio connections, each sending the next payload as
     soon as its previous answer is read. At zero latency, the server's own ceiling; at a latency,
     the most any Python client could get from this machine."""
@@ -232,9 +232,11 @@ def run_raw(payloads: list[dict], base_url: str, concurrency: int) -> dict:
         done = 0
         for message in queue:  # a shared iterator: each message is sent once
             writer.write(message)
-            head = await reader.readuntil(b"\r\n\r\n")
+            await writer.drain()
+            # A reply that never comes is an error with a count, not a silent hang of the whole run.
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), reply_timeout)
             length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE)[1])
-            json.loads(await reader.readexactly(length))["choices"][0]["message"]["content"]
+            json.loads(await asyncio.wait_for(reader.readexactly(length), reply_timeout))["choices"][0]["message"]["content"]
             done += 1
         writer.close()
         return done
@@ -252,8 +254,15 @@ def run_raw(payloads: list[dict], base_url: str, concurrency: int) -> dict:
 
 
 def run(latencies: list[float], n_samples: int, authors_samples: int, concurrency: int | None,
-        server_ceiling_requests: int = 4000) -> dict:
-    """All three clients at each latency, plus the server's ceiling; a JSON-ready dict."""
+        server_ceiling_requests: int = 4000, on_partial=None) -> dict:
+    """All three clients at each latency, plus the server's ceiling; a JSON-ready dict. `on_partial`
+    gets the results so far after each client, so a crash or a kill keeps what was measured."""
+    def measured(entry_key=None, entry=None):
+        if entry_key is not None:
+            results["latencies"][entry_key] = entry
+        if on_partial is not None:
+            on_partial(results)
+
     sys.path.insert(0, str(ROOT / "src"))
     results: dict = {"n_samples": n_samples, "questions_per_sample": QUESTIONS_PER_CONCEPT * CONCEPTS_PER_SAMPLE,
                      "authors_samples": authors_samples, "latencies": {}}
@@ -271,10 +280,15 @@ def run(latencies: list[float], n_samples: int, authors_samples: int, concurrenc
         for latency in latencies:
             with latency_server(latency) as url:
                 entry: dict = {"bound_rps": conc / latency}
+                key = str(latency)
                 entry["ours"] = run_ours(captions, split, url, conc, None)
+                measured(key, entry)
                 entry["ours_cached"] = run_ours(captions, split, url, conc, str(Path(tmp) / f"cache-{latency}.sqlite"))
+                measured(key, entry)
                 entry["bare"] = run_bare(flat, url, conc)
-                entry["raw"] = run_raw(flat, url, conc)
+                measured(key, entry)
+                entry["raw"] = run_raw(flat, url, conc, reply_timeout=60 + 30 * latency)
+                measured(key, entry)
                 entry["authors"] = run_authors(nested[:authors_samples], url)
                 ours = entry["ours"]["rps"]
                 entry["ours_over_bare"] = ours / entry["bare"]["rps"]

@@ -49,9 +49,10 @@ def run_size(n_samples: int, image_size: int, cores: int, workdir: Path) -> dict
         "outdir": str(outdir),
         "synthesis": {"num_samples": n_samples, "image_size": image_size},
         "evaluation": {"policies": POLICIES},
+        "controls": {"conditions": ["intact"]},
     }))
     targets = [f"{outdir}/splits/test.parquet", f"{outdir}/diagnostics/sets/lsd.parquet"]
-    targets += [f"{outdir}/capeval/{policy}/lexical_judge/answers.parquet" for policy in POLICIES]
+    targets += [f"{outdir}/capeval/intact/{policy}/lexical_judge/summary.parquet" for policy in POLICIES]
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     start = time.perf_counter()
     with open(workdir / f"snakemake-{n_samples}.log", "w") as log:

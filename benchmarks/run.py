@@ -103,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         if name == "judge":
             from benchmarks import judge_throughput as bench
 
-            result = bench.run(concurrency=args.concurrency, **sizes["judge"])
+            def keep_partial(partial):
+                record["results"]["judge"] = {**partial, "partial": True}
+                out.write_text(json.dumps(record, indent=1, default=str))
+
+            result = bench.run(concurrency=args.concurrency, on_partial=keep_partial, **sizes["judge"])
         elif name == "dag":
             from benchmarks import dag_overhead as bench
 

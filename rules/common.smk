@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -168,15 +169,19 @@ def rule_resources(rule_name, key):
 
 
 # -- Sharding -----------------------------------------------------------------------------------
-# A sharded stage runs as ceil(num_samples / shard_size) jobs, job k on the samples with ordinal in
+# A sharded stage runs as ceil(num_samples / size) jobs, job k on the samples with ordinal in
 # [k*size, (k+1)*size) (covip.sharding); a gather rule concatenates the shards, in order, into the
 # artifact the rest of the DAG reads. Register a stage here (rule -> artifact, schema name), list it
 # in the schema's sharding.rules enum, give its rule shard_output/shard_log/shard_benchmark and
-# params shard_size=shard_size(rule), and have its script select its rows with run.in_shard().
+# params shard_size=shard_size(rule), and have its script select its rows with run.in_shard() (or
+# pass run.shard to a streaming stage function). An artifact path may hold wildcards
+# ({condition}/{policy}): each wildcard combination gets its own shards and gather job.
 SHARDABLE = {
     "synthesize_queries": ("queries/queries.parquet", "queries"),
     "write_dialogues": ("dialogues/dialogues.parquet", "dialogues"),
     "write_mcqas": ("mcqa/mcqas.parquet", "mcqas"),
+    "caption": ("captions/{condition}/{policy}.parquet", "captions"),
+    "capeval": ("capeval/{condition}/{policy}/{judge}/answers.parquet", "capeval_answers"),
 }
 
 
@@ -184,36 +189,54 @@ wildcard_constraints:
     shard=r"\d+",
 
 
-def sharded(rule_name):
-    return config["sharding"]["shard_size"] is not None and rule_name in config["sharding"]["rules"]
-
-
 def shard_size(rule_name):
-    """Samples per job of a sharded stage (None: one job); a param, so resizing reruns the stage."""
-    return config["sharding"]["shard_size"] if sharded(rule_name) else None
+    """Samples per job of a sharded stage (None: one job); a param, so resizing reruns the stage.
+    sharding.sizes.<rule> overrides sharding.shard_size for one stage."""
+    settings = config["sharding"]
+    if rule_name not in settings["rules"]:
+        return None
+    return settings.get("sizes", {}).get(rule_name, settings["shard_size"])
 
 
-def _shard_path(artifact):
-    return artifact.replace(".parquet", ".shards/{shard}.parquet")
+def sharded(rule_name):
+    return shard_size(rule_name) is not None
+
+
+def _shard_path(path, suffix):
+    """`.../name.parquet` -> `.../name.shards/{shard}.parquet`; logs and benchmarks get `.{shard}`."""
+    if suffix == ".parquet":
+        return path[: -len(suffix)] + ".shards/{shard}.parquet"
+    return path[: -len(suffix)] + ".{shard}" + suffix
 
 
 def shard_output(rule_name, artifact):
     """Where a stage job writes: the artifact itself, or its shard of it when the stage is sharded."""
-    return out(_shard_path(artifact)) if sharded(rule_name) else out(artifact)
+    return out(_shard_path(artifact, ".parquet")) if sharded(rule_name) else out(artifact)
 
 
-def shard_log(rule_name):
-    return f"{LOGS}/{rule_name}.{{shard}}.log" if sharded(rule_name) else f"{LOGS}/{rule_name}.log"
+def shard_log(rule_name, path=None):
+    """The job's log (default <logs>/<rule>.log), one per shard when the stage is sharded."""
+    path = path or f"{LOGS}/{rule_name}.log"
+    return _shard_path(path, ".log") if sharded(rule_name) else path
 
 
-def shard_benchmark(rule_name):
-    return f"{OUT}/benchmarks/{rule_name}{'.{shard}' if sharded(rule_name) else ''}.tsv"
+def shard_benchmark(rule_name, path=None):
+    path = path or f"{OUT}/benchmarks/{rule_name}.tsv"
+    return _shard_path(path, ".tsv") if sharded(rule_name) else path
 
 
-def shard_inputs(artifact):
-    """Every shard of an artifact, in order (other wildcards in the path are kept)."""
-    count = shard_count(config["synthesis"]["num_samples"], config["sharding"]["shard_size"])
-    return expand(out(_shard_path(artifact)), shard=range(count), allow_missing=True)
+def shard_inputs(rule_name, artifact):
+    """Every shard of an artifact, in order (the artifact's other wildcards are kept)."""
+    count = shard_count(config["synthesis"]["num_samples"], shard_size(rule_name))
+    return expand(out(_shard_path(artifact, ".parquet")), shard=range(count), allow_missing=True)
+
+
+def gather_log(rule_name, artifact):
+    """gather_<rule>.log, or gather_<rule>/<wildcards>.log when the artifact has wildcards."""
+    names = re.findall(r"{(\w+)}", artifact)
+    if not names:
+        return f"{LOGS}/gather_{rule_name}.log"
+    return f"{LOGS}/gather_{rule_name}/" + "/".join("{%s}" % name for name in names) + ".log"
 
 
 for _stage, (_artifact, _schema) in SHARDABLE.items():
@@ -223,11 +246,11 @@ for _stage, (_artifact, _schema) in SHARDABLE.items():
             name:
                 f"gather_{_stage}"
             input:
-                shard_inputs(_artifact),
+                shard_inputs(_stage, _artifact),
             output:
                 out(_artifact),
             log:
-                f"{LOGS}/gather_{_stage}.log",
+                gather_log(_stage, _artifact),
             params:
                 schema=_schema,
             threads: 1
@@ -238,6 +261,15 @@ for _stage, (_artifact, _schema) in SHARDABLE.items():
                 "../envs/data.yaml"
             script:
                 "../workflow_scripts/gather_shards.py"
+
+
+def capeval_outputs():
+    """The answers (a shard of them when capeval is sharded) and, unsharded, the summary too; a
+    sharded run's summary comes from rule summarize_capeval after the gather."""
+    outputs = {"answers": shard_output("capeval", "capeval/{condition}/{policy}/{judge}/answers.parquet")}
+    if not sharded("capeval"):
+        outputs["summary"] = out("capeval/{condition}/{policy}/{judge}/summary.parquet")
+    return outputs
 
 
 def condition_input(condition, dataset):

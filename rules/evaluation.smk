@@ -37,12 +37,13 @@ rule caption:
     input:
         unpack(lambda wc: model_inputs(wc.policy, test=condition_input(wc.condition, "test"))),
     output:
-        out("captions/{condition}/{policy}.parquet"),
+        shard_output("caption", "captions/{condition}/{policy}.parquet"),
     log:
-        f"{LOGS}/caption/{{condition}}/{{policy}}.log",
+        shard_log("caption", f"{LOGS}/caption/{{condition}}/{{policy}}.log"),
     benchmark:
-        f"{OUT}/benchmarks/caption/{{condition}}/{{policy}}.tsv"
+        shard_benchmark("caption", f"{OUT}/benchmarks/caption/{{condition}}/{{policy}}.tsv")
     params:
+        shard_size=shard_size("caption"),
         settings=config["captioning"],
         seed=config["seed"],
         models=lambda wc: model_params(wc.policy),
@@ -63,13 +64,13 @@ rule capeval:
         unpack(lambda wc: model_inputs(wc.judge, captions=out("captions/{condition}/{policy}.parquet"),
                                        test=condition_input(wc.condition, "test"))),
     output:
-        answers=out("capeval/{condition}/{policy}/{judge}/answers.parquet"),
-        summary=out("capeval/{condition}/{policy}/{judge}/summary.parquet"),
+        **capeval_outputs(),
     log:
-        f"{LOGS}/capeval/{{condition}}/{{policy}}.{{judge}}.log",
+        shard_log("capeval", f"{LOGS}/capeval/{{condition}}/{{policy}}.{{judge}}.log"),
     benchmark:
-        f"{OUT}/benchmarks/capeval/{{condition}}/{{policy}}.{{judge}}.tsv"
+        shard_benchmark("capeval", f"{OUT}/benchmarks/capeval/{{condition}}/{{policy}}.{{judge}}.tsv")
     params:
+        shard_size=shard_size("capeval"),
         settings=config["capeval"],
         seed=config["seed"],
         models=lambda wc: model_params(wc.judge),
@@ -83,6 +84,34 @@ rule capeval:
         "../envs/data.yaml"
     script:
         "../workflow_scripts/capeval.py"
+
+
+# A sharded capeval writes answers only; once they are gathered, this job pools them into Acc+/Acc-
+# with intervals (the bootstrap needs every sample of the policy at once).
+if sharded("capeval"):
+
+    rule summarize_capeval:
+        input:
+            answers=out("capeval/{condition}/{policy}/{judge}/answers.parquet"),
+            captions=out("captions/{condition}/{policy}.parquet"),
+        output:
+            out("capeval/{condition}/{policy}/{judge}/summary.parquet"),
+        log:
+            f"{LOGS}/capeval/{{condition}}/{{policy}}.{{judge}}.summary.log",
+        benchmark:
+            f"{OUT}/benchmarks/capeval/{{condition}}/{{policy}}.{{judge}}.summary.tsv"
+        params:
+            settings=config["capeval"],
+            seed=config["seed"],
+            code=stage_code("covip.stages.capeval"),
+        threads: 1
+        resources:
+            mem_mb=rule_resources("summarize_capeval", "mem_mb"),
+            gpu=0,
+        conda:
+            "../envs/data.yaml"
+        script:
+            "../workflow_scripts/summarize_capeval.py"
 
 
 rule build_diagnostic_set:

@@ -23,6 +23,7 @@ from covip.stages.captioning import (
     clean_caption,
 )
 from covip.reliability import FailureRateExceeded, check_failure_rate
+from covip.sharding import Shard
 
 QUIET = io.StringIO()
 
@@ -246,9 +247,36 @@ def test_max_samples_and_duplicate_ids(test_rows, prompts):
                         progress_file=QUIET)
 
 
+def test_streamed_chunks_and_shards_give_the_whole_run_rows(test_rows, prompts):
+    """A lazy split, captioned a chunk at a time, and its shards give the rows of one call on the whole
+    list; the duplicate check spans chunks and the error names the row in the whole split."""
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "latency_s"} for r in rows]  # noqa: E731
+    whole = caption_samples(test_rows, "p", ScriptedModel(), prompts, CaptioningSettings(), seed=2, progress_file=QUIET)
+    chunked_model = ScriptedModel()
+    chunked = caption_samples(iter(test_rows), "p", chunked_model, prompts, CaptioningSettings(chunk_size=2), seed=2,
+                              progress_file=QUIET)
+    assert strip(chunked) == strip(whole) and len(chunked_model.requests) == len(test_rows)
+    ordinals = sorted(int(r["sample_id"][1:]) for r in test_rows)
+    size = max(1, (ordinals[-1] + 1) // 3)
+    shards = [Shard(k, size) for k in range(ordinals[-1] // size + 1)]
+    pieces = [caption_samples(iter(test_rows), "p", ScriptedModel(), prompts, CaptioningSettings(chunk_size=2), seed=2,
+                              progress_file=QUIET, shard=shard) for shard in shards]
+    assert sum(bool(piece) for piece in pieces) >= 2  # the split really is spread over several shards
+    assert strip(sorted((r for piece in pieces for r in piece), key=lambda r: int(r["sample_id"][1:]))) == strip(
+        sorted(whole, key=lambda r: int(r["sample_id"][1:])))
+    # max_samples takes the first rows of the split before the shard picks its own.
+    first_two = {r["sample_id"] for r in test_rows[:2]}
+    limited = [caption_samples(test_rows, "p", ScriptedModel(), prompts, CaptioningSettings(max_samples=2), seed=2,
+                               progress_file=QUIET, shard=shard) for shard in shards]
+    assert {r["sample_id"] for piece in limited for r in piece} == first_two
+    with pytest.raises(CaptioningError, match=r"row 3 field 'sample_id'.*repeats row 0"):
+        caption_samples([test_rows[0], *test_rows[1:3], test_rows[0]], "p", ScriptedModel(), prompts,
+                        CaptioningSettings(chunk_size=2), seed=0, progress_file=QUIET)
+
+
 @pytest.mark.parametrize(
     "kwargs, field",
-    [({"max_samples": 0}, "max_samples"), ({"concurrency": 0}, "concurrency"), ({"max_tokens": 0}, "max_tokens"),
+    [({"max_samples": 0}, "max_samples"), ({"chunk_size": 0}, "chunk_size"), ({"concurrency": 0}, "concurrency"), ({"max_tokens": 0}, "max_tokens"),
      ({"sampling": "greedy"}, "sampling")],
 )
 def test_settings_validation_names_the_field(kwargs, field):

@@ -79,3 +79,38 @@ def test_sharded_stages_write_the_same_rows_as_one_job(tmp_path):
         assert table.num_rows > 0, name
         assert sharded[name].equals(table), f"{name} differs between the sharded and the unsharded run"
     assert len(list((workdir / "sharded" / "dialogues").glob("dialogues.shards/*.parquet"))) == 3
+
+
+def test_sharded_captioning_and_judging_equal_one_job(tmp_path):
+    """caption and capeval shard per (condition, policy[, judge]); the gathered captions and answers,
+    and the summary pooled from them, equal the unsharded run's, empty shards included."""
+    workdir = copy_workflow(tmp_path)
+    (workdir / "whole.yaml").write_text("outdir: whole\nsharding: {shard_size: null}\n")
+    # 12 synthesis ordinals: captions in shards of 4 (3 jobs), answers in shards of 5 (3 jobs); with
+    # a 40% test split some shards hold no test sample at all.
+    (workdir / "sharded.yaml").write_text(
+        "outdir: sharded\nsharding: {shard_size: 5, rules: [caption, capeval], sizes: {caption: 4}}\n"
+    )
+    targets = [f"capeval/{condition}/{policy}/lexical_judge/summary.parquet"
+               for condition, policy in [("intact", "oracle"), ("swapped_context", "blind")]]
+    plan = planned_jobs(snakemake(workdir, "-n", "--configfile", "tiny.yaml", "sharded.yaml", "--",
+                                  *[f"sharded/{t}" for t in targets]))
+    assert {k: plan.get(k) for k in ("caption", "gather_caption", "capeval", "gather_capeval", "summarize_capeval")} == {
+        "caption": 6, "gather_caption": 2, "capeval": 6, "gather_capeval": 2, "summarize_capeval": 2}
+    snakemake(workdir, "--configfile", "tiny.yaml", "whole.yaml", "--", *[f"whole/{t}" for t in targets])
+    snakemake(workdir, "--configfile", "tiny.yaml", "sharded.yaml", "--", *[f"sharded/{t}" for t in targets])
+    whole, sharded = artifact_tables(workdir / "whole"), artifact_tables(workdir / "sharded")
+    compared = [name for name in whole if name.startswith(("captions/", "capeval/"))]
+    assert len(compared) == 6  # 2 captions, 2 answers, 2 summaries
+    for name in compared:
+        assert whole[name].num_rows > 0, name
+        # Latency differs from run to run; every other column must be equal.
+        left, right = (t.drop_columns([c for c in ("latency_s",) if c in t.column_names]) for t in (whole[name], sharded[name]))
+        assert right.equals(left), f"{name} differs between the sharded and the unsharded run"
+    shards = sorted((workdir / "sharded" / "captions" / "intact").glob("oracle.shards/*.parquet"))
+    sizes = [pq.read_metadata(p).num_rows for p in shards]
+    assert len(sizes) == 3 and sum(sizes) == whole["captions/intact/oracle.parquet"].num_rows
+    # One log and one usage record per shard, so a failed shard is found and rerun alone.
+    assert sorted(p.name for p in (workdir / "sharded" / "logs" / "capeval" / "intact").glob("oracle.lexical_judge.*.log")) == [
+        "oracle.lexical_judge.0.log", "oracle.lexical_judge.1.log", "oracle.lexical_judge.2.log",
+        "oracle.lexical_judge.summary.log"]

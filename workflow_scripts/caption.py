@@ -1,4 +1,6 @@
-"""Stage 9: caption every test sample with one policy."""
+"""Stage 9: caption every test sample (of this job's shard) with one policy."""
+from itertools import chain
+
 from covip import schemas
 from covip.stages.captioning import CaptioningSettings, caption_failures, caption_samples
 from covip.workflow import StageRun
@@ -7,7 +9,9 @@ with StageRun(snakemake) as run:  # noqa: F821
     policy = snakemake.wildcards.policy  # noqa: F821
     settings = run.settings(CaptioningSettings, "captioning")
     model = run.models.chat(policy)
-    test = run.read("test", schemas.SPLIT)
-    rows = caption_samples(test, policy, model, run.prompts, settings, run.seed, progress_file=run.log_file)
+    # Streamed: only one chunk of the split's images is in memory at a time.
+    test = chain.from_iterable(run.iter("test", schemas.SPLIT))
+    rows = caption_samples(test, policy, model, run.prompts, settings, run.seed, progress_file=run.log_file,
+                           where=run.smk.input["test"], shard=run.shard)
     run.check_failures(caption_failures(rows), settings.max_failure_rate)
     run.write(rows, schemas.CAPTIONS)

@@ -20,11 +20,24 @@ PACKAGE = "covip"
 
 
 @lru_cache(maxsize=None)
+def _package_root() -> Path:
+    spec = importlib.util.find_spec(PACKAGE)
+    return Path(spec.origin).parent
+
+
+@lru_cache(maxsize=None)
 def _module_file(module: str) -> Path | None:
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin in (None, "built-in", "frozen"):
+    """The source file of a `covip` module, found on disk: `importlib.util.find_spec` would import
+    the parent package of a dotted name (covip.training.trainer pulls in transformers, seconds per
+    dry run) when the name turns out to be a function imported from a module."""
+    parts = module.split(".")
+    if parts[0] != PACKAGE:
         return None
-    return Path(spec.origin)
+    base = _package_root().joinpath(*parts[1:])
+    for candidate in (base / "__init__.py", base.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 @lru_cache(maxsize=None)

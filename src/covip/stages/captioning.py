@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from covip.clients.registry import run_concurrently, is_stand_in
 from covip.io import decode_image
 from covip.prompts import PromptBook, fill_section
 from covip.seeding import derive_seed
+from covip.sharding import Shard
 from covip.reliability import FailureReport, failure_report, validate_max_failure_rate
 
 CAPTION_PROMPT = "caption"
@@ -60,6 +62,7 @@ class CaptioningSettings:
     """Settings of stage 9 (config section `captioning`)."""
 
     max_samples: int | None = field(default=None, metadata={"help": "Caption only the first N rows of the split, in file order (null: all); for quick runs."})
+    chunk_size: int = field(default=256, metadata={"help": "Split rows read and sent to the model at a time: bounds the images held in memory; a batching backend (vLLM) batches within a chunk."})
     concurrency: int | None = field(default=None, metadata={"help": "Parallel requests for backends that do not batch (null: the model's registry `concurrency`)."})
     sampling: dict[str, Any] | None = field(default=None, metadata={"help": "Sampling of the caption request (null: greedy, {'temperature': 0.0}, as in the authors' code)."})
     max_tokens: int | None = field(default=512, metadata={"help": "Longest caption in tokens, sent as sampling 'max_tokens' unless `sampling` sets it (the authors' limit is 512; null: the backend's default)."})
@@ -72,6 +75,8 @@ class CaptioningSettings:
 
     def __post_init__(self):
         validate_max_failure_rate(self.max_failure_rate, "captioning")
+        if self.chunk_size < 1:
+            raise ValueError(f"captioning.chunk_size must be >= 1, got {self.chunk_size}")
         if self.max_samples is not None and self.max_samples < 1:
             raise ValueError(f"captioning.max_samples must be >= 1 or null, got {self.max_samples}")
         if self.concurrency is not None and self.concurrency < 1:
@@ -194,7 +199,7 @@ def build_cag_request(
 
 
 def caption_samples(
-    split_rows: Sequence[Mapping],
+    split_rows: Iterable[Mapping],
     policy_name: str,
     model: ChatModel,
     prompts: PromptBook,
@@ -202,34 +207,46 @@ def caption_samples(
     seed: int,
     progress_file=None,
     where: str = "split",
+    shard: Shard | None = None,
 ) -> list[dict]:
-    """One row of `schemas.CAPTIONS` per split row (the first `settings.max_samples`), in input order.
+    """One row of `schemas.CAPTIONS` per split row (the first `settings.max_samples`, then those of
+    `shard`), in input order.
 
-    Uses `model.complete_many` (cache, batching, concurrency) when the model has it, else
-    `model.complete` with bounded concurrency. A failed call gives a row with status 'failed',
-    caption None and the error text, never a silent drop. Each request's seed is derived from the
-    run seed and the sample id, so a sampled policy reproduces per sample whatever the order.
+    `split_rows` may be a lazy iterable (a streamed split): rows are read and captioned
+    `settings.chunk_size` at a time, so only one chunk's images are held at once. Each chunk goes to
+    `model.complete_many` (cache, batching, concurrency) when the model has it, else `model.complete`
+    with bounded concurrency. A failed call gives a row with status 'failed', caption None and the
+    error text, never a silent drop. Each request's seed is derived from the run seed and the sample
+    id, so a sampled policy reproduces per sample whatever the order, chunking or sharding.
     """
-    rows = list(split_rows)[: settings.max_samples] if settings.max_samples else list(split_rows)
-    seen: dict[str, int] = {}
-    for index, row in enumerate(rows):
-        sample_id = str(row.get("sample_id"))
-        if sample_id in seen:
-            raise CaptioningError(f"{where} row {index} field 'sample_id': '{sample_id}' repeats row {seen[sample_id]}")
-        seen[sample_id] = index
+    positioned: Iterable[tuple[int, Mapping]] = enumerate(split_rows)
+    if settings.max_samples:
+        positioned = islice(positioned, settings.max_samples)  # the first N of the split, before sharding
+    if shard is not None:
+        positioned = (
+            (index, row) for index, row in positioned if shard.holds(row.get("sample_id"), f"{where} row {index}: ")
+        )
     sampling = settings.request_sampling()
-    requests = [
-        build_caption_request(row, prompts, sampling=sampling, seed=derive_seed(seed, "caption", row.get("sample_id")),
-                              where=f"{where} row {index}")
-        for index, row in enumerate(rows)
-    ]
-    responses = _complete_all(model, requests, settings.concurrency, f"captions {policy_name}", progress_file)
     identity = getattr(model, "identity", type(model).__name__)
     stand_in = is_stand_in(model)
-    return [
-        _caption_row(policy_name, str(row.get("sample_id")), response, identity, stand_in, settings.strip_thinking)
-        for row, response in zip(rows, responses)
-    ]
+    seen: dict[str, int] = {}
+    captions: list[dict] = []
+    while chunk := list(islice(positioned, settings.chunk_size)):
+        requests = []
+        for index, row in chunk:
+            sample_id = str(row.get("sample_id"))
+            if sample_id in seen:
+                raise CaptioningError(f"{where} row {index} field 'sample_id': '{sample_id}' repeats row {seen[sample_id]}")
+            seen[sample_id] = index
+            requests.append(build_caption_request(
+                row, prompts, sampling=sampling, seed=derive_seed(seed, "caption", row.get("sample_id")),
+                where=f"{where} row {index}"))
+        responses = _complete_all(model, requests, settings.concurrency, f"captions {policy_name}", progress_file)
+        captions += [
+            _caption_row(policy_name, str(row.get("sample_id")), response, identity, stand_in, settings.strip_thinking)
+            for (_, row), response in zip(chunk, responses)
+        ]
+    return captions
 
 
 def _complete_all(model, requests, concurrency, desc, progress_file) -> list[ChatResponse]:
