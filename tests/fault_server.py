@@ -13,6 +13,7 @@ same faults every time:
   connection closes;
 - `body_truncated`: status 200 whose JSON body stops half-way and the connection closes;
 - `body_garbage`: status 200 with a body that is not JSON;
+- `body_not_completion`: status 200 with JSON that is no chat completion (a gateway's error object);
 - `truncated`: a completion whose content is the answer cut in half (truncated JSON for MCQA);
 - `garbage`: a completion whose content is unrelated text.
 
@@ -33,7 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from covip.schemas import NONE_OPTION
 
-FAULT_KINDS = ("429", "500", "stall", "body_truncated", "body_garbage", "truncated", "garbage")
+FAULT_KINDS = ("429", "500", "stall", "body_truncated", "body_garbage", "body_not_completion", "truncated", "garbage")
 
 
 def _digest(*parts: object) -> int:
@@ -201,6 +202,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault == "body_garbage":
             return self._send(200, b"<html>502 Bad Gateway</html> \x00\x01 not json")
+        if fault == "body_not_completion":
+            return self._send(200, json.dumps({"object": "error", "message": "upstream overloaded"}).encode())
         prompt = _first_user_text(body)
         text = respond(prompt)
         if fault == "body_truncated":

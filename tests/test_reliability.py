@@ -32,7 +32,7 @@ TESTS = Path(__file__).parent
 SEED = 5  # the seed tests/stage_worker.py uses
 # About a third of all calls meet a fault, every kind represented.
 FAULTS = {"429": 0.06, "500": 0.06, "stall": 0.02, "body_truncated": 0.04, "body_garbage": 0.04,
-          "truncated": 0.05, "garbage": 0.05}
+          "body_not_completion": 0.04, "truncated": 0.05, "garbage": 0.05}
 QUIET = io.StringIO()
 
 

@@ -276,7 +276,7 @@ class CachedChatModel:
     async def _run_async(self, requests, keys, todo, results, bar, workers: int) -> None:
         """Send `todo` as asyncio tasks on one async client, at most `workers` in flight."""
         gate = asyncio.Semaphore(workers)
-        async with self.inner.async_client() as client:
+        async with self.inner.async_client(workers) as client:
 
             async def one(index: int) -> None:
                 async with gate:
