@@ -175,7 +175,15 @@ def iter_rows(
     (errors name the file and the row's position in the whole file)."""
     source = _open_parquet(path)
     start = 0
-    for batch in source.iter_batches(batch_size=batch_rows):
+    # One reader per row group: a single `iter_batches` over the whole file keeps the buffers of every
+    # row group it has read (pyarrow 26: +11 MB of pool memory per 64-image batch of queries, so a
+    # 4K-sample table grew filtering's peak by 600 MB); per row group the pool stays flat.
+    batches = (
+        batch
+        for group in range(source.metadata.num_row_groups)
+        for batch in source.iter_batches(batch_size=batch_rows, row_groups=[group])
+    )
+    for batch in batches:
         table = pa.Table.from_batches([batch])
         try:
             table = validate_table(table, schema, str(path))
