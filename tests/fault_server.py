@@ -106,6 +106,7 @@ class FaultServer:
         self.faults: Counter[str] = Counter()  # faults injected, per kind
         self.authorizations: set[str] = set()
         self.last_user_texts: list[str] = []  # each request's last user message (repair turns show here)
+        self.bodies: list[dict] = []  # every request body as it arrived
         self.hold_after: int | None = None  # after this many completions, hold every new request
         self._released = threading.Event()
         self._lock = threading.Lock()
@@ -179,6 +180,7 @@ class _Handler(BaseHTTPRequestHandler):
             server.attempts[key] += 1
             attempt = server.attempts[key]
             server.authorizations.add(self.headers.get("Authorization", ""))
+            server.bodies.append(body)
             users = [m for m in body.get("messages", []) if m.get("role") == "user"]
             if users:
                 server.last_user_texts.append(_first_user_text({"messages": users[-1:]}))

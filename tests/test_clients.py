@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import threading
 
 import pytest
@@ -112,6 +113,24 @@ def test_registry_rejects_unknown_keys_and_wrong_capabilities():
     with pytest.raises(KeyError, match="no model named 'judge'"):
         registry.chat("judge")
 
+
+def test_openai_backend_sends_server_extensions_in_the_body(tmp_path):
+    """On the wire, non-standard sampling (top_k) sits at the top of the JSON body, as the SDK's typed
+    `create(extra_body=...)` would send it; no `extra_body` field reaches the server."""
+    from fault_server import FaultServer
+
+    request = ChatRequest((Message.user("Say hello."),), {"temperature": 0.7, "top_k": 20, "max_tokens": 8}, seed=3)
+    with FaultServer() as server:
+        entry = {"backend": "openai", "model": "m", "base_url": server.base_url, "concurrency": 2}
+        model = ModelRegistry({"m": entry}, cache_path=str(tmp_path / "c.sqlite")).chat("m")
+        assert model.complete(request).ok  # threads: the sync client
+        other = ChatRequest(request.messages, {**request.sampling, "top_k": 5}, seed=4)
+        assert all(r.ok for r in model.complete_many([other], desc="x", progress_file=io.StringIO()))  # asyncio
+    assert len(server.bodies) == 2
+    for body, top_k in zip(server.bodies, (20, 5)):
+        assert "extra_body" not in body
+        assert body["top_k"] == top_k and body["temperature"] == 0.7 and body["max_tokens"] == 8
+        assert body["model"] == "m" and body["messages"] == [{"role": "user", "content": "Say hello."}]
 
 def test_backend_module_names_the_implementation():
     assert backend_module("chat", "openai") == "covip.clients.openai_backend"

@@ -117,7 +117,8 @@ class OpenAIChatModel:
         """The JSON body: the payload with its server extensions (`extra_body`) merged in, as the SDK's
         `create` would send it."""
         payload = self._payload(request)
-        return {**payload, **payload.pop("extra_body", {})}
+        extra = payload.pop("extra_body", {})
+        return {**payload, **extra}
 
     def _response(self, http_response) -> ChatResponse:
         """A ChatResponse from the raw HTTP answer. Read as plain JSON: the SDK's typed `create` spends
@@ -138,7 +139,7 @@ class OpenAIChatModel:
     def _malformed(self) -> tuple[type[BaseException], ...]:
         # A 200 answer whose body is not a completion (a proxy's error page, a cut-off body that still
         # parsed): the SDK does not retry these, so we do, with the same backoff and jitter.
-        return (json.JSONDecodeError, MalformedCompletion, self._openai.APIResponseValidationError)
+        return (json.JSONDecodeError, MalformedCompletion)
 
     def _backoff(self, attempt: int) -> float:
         return min(8.0, 0.5 * 2**attempt) * (0.75 + 0.5 * random.random())
