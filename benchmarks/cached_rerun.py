@@ -3,7 +3,7 @@
 A cold `snakemake --cores N` run of config/config.yaml into a fresh output folder, then every output
 is deleted except `<outdir>/cache/` (the SQLite response cache) and the workflow runs again. Model
 calls and model-call time come from the usage every job writes to `<outdir>/usage/<job>.parquet`
-(covip.workflow.StageRun; schema `usage`): a model call is a request that was not a cache hit, and
+(covip.workflow.run.StageRun; schema `usage`): a model call is a request that was not a cache hit, and
 model-call time is the summed latency of those calls. Every backend goes through the cache (chat
 models, image generators, embedders). The tiny VLM under resources/ is a build input outside the
 output folder and is kept.
@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from benchmarks.embedded_default import run_default
-from covip.usage import load_usage
+from covip.clients.usage import load_usage
 
 
 def usage_totals(outdir: Path) -> dict:

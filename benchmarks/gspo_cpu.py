@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from transformers import TrainerCallback
 
-from covip.tiny_vlm import build_tiny_vlm
+from covip.local.tiny_vlm import build_tiny_vlm
 from covip.training.settings import TrainingSettings
 from covip.training.trainer import build_trainer
 

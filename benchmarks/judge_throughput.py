@@ -62,7 +62,7 @@ def latency_server(latency: float, lifetime: float = 3600.0):
 def _png() -> bytes:
     from PIL import Image
 
-    from covip.io import encode_png
+    from covip.core.io import encode_png
 
     return encode_png(Image.new("RGB", (32, 32), (120, 90, 60)))
 
@@ -70,7 +70,7 @@ def _png() -> bytes:
 def synthetic_test_set(n_samples: int, workdir: Path) -> tuple[list[dict], list[dict]]:
     """Captions (one policy) and a test split in the real schemas, written and read back from Parquet."""
     from covip import schemas
-    from covip.io import read_rows, write_artifact
+    from covip.core.io import read_rows, write_artifact
 
     image = {"bytes": _png(), "path": None}
     split_rows, caption_rows = [], []
@@ -146,7 +146,7 @@ def run_ours(captions, split, base_url: str, concurrency: int | None, cache_path
 def judge_payloads(captions, split, base_url: str) -> list[dict]:
     """The exact Chat Completions payloads our stage sends (for the authors' and the bare clients)."""
     from covip.clients.openai_backend import build_openai_payload
-    from covip.clients.registry import ModelSpec
+    from covip.clients.spec import ModelSpec
     from covip.prompts import PromptBook
     from covip.stages.capeval import CapEvalSettings, _items_from_split, _pair_captions, build_judge_request
 

@@ -68,7 +68,7 @@ def run_size(n_samples: int, image_size: int, cores: int, workdir: Path) -> dict
         jobs[str(tsv.relative_to(outdir / "benchmarks").with_suffix(""))] = {
             "s": float(record["s"]), "max_rss_mb": float(record["max_rss"])
         }
-    # The exact peak each job logs on exit (covip.workflow.StageRun); Snakemake's own max_rss is
+    # The exact peak each job logs on exit (covip.workflow.run.StageRun); Snakemake's own max_rss is
     # sampled every 30 s after a job's first 15 s, so it misses short peaks of long jobs.
     for log_file in sorted((outdir / "logs").rglob("*.log")):
         match = _PEAK.search(log_file.read_text(errors="replace"))

@@ -7,11 +7,13 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from covip.clients.registry import ModelSpec, backend_module
-from covip.fingerprint import code_fingerprint
+from covip.clients.backends import backend_module
+
+from covip.clients.spec import ModelSpec
+from covip.core.fingerprint import code_fingerprint
 from covip.prompts import PromptBook
-from covip.sharding import shard_count
-from covip.settings import settings_from
+from covip.core.sharding import shard_count
+from covip.core.settings import settings_from
 from covip.training.settings import TrainingSettings, launch_command
 
 
@@ -39,14 +41,14 @@ TRAINED_MODELS = {os.path.normpath(f"{OUT}/training/{run}/model"): run for run i
 onstart:
     # A remote backend without its API key fails here, before any job runs (and never on a dry run),
     # naming the environment variable; the key itself is never printed.
-    from covip.clients.registry import check_credentials
+    from covip.clients.spec import check_credentials
 
     for spec in MODELS.values():
         check_credentials(spec)
     # On one machine, a job that wants more GPUs than the machine has fails now, not hours into the
     # run (Snakemake would start it anyway). Cluster jobs are checked by SLURM against their node.
     if workflow.local_exec and not workflow.remote_exec:
-        from covip.gpu_slots import check_requests
+        from covip.workflow.gpu_slots import check_requests
 
         check_requests({job.rule.name: int(job.resources.get("gpu", 0) or 0) for job in workflow.dag.needrun_jobs()})
 
@@ -170,7 +172,7 @@ def rule_resources(rule_name, key):
 
 # -- Sharding -----------------------------------------------------------------------------------
 # A sharded stage runs as ceil(num_samples / size) jobs, job k on the samples with ordinal in
-# [k*size, (k+1)*size) (covip.sharding); a gather rule concatenates the shards, in order, into the
+# [k*size, (k+1)*size) (covip.core.sharding); a gather rule concatenates the shards, in order, into the
 # artifact the rest of the DAG reads. Register a stage here (rule -> artifact, schema name), list it
 # in the schema's sharding.rules enum, give its rule shard_output/shard_log/shard_benchmark and
 # params shard_size=shard_size(rule), and have its script select its rows with run.in_shard() (or

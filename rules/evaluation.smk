@@ -22,7 +22,7 @@ rule build_tiny_vlm:
     params:
         architecture=config["tiny_vlm"]["architecture"],
         seed=config["seed"],
-        code=stage_code("covip.tiny_vlm"),
+        code=stage_code("covip.local.tiny_vlm"),
     threads: rule_resources("build_tiny_vlm", "threads")
     resources:
         mem_mb=rule_resources("build_tiny_vlm", "mem_mb"),
@@ -295,7 +295,7 @@ rule report:
         f"{OUT}/benchmarks/report.tsv"
     params:
         run_name=config["run_name"],
-        code=stage_code("covip.report"),
+        code=stage_code("covip.stages.report"),
     threads: 1
     resources:
         mem_mb=rule_resources("report", "mem_mb"),

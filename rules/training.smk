@@ -22,7 +22,7 @@ rule train_gspo:
         seed=config["seed"],
         models=lambda wc: model_params(*training_roles(wc.run)),
         prompts=prompt_params("caption", "train_tasks", "capeval_judge"),
-        code=lambda wc: stage_code("covip.training.__main__", [("chat", role) for role in training_roles(wc.run)]),
+        code=lambda wc: stage_code("covip.training.job", [("chat", role) for role in training_roles(wc.run)]),
         # Checkpoints live outside the outputs: Snakemake deletes the outputs of a killed job, and
         # the rerun resumes from the last checkpoint left here.
         checkpoints=lambda wc: out(f"training/{wc.run}/checkpoints"),
@@ -34,10 +34,10 @@ rule train_gspo:
         gpu=lambda wc: training_settings(wc.run).gpus,
     conda:
         "../envs/train.yaml"
-    # The job takes its devices (CUDA_VISIBLE_DEVICES) through covip.gpu_slots, which execs ONE
+    # The job takes its devices (CUDA_VISIBLE_DEVICES) through covip.workflow.gpu_slots, which execs ONE
     # launch over all of them and holds the locks until it and its workers exit.
     shell:
-        "python -m covip.gpu_slots run --gpus {resources.gpu} --rule {rule} -- "
-        "{params.launcher} -m covip.training --config-json {params.job_config:q} --run {wildcards.run}"
+        "python -m covip gpu-run --gpus {resources.gpu} --rule {rule} -- "
+        "{params.launcher} -m covip train --config-json {params.job_config:q} --run {wildcards.run}"
         " --train {input.train} --model-dir {output.model} --log {output.log}"
         " --checkpoints {params.checkpoints} > {log} 2>&1"

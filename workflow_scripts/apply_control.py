@@ -1,7 +1,8 @@
 """A visual-context control: the test split or a diagnostic set with its images removed, degraded or swapped."""
-from covip import schemas
-from covip.stages.controls import ControlSettings, apply_control
-from covip.workflow import StageRun
+from covip.core import schemas
+from covip.stages.controls.apply import apply_control
+from covip.stages.controls.settings import ControlSettings
+from covip.workflow.run import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821
     wildcards = snakemake.wildcards  # noqa: F821

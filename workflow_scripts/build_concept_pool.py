@@ -1,7 +1,7 @@
 """Stage 1: build the concept pool (photos + categories + fictional names)."""
-from covip import schemas
+from covip.core import schemas
 from covip.stages.concepts import ConceptPoolSettings, build_concept_pool
-from covip.workflow import StageRun
+from covip.workflow.run import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821 - injected by Snakemake
     settings = run.settings(ConceptPoolSettings, "concept_pool")

@@ -1,7 +1,7 @@
 """Stage 4b: add retrieved hard negatives to each kept sample and shuffle its context."""
-from covip import schemas
+from covip.core import schemas
 from covip.stages.negatives import NegativeSettings, build_contexts
-from covip.workflow import StageRun
+from covip.workflow.run import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821
     settings = run.settings(NegativeSettings, "negatives")

@@ -1,7 +1,9 @@
 """Stage 11a: the LSD / LAR / ITR set: generated from the concept pool, or a user's hub-format file."""
-from covip import schemas
-from covip.stages.diagnostics import DiagnosticSettings, build_diagnostic_set, load_diagnostic_set
-from covip.workflow import StageRun
+from covip.core import schemas
+from covip.stages.diagnostics.hub import load_diagnostic_set
+from covip.stages.diagnostics.sets import build_diagnostic_set
+from covip.stages.diagnostics.settings import DiagnosticSettings
+from covip.workflow.run import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821
     task = snakemake.wildcards.task  # noqa: F821
@@ -10,5 +12,6 @@ with StageRun(snakemake) as run:  # noqa: F821
     else:
         settings = run.settings(DiagnosticSettings, "diagnostics")
         concepts = run.read("concepts", schemas.CONCEPTS)
-        items = build_diagnostic_set(task, concepts, settings, run.seed, progress_file=run.log_file, prompts=run.prompts)
+        items = build_diagnostic_set(task, concepts, settings, run.seed, progress_file=run.log_file, prompts=run.prompts,
+                                     content_path=run.content_path("diagnostic_lines"))
     run.write(items, schemas.DIAGNOSTIC_SET)

@@ -1,8 +1,9 @@
 """Stage 10: CapEval-QA. A judge answers every question from the caption alone; Acc+/Acc- per count.
 Sharded, a job judges its shard's samples and writes answers only (rule summarize_capeval pools them)."""
-from covip import schemas
-from covip.stages.capeval import CapEvalSettings, judge_captions, judge_failures, policy_identities_from, summarize_capeval
-from covip.workflow import StageRun
+from covip.core import schemas
+from covip.core.metrics import policy_identities_from
+from covip.stages.capeval import CapEvalSettings, judge_captions, judge_failures, summarize_capeval
+from covip.workflow.run import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821
     judge_name = snakemake.wildcards.judge  # noqa: F821

@@ -1,9 +1,9 @@
 """Stage 9: caption every test sample (of this job's shard) with one policy."""
 from itertools import chain
 
-from covip import schemas
+from covip.core import schemas
 from covip.stages.captioning import CaptioningSettings, caption_failures, caption_samples
-from covip.workflow import StageRun
+from covip.workflow.run import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821
     policy = snakemake.wildcards.policy  # noqa: F821

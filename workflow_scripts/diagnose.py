@@ -1,7 +1,9 @@
 """Stage 11b: one policy answers one diagnostic set, directly or with its own caption first (CAG)."""
-from covip import schemas
-from covip.stages.diagnostics import DiagnosticSettings, answer_diagnostics, response_failures, score_diagnostics
-from covip.workflow import StageRun
+from covip.core import schemas
+from covip.stages.diagnostics.answering import answer_diagnostics, response_failures
+from covip.stages.diagnostics.scoring import score_diagnostics
+from covip.stages.diagnostics.settings import DiagnosticSettings
+from covip.workflow.run import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821
     wildcards = snakemake.wildcards  # noqa: F821

@@ -1,7 +1,7 @@
 """Stage 4a: embed every concept's reference image (CLIP in production)."""
-from covip import schemas
+from covip.core import schemas
 from covip.stages.negatives import embed_concepts
-from covip.workflow import StageRun
+from covip.workflow.run import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821
     embedder = run.models.embedder("embedder")

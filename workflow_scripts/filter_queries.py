@@ -1,7 +1,7 @@
 """Stage 3: keep or drop each synthesized query, with reasons."""
-from covip import schemas
+from covip.core import schemas
 from covip.stages.filtering import FilterSettings, filter_queries
-from covip.workflow import StageRun
+from covip.workflow.run import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821
     settings = run.settings(FilterSettings, "filtering")

@@ -1,9 +1,9 @@
 """Concatenate the shards of a sharded stage, in order, into the artifact the rest of the DAG reads."""
 import logging
 
-from covip import schemas
-from covip.sharding import gather
-from covip.workflow import StageRun
+from covip.core import schemas
+from covip.core.sharding import gather
+from covip.workflow.run import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821
     schema = schemas.ALL[run.smk.params.schema]

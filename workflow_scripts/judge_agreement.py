@@ -1,10 +1,10 @@
 """How far the CapEval-QA judges agree on the same questions (Cohen's kappa), and where they differ."""
 from collections import defaultdict
 
-from covip import schemas
-from covip.io import read_rows
+from covip.core import schemas
+from covip.core.io import read_rows
 from covip.stages.agreement import judge_agreement
-from covip.workflow import StageRun
+from covip.workflow.run import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821
     smk = snakemake  # noqa: F821

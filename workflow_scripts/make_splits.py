@@ -1,9 +1,9 @@
 """Stage 7: publish the train and test splits (Hugging Face-loadable Parquet)."""
 import logging
 
-from covip import schemas
+from covip.core import schemas
 from covip.stages.splits import SplitSettings, iter_splits
-from covip.workflow import StageRun
+from covip.workflow.run import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821
     settings = run.settings(SplitSettings, "splits")

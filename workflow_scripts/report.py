@@ -1,10 +1,11 @@
 """The run's Markdown summary and plots (also embedded in `snakemake --report`)."""
 from pathlib import Path
 
-from covip import report, schemas
-from covip.io import write_text_atomic
-from covip.usage import load_usage
-from covip.workflow import StageRun
+from covip.stages import report
+from covip.core import schemas
+from covip.core.io import write_text_atomic
+from covip.clients.usage import load_usage
+from covip.workflow.run import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821
     out = snakemake.output  # noqa: F821

@@ -1,7 +1,8 @@
 """Score a captions file made elsewhere against the authors' released CapEval ground truth."""
-from covip import schemas
-from covip.stages.capeval import CapEvalSettings, load_captions_file, score_released_captions
-from covip.workflow import StageRun
+from covip.core import schemas
+from covip.core.formats import load_captions_file
+from covip.stages.capeval import CapEvalSettings, score_released_captions
+from covip.workflow.run import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821
     wildcards = snakemake.wildcards  # noqa: F821

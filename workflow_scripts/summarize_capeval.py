@@ -1,7 +1,8 @@
 """Stage 10, sharded runs: Acc+/Acc- with bootstrap intervals from the gathered judge answers."""
-from covip import schemas
-from covip.stages.capeval import CapEvalSettings, policy_identities_from, summarize_capeval
-from covip.workflow import StageRun
+from covip.core import schemas
+from covip.core.metrics import policy_identities_from
+from covip.stages.capeval import CapEvalSettings, summarize_capeval
+from covip.workflow.run import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821
     settings = run.settings(CapEvalSettings, "capeval")

@@ -1,11 +1,11 @@
 """Every policy's scores under every control, with the paired drop against intact; all change records."""
 from collections import defaultdict
 
-from covip import schemas
-from covip.io import read_rows
-from covip.stages.capeval import policy_identities_from
-from covip.stages.controls import control_effects
-from covip.workflow import StageRun
+from covip.core import schemas
+from covip.core.io import read_rows
+from covip.core.metrics import policy_identities_from
+from covip.stages.controls.effects import control_effects
+from covip.workflow.run import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821
     smk = snakemake  # noqa: F821

@@ -1,7 +1,7 @@
 """Stage 2: synthesize one query image per sample from its positive concepts."""
-from covip import schemas
+from covip.core import schemas
 from covip.stages.synthesis import SynthesisSettings, iter_queries
-from covip.workflow import StageRun
+from covip.workflow.run import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821
     settings = run.settings(SynthesisSettings, "synthesis")

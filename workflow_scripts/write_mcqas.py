@@ -1,7 +1,7 @@
 """Stage 6: three validated multiple-choice questions per dialogue."""
-from covip import schemas
-from covip.stages.mcqa import mcqa_failures, MCQASettings, write_mcqas
-from covip.workflow import StageRun
+from covip.core import schemas
+from covip.stages.mcqa import MCQASettings, mcqa_failures, write_mcqas
+from covip.workflow.run import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821
     settings = run.settings(MCQASettings, "mcqa")

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from covip.clients.backends import IN_PROCESS_BACKENDS, STAND_IN_BACKENDS, backend_modules
 from covip.clients.base import ChatRequest, ImagePart, ImageRequest, TextPart
+from covip.clients.spec import ModelSpec
+from covip.core.fingerprint import code_fingerprint
 
 
 def _canonical_part(part) -> dict[str, Any]:
@@ -104,3 +109,63 @@ class ResponseCache:
 
     def __len__(self) -> int:
         return self._connect().execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# What else keys a cached answer besides the request: the entry's options and a fingerprint of the model
+
+# Files up to this size are hashed by content; larger ones (multi-GB weights) by size and mtime.
+_HASH_LIMIT = 64 * 2**20
+
+
+@lru_cache(maxsize=None)
+def path_fingerprint(path: str) -> str:
+    """A hash of a local model folder or file, computed once per process.
+
+    Every file (hidden files such as Snakemake's timestamp aside) contributes its relative path and
+    size, plus its content hash when it is at most 64 MiB, else its mtime. Configs, tokenizers and
+    small weights are thus compared by content (a rebuilt identical model still hits the cache),
+    and a retrained large model changes at least its weights' mtime.
+    """
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file.relative_to(root) if file != root else file.name}\0{stat.st_size}\0".encode())
+        if stat.st_size <= _HASH_LIMIT:
+            digest.update(hashlib.sha256(file.read_bytes()).digest())
+        else:
+            digest.update(str(stat.st_mtime_ns).encode())
+    return digest.hexdigest()[:16]
+
+
+def _local_model_path(name: str | None) -> str | None:
+    """A local folder or file for a model name: the path itself, or a hub snapshot already cached."""
+    if not name:
+        return None
+    if os.path.exists(name):
+        return name
+    try:  # a hub id: its cached snapshot (the folder name is the commit), never a download
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not a hub id, or not cached: the id alone keys the cache
+        return None
+
+
+def model_fingerprint(spec: ModelSpec) -> str:
+    """What identifies the model behind an entry beyond its name (see `cache_context`)."""
+    if spec.backend in STAND_IN_BACKENDS:
+        return "code:" + code_fingerprint(*backend_modules(spec.backend))
+    if spec.backend in IN_PROCESS_BACKENDS:
+        weights = spec.pretrained if spec.backend == "open_clip" else spec.model
+        path = _local_model_path(weights)
+        return f"files:{path_fingerprint(os.path.abspath(path))}" if path else f"id:{weights}"
+    return "remote"  # the endpoint's model name is all we can know
+
+
+def cache_context(spec: ModelSpec) -> dict[str, Any]:
+    """Besides backend, model and request, a cache key includes the entry's backend options and a
+    fingerprint of the model: a local model folder's files, or a stand-in's code."""
+    return {"options": spec.options, "fingerprint": model_fingerprint(spec)}

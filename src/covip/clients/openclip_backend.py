@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from covip.clients.base import BackendUnavailableError
-from covip.clients.registry import ModelSpec
-from covip.io import decode_image
+from covip.clients.spec import ModelSpec
+from covip.core.io import decode_image
 
 OPTION_DEFAULTS = {"batch_size": 32, "model_config": None, "cache_dir": None, "precision": "fp32", "background": (255, 255, 255)}
 

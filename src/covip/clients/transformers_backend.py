@@ -2,7 +2,7 @@
 
 The registry entry's `model` is a local model folder (or a hub id already in the local cache; runs
 never download). Any image-text-to-text model whose processor has a chat template works, e.g.
-Qwen2.5-VL, Qwen3-VL, or the tiny random model of `covip.tiny_vlm`; a text-only causal LM works for
+Qwen2.5-VL, Qwen3-VL, or the tiny random model of `covip.local.tiny_vlm`; a text-only causal LM works for
 requests without images. `device: auto` means the first GPU when torch sees one, else the CPU.
 
 `options` (all optional):
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from covip.clients.base import BackendUnavailableError, ChatRequest, ChatResponse, ImagePart, TextPart, Usage
-from covip.io import decode_image
-from covip.seeding import derive_seed
+from covip.core.io import decode_image
+from covip.core.seeding import derive_seed
 
 OPTION_DEFAULTS: dict[str, Any] = {"dtype": "auto", "batch_size": 8, "max_new_tokens": 512, "attn_implementation": None}
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -195,7 +195,7 @@ class TransformersChatModel:
         except (OSError, ValueError, ImportError) as error:
             raise BackendUnavailableError(
                 f"models.{spec.name}: cannot load '{spec.model}' with transformers: {error}. `model` must be a local "
-                "folder (e.g. one made by `python -m covip.tiny_vlm DIR`) or a hub id already in the local cache"
+                "folder (e.g. one made by `python -m covip.local.tiny_vlm DIR`) or a hub id already in the local cache"
             ) from error
         self.model = model.to(self.device).eval()
         # The tokenizer is the processor itself for text-only models.

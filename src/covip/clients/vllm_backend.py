@@ -66,7 +66,7 @@ def image_content_part(part: ImagePart, image_format: str, where: str = "image")
         url = f"data:{part.mime};base64,{base64.b64encode(part.data).decode('ascii')}"
         return {"type": "image_url", "image_url": {"url": url}}
     if image_format == "pil":
-        from covip.io import decode_image
+        from covip.core.io import decode_image
 
         return {"type": "image_pil", "image_pil": decode_image(part.data, where).convert("RGB")}
     raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")

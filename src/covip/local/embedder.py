@@ -25,8 +25,8 @@ from skimage.color import rgb2lab
 from skimage.feature import hog
 from skimage.measure import moments_central, moments_hu, moments_normalized
 
-from covip.clients.registry import ModelSpec
-from covip.io import decode_image
+from covip.clients.spec import ModelSpec
+from covip.core.io import decode_image
 
 DEFAULT_WEIGHTS = {"color": 0.5, "texture": 0.3, "shape": 0.2}
 OPTION_DEFAULTS = {"size": 64, "weights": {}, "mask_threshold": 0.5}

@@ -22,9 +22,9 @@ import random
 import re
 
 from covip.clients.base import ChatRequest, ChatResponse, Usage
-from covip.local.facts import alternative_fact_texts, fact_family, fake_first_names, infer_category
-from covip.seeding import pyrandom_for
-from covip.schemas import NONE_OPTION
+from covip.content.facts import alternative_fact_texts, fact_family, fake_first_names, infer_category
+from covip.core.seeding import pyrandom_for
+from covip.core.schemas import NONE_OPTION
 
 _OPTIONS = {"malformed_rate": 0.0, "error_rate": 0.0, "format_variety": True}
 

@@ -40,8 +40,8 @@ import json
 import re
 
 from covip.clients.base import ChatRequest, ChatResponse, Usage
-from covip.seeding import pyrandom_for
-from covip.text import content_tokens
+from covip.core.seeding import pyrandom_for
+from covip.core.text import content_tokens
 
 _OPTIONS = {"support_threshold": 0.6, "answer_style": "letter", "garble_rate": 0.0, "error_rate": 0.0}
 ANSWER_STYLES = ("letter", "varied")

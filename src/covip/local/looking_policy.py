@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from covip.clients.base import ChatRequest, ChatResponse, Usage
-from covip.io import decode_image
+from covip.core.io import decode_image
 from covip.local.pixel_verifier import PixelVerifier
 from covip.local.reference_policies import OraclePolicy, ReferencePolicyError, _dialogues
 

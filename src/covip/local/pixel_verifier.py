@@ -48,8 +48,8 @@ from PIL import Image, ImageFilter
 from scipy import fft as sfft
 
 from covip.clients.base import ChatRequest, ChatResponse
-from covip.clients.registry import ModelSpec
-from covip.io import decode_image
+from covip.clients.spec import ModelSpec
+from covip.core.io import decode_image
 
 DEFAULT_OPTIONS = {
     "threshold": 0.68,

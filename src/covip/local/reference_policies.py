@@ -32,8 +32,8 @@ import re
 from collections.abc import Mapping, Sequence
 
 from covip.clients.base import ChatRequest, ChatResponse, Usage
-from covip.local.facts import fact_family
-from covip.text import content_tokens
+from covip.content.facts import fact_family
+from covip.core.text import content_tokens
 
 DONT_KNOW = "I don't know."
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from itertools import combinations
 
-from covip.stages.capeval import LETTERS
+from covip.core.schemas import OPTION_LETTERS
 
 ALL = "all"
 
@@ -35,7 +35,7 @@ def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float | None:
         return None
     from sklearn.metrics import cohen_kappa_score
 
-    return float(cohen_kappa_score(list(a), list(b), labels=sorted(set(a) | set(b) | set(LETTERS))))
+    return float(cohen_kappa_score(list(a), list(b), labels=sorted(set(a) | set(b) | set(OPTION_LETTERS))))
 
 
 def _key(row: Mapping) -> tuple:

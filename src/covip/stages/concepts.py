@@ -3,7 +3,7 @@
 Three sources:
 
 - `builtin`: real photographs bundled with scikit-image plus seeded drawings (see
-  `covip.local.concept_art`); no files, no network.
+  `covip.content.concept_art`); no files, no network.
 - `folder`: a directory with one sub-folder per category, each holding image files.
 - `manifest`: a CSV with columns `path,category` and optional `concept_id`, `name`, `kind`; relative
   paths are resolved against the manifest's own folder.
@@ -25,9 +25,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from covip.io import BadImageError, encode_png, load_image_file
-from covip.local import concept_art
-from covip.seeding import derive_seed, rng_for
+from covip.core.io import BadImageError, encode_png, load_image_file
+from covip.content import concept_art
+from covip.core.seeding import derive_seed, rng_for
 
 SOURCES = ("builtin", "folder", "manifest")
 PHOTO_MASKS = ("ellipse", "full")

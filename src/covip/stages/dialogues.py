@@ -1,7 +1,7 @@
 """Stage 5: one short user/assistant dialogue per (sample, context concept), written from facts.
 
 Facts come first: for every context concept of every sample we draw a few objective facts
-(covip.local.facts), ask the dialogue writer to turn them into a 6-turn chat that uses the concept's
+(covip.content.facts), ask the dialogue writer to turn them into a 6-turn chat that uses the concept's
 name, and check the result: turn count and order, the name, and that the facts made it in. A chat
 that fails the check is sent back once or twice with the problem spelled out; after the last attempt
 the row is kept with status 'failed' and the reason, so nothing disappears silently.
@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from covip.clients.base import ChatModel, ChatRequest, ChatResponse, ImagePart, Message
-from covip.clients.registry import run_concurrently
-from covip.io import decode_image
-from covip.local.facts import CATEGORIES, FACT_KINDS, fact_family, sample_facts
+from covip.clients.base import ChatRequest, ImagePart, Message
+from covip.clients.cached import CachedChatModel
+from covip.content.facts import CATEGORIES, FACT_KINDS, fact_family, fact_lists, format_facts, sample_facts
+from covip.core.io import decode_image
+from covip.core.reliability import FailureReport, failure_report
+from covip.core.seeding import derive_seed
+from covip.core.settings import ModelStageSettings
+from covip.core.text import token_coverage
 from covip.prompts import PromptBook
-from covip.reliability import FailureReport, failure_report, validate_max_failure_rate
-from covip.seeding import derive_seed
-from covip.text import token_coverage
+from covip.protocol.judging import Outcome, ask_with_repair, reasked, repaired
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,10 @@ _SPEAKER_ROLE = {"user": USER, "model": MODEL, "assistant": MODEL, "ai": MODEL}
 
 
 @dataclass
-class DialogueSettings:
+class DialogueSettings(ModelStageSettings):
     """Settings of stage 5 (config section `dialogues`)."""
+
+    section = "dialogues"
 
     facts_per_dialogue: int = field(
         default=3, metadata={"help": "objective facts drawn per dialogue (distinct kinds while there are enough)"}
@@ -62,17 +65,9 @@ class DialogueSettings:
     max_attempts: int = field(
         default=3, metadata={"help": "model calls per dialogue (first try plus repair requests) before the row fails"}
     )
-    concurrency: int | None = field(
-        default=None, metadata={"help": "parallel requests; default: the writer model's registry concurrency"}
-    )
-    max_failure_rate: float = field(
-        default=0.2,
-        metadata={"help": "the stage fails (writes nothing, prints a summary) when more than this share of its rows "
-                          "failed after all attempts; finished calls stay cached, so a rerun repeats none"},
-    )
 
     def __post_init__(self):
-        validate_max_failure_rate(self.max_failure_rate, "dialogues")
+        super().__post_init__()
         if self.facts_per_dialogue < 1:
             raise ValueError(f"dialogues.facts_per_dialogue must be >= 1, got {self.facts_per_dialogue}")
         if self.num_turns < 2 or self.num_turns % 2:
@@ -88,10 +83,6 @@ class DialogueSettings:
             )
         if not 0.0 < self.fact_match_threshold <= 1.0:
             raise ValueError(f"dialogues.fact_match_threshold must be in (0, 1], got {self.fact_match_threshold}")
-        if self.max_attempts < 1:
-            raise ValueError(f"dialogues.max_attempts must be >= 1, got {self.max_attempts}")
-        if self.concurrency is not None and self.concurrency < 1:
-            raise ValueError(f"dialogues.concurrency must be >= 1 or null, got {self.concurrency}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -170,76 +161,7 @@ def validate_dialogue(
 
 
 # ---------------------------------------------------------------------------------------------------
-# Asking with repair (also used by stage 6)
-
-
-@dataclass
-class Outcome:
-    """What came of asking a model until its answer passed a check."""
-
-    value: object | None
-    attempts: int
-    raw: str | None
-    failure: str | None  # '<code>: <detail>' when every attempt failed
-
-    @property
-    def ok(self) -> bool:
-        return self.failure is None
-
-
-def ask_with_repair(
-    writer: ChatModel,
-    request: ChatRequest,
-    check: Callable[[str], tuple[object | None, list[str]]],
-    repair_text: Callable[[list[str]], str],
-    max_attempts: int,
-    seed_keys: tuple,
-) -> Outcome:
-    """Send `request`; while `check(text)` reports problems, send them back and ask again.
-
-    A repair keeps the conversation (first request, the model's answer, then the problem), so a real
-    model sees what it wrote. A call that errored counts as an attempt and is retried as it was.
-    Every attempt carries its number in `task` and its own seed, so stand-ins and sampled models
-    answer it afresh instead of repeating themselves.
-    """
-    messages = request.messages
-    problems: list[str] = []
-    raw: str | None = None
-    code = "invalid_output"
-    for attempt in range(1, max_attempts + 1):
-        task = dict(request.task or {}, attempt=attempt)
-        current = ChatRequest(
-            messages, request.sampling, request.response_schema, task, derive_seed(*seed_keys, attempt) % (2**31)
-        )
-        response: ChatResponse = writer.complete(current)
-        if not response.ok:
-            code, problems = "model_error", [response.error or "the model returned no text"]
-            continue
-        raw = response.text
-        value, problems = check(raw)
-        if not problems:
-            return Outcome(value, attempt, raw, None)
-        code = "invalid_output"
-        messages = request.messages + (Message.assistant(raw), Message.user(repair_text(problems)))
-    detail = "; ".join(problems)
-    return Outcome(None, max_attempts, raw, f"{code}: {detail} (after {max_attempts} attempt(s))")
-
-
-def writer_concurrency(writer: ChatModel, override: int | None) -> int:
-    """Parallel requests: the stage override, else the model's registry `concurrency`, else 1."""
-    if override is not None:
-        return override
-    spec = getattr(writer, "spec", None)
-    return int(getattr(spec, "concurrency", 1) or 1)
-
-
-# ---------------------------------------------------------------------------------------------------
 # The stage
-
-
-def format_facts(facts: list[dict]) -> str:
-    """Facts as prompt lines: '- (kind) text'."""
-    return "\n".join(f"- ({fact['kind']}) {fact['text']}" for fact in facts)
 
 
 def _concept_lookup(concepts_rows: list[dict]) -> dict[str, tuple[int, dict]]:
@@ -258,20 +180,25 @@ def _concept_lookup(concepts_rows: list[dict]) -> dict[str, tuple[int, dict]]:
 def write_dialogues(
     contexts_rows: list[dict],
     concepts_rows: list[dict],
-    writer: ChatModel,
+    writer: CachedChatModel,
     prompts: PromptBook,
     settings: DialogueSettings,
     seed: int,
     progress_file=None,
+    facts_path: str | None = None,
 ) -> list[dict]:
     """Write one dialogue per (sample, context concept); returns rows of schemas.DIALOGUES.
 
     Rows come out in context order (sample by sample, context index by index), failed ones included
-    with their reason, the last raw output and the number of attempts.
+    with their reason, the last raw output and the number of attempts. All first attempts go to the
+    writer together, then all repairs (`covip.protocol.judging.ask_with_repair`). `facts_path`
+    replaces the packaged fact word lists (the config's `content.facts`).
     """
+    lists = fact_lists(facts_path)
     concepts = _concept_lookup(concepts_rows)
     for category in sorted({row["category"] for _, row in concepts.values()} - set(CATEGORIES)):
-        log.info("category '%s' has no fact lists of its own; drawing facts from the '%s' lists", category, fact_family(category))
+        log.info("category '%s' has no fact lists of its own; drawing facts from the '%s' lists", category,
+                 fact_family(category, lists))
     checked_images: set[str] = set()
     jobs = []
     for row_index, context in enumerate(contexts_rows):
@@ -290,18 +217,27 @@ def write_dialogues(
                 # Fail here, naming the row, rather than inside a model backend with a vaguer error.
                 decode_image(concept.get("image"), f"concepts row {concept_index} (concept_id={concept_id}) field 'image'")
                 checked_images.add(concept_id)
-            facts = sample_facts(concept, seed, sample_id, settings.facts_per_dialogue, tuple(settings.fact_kinds))
+            facts = sample_facts(concept, seed, sample_id, settings.facts_per_dialogue, tuple(settings.fact_kinds), lists)
             jobs.append((sample_id, context_index, concept, facts))
 
-    def run(job) -> dict:
-        sample_id, context_index, concept, facts = job
-        return _write_one(sample_id, context_index, concept, facts, writer, prompts, settings, seed)
+    requests, checks, repairs = [], [], []
+    for sample_id, context_index, concept, facts in jobs:
+        request, check, repair = _dialogue_task(sample_id, concept, facts, prompts, settings, seed)
+        requests.append(request)
+        checks.append(check)
+        repairs.append(repair)
 
-    return list(
-        run_concurrently(
-            run, jobs, concurrency=writer_concurrency(writer, settings.concurrency), desc="dialogues", file=progress_file
-        )
-    )
+    def next_request(index, attempt, previous, response, problems):
+        sample_id, _, concept, _ = jobs[index]
+        retry_seed = _attempt_seed(seed, sample_id, concept, attempt)
+        if response.ok:
+            return repaired(requests[index], response.text, repairs[index](problems), attempt=attempt, seed=retry_seed)
+        return reasked(previous, attempt=attempt, seed=retry_seed)
+
+    outcomes = ask_with_repair(writer, requests, lambda index, text: checks[index](text), next_request,
+                               settings.max_attempts, desc="dialogues", progress_file=progress_file,
+                               concurrency=settings.concurrency)
+    return [_dialogue_row(job, outcome, writer) for job, outcome in zip(jobs, outcomes)]
 
 
 def dialogue_failures(rows: list[dict]) -> FailureReport:
@@ -309,7 +245,12 @@ def dialogue_failures(rows: list[dict]) -> FailureReport:
     return failure_report(rows, "dialogues")
 
 
-def _write_one(sample_id, context_index, concept, facts, writer, prompts, settings, seed) -> dict:
+def _attempt_seed(seed: int, sample_id: str, concept: dict, attempt: int) -> int:
+    return derive_seed(seed, "dialogue", sample_id, concept["concept_id"], attempt) % (2**31)
+
+
+def _dialogue_task(sample_id, concept, facts, prompts: PromptBook, settings: DialogueSettings, seed: int):
+    """The first request for one dialogue, the check of a reply and the repair text for its problems."""
     name, category = concept["name"], concept["category"]
     prompt = prompts.render(
         "dialogue_writer",
@@ -326,7 +267,9 @@ def _write_one(sample_id, context_index, concept, facts, writer, prompts, settin
             "category": category,
             "facts": [dict(fact) for fact in facts],
             "num_turns": settings.num_turns,
+            "attempt": 1,
         },
+        seed=_attempt_seed(seed, sample_id, concept, 1),
     )
 
     def check(text: str):
@@ -350,14 +293,16 @@ def _write_one(sample_id, context_index, concept, facts, writer, prompts, settin
             num_turns=settings.num_turns,
         )
 
-    outcome = ask_with_repair(
-        writer, request, check, repair, settings.max_attempts, (seed, "dialogue", sample_id, concept["concept_id"])
-    )
+    return request, check, repair
+
+
+def _dialogue_row(job, outcome: Outcome, writer: CachedChatModel) -> dict:
+    sample_id, context_index, concept, facts = job
     return {
         "sample_id": sample_id,
         "concept_id": concept["concept_id"],
         "context_index": context_index,
-        "name": name,
+        "name": concept["name"],
         "facts": [dict(fact) for fact in facts],
         "turns": outcome.value if outcome.ok else None,
         "dialogue": render_dialogue(outcome.value) if outcome.ok else None,

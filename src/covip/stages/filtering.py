@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from covip.clients.base import ChatModel, ChatRequest, ImagePart, Message, TextPart
-from covip.clients.registry import run_concurrently
-from covip.io import BadImageError, decode_image
+from covip.core.concurrency import run_concurrently
+from covip.core.io import BadImageError, decode_image
 from covip.prompts import PromptBook, fill_section
 
 FIDELITY_PROMPT = "visual_fidelity"

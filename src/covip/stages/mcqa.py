@@ -16,18 +16,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from covip.clients.base import ChatModel, ChatRequest, Message
-from covip.clients.registry import run_concurrently
-from covip.local.facts import normalize_text
+from covip.clients.base import ChatRequest, Message
+from covip.clients.cached import CachedChatModel
+from covip.content.facts import format_facts
 from covip.prompts import PromptBook
-from covip.reliability import FailureReport, failure_report, validate_max_failure_rate
-from covip.schemas import NONE_OPTION
-from covip.seeding import rng_for
-from covip.stages.dialogues import ask_with_repair, format_facts, writer_concurrency
-from covip.text import token_coverage
+from covip.core.reliability import FailureReport, failure_report
+from covip.core.schemas import ANSWER_LETTERS, NONE_OPTION, OPTION_LETTERS
+from covip.core.settings import ModelStageSettings
+from covip.core.seeding import derive_seed, rng_for
+from covip.core.text import normalize_text, token_coverage
+from covip.protocol.judging import Outcome, ask_with_repair, reasked, repaired
 
-ANSWER_LETTERS = ("A", "B", "C")
-OPTION_LETTERS = ("A", "B", "C", "D")
 
 _LIST_KEYS = ("questions", "qa", "qas", "mcqa", "items")
 _ANSWER_KEYS = ("answer", "correct_answer", "correct", "correct_option")
@@ -42,8 +41,10 @@ class MCQAParseError(ValueError):
 
 
 @dataclass
-class MCQASettings:
+class MCQASettings(ModelStageSettings):
     """Settings of stage 6 (config section `mcqa`)."""
+
+    section = "mcqa"
 
     questions_per_dialogue: int = field(default=3, metadata={"help": "questions per dialogue (SPEC: 3)"})
     max_attempts: int = field(
@@ -56,25 +57,13 @@ class MCQASettings:
             "below it the question is flagged supported=False"
         },
     )
-    concurrency: int | None = field(
-        default=None, metadata={"help": "parallel requests; default: the writer model's registry concurrency"}
-    )
-    max_failure_rate: float = field(
-        default=0.2,
-        metadata={"help": "the stage fails (writes nothing, prints a summary) when more than this share of its rows "
-                          "failed after all attempts; finished calls stay cached, so a rerun repeats none"},
-    )
 
     def __post_init__(self):
-        validate_max_failure_rate(self.max_failure_rate, "mcqa")
+        super().__post_init__()
         if self.questions_per_dialogue < 1:
             raise ValueError(f"mcqa.questions_per_dialogue must be >= 1, got {self.questions_per_dialogue}")
-        if self.max_attempts < 1:
-            raise ValueError(f"mcqa.max_attempts must be >= 1, got {self.max_attempts}")
         if not 0.0 < self.support_threshold <= 1.0:
             raise ValueError(f"mcqa.support_threshold must be in (0, 1], got {self.support_threshold}")
-        if self.concurrency is not None and self.concurrency < 1:
-            raise ValueError(f"mcqa.concurrency must be >= 1 or null, got {self.concurrency}")
 
 
 def response_schema(n: int) -> dict:
@@ -313,7 +302,7 @@ def is_supported(option_text: str, dialogue: str, threshold: float = 0.5) -> boo
 
 def write_mcqas(
     dialogues_rows: list[dict],
-    writer: ChatModel,
+    writer: CachedChatModel,
     prompts: PromptBook,
     settings: MCQASettings,
     seed: int,
@@ -322,7 +311,8 @@ def write_mcqas(
     """Write, check and shuffle the questions of every dialogue; returns rows of schemas.MCQAS.
 
     One row per dialogue row, in the same order. A failed dialogue gives a failed row with reason
-    'dialogue_failed' and no model call.
+    'dialogue_failed' and no model call. All first requests go to the writer together, then all
+    repairs (`covip.protocol.judging.ask_with_repair`).
     """
     for index, row in enumerate(dialogues_rows):
         if row.get("status") == "ok" and not row.get("dialogue"):
@@ -330,15 +320,32 @@ def write_mcqas(
                 f"dialogues row {index} (sample_id={row.get('sample_id')}, concept_id={row.get('concept_id')}) "
                 "field 'dialogue' is empty although status is 'ok'"
             )
+    asked = [index for index, row in enumerate(dialogues_rows) if row.get("status") == "ok"]
+    n = settings.questions_per_dialogue
+    requests = [_first_request(dialogues_rows[index], prompts, n, seed) for index in asked]
 
-    def run(row: dict) -> dict:
-        return _write_one(row, writer, prompts, settings, seed)
+    def check(position: int, text: str):
+        try:
+            questions = parse_mcqa_json(text)
+        except MCQAParseError as error:
+            return None, [str(error)]
+        return questions, validate_questions(questions, n)
 
-    return list(
-        run_concurrently(
-            run, dialogues_rows, concurrency=writer_concurrency(writer, settings.concurrency), desc="mcqas", file=progress_file
-        )
-    )
+    def next_request(position, attempt, previous, response, problems):
+        retry_seed = _attempt_seed(seed, dialogues_rows[asked[position]], attempt)
+        if response.ok:
+            repair = prompts.render("mcqa_repair", problem="; ".join(problems), n=n, none_option=NONE_OPTION)
+            return repaired(requests[position], response.text, repair, attempt=attempt, seed=retry_seed)
+        return reasked(previous, attempt=attempt, seed=retry_seed)
+
+    outcomes = ask_with_repair(writer, requests, check, next_request, settings.max_attempts, desc="mcqas",
+                               progress_file=progress_file, concurrency=settings.concurrency)
+    outcome_of = dict(zip(asked, outcomes))
+    return [
+        _mcqa_row(row, outcome_of[index], writer, settings, seed) if index in outcome_of else
+        _row(row, writer, questions=None, status="failed", failure_reason="dialogue_failed", attempts=0, raw_response=None)
+        for index, row in enumerate(dialogues_rows)
+    ]
 
 
 def mcqa_failures(rows: list[dict]) -> FailureReport:
@@ -346,7 +353,7 @@ def mcqa_failures(rows: list[dict]) -> FailureReport:
     return failure_report(rows, "mcqa", counted=lambda row: row.get("failure_reason") != "dialogue_failed")
 
 
-def _row(dialogue_row: dict, writer: ChatModel, **fields) -> dict:
+def _row(dialogue_row: dict, writer: CachedChatModel, **fields) -> dict:
     return {
         "sample_id": dialogue_row["sample_id"],
         "concept_id": dialogue_row["concept_id"],
@@ -356,46 +363,28 @@ def _row(dialogue_row: dict, writer: ChatModel, **fields) -> dict:
     }
 
 
-def _write_one(row: dict, writer: ChatModel, prompts: PromptBook, settings: MCQASettings, seed: int) -> dict:
-    if row.get("status") != "ok":
-        return _row(
-            row, writer, questions=None, status="failed", failure_reason="dialogue_failed", attempts=0, raw_response=None
-        )
-    n = settings.questions_per_dialogue
+def _attempt_seed(seed: int, row: dict, attempt: int) -> int:
+    return derive_seed(seed, "mcqa", row["sample_id"], row["concept_id"], attempt) % (2**31)
+
+
+def _first_request(row: dict, prompts: PromptBook, n: int, seed: int) -> ChatRequest:
     facts = [dict(fact) for fact in row.get("facts") or []]
     dialogue = row["dialogue"]
     prompt = prompts.render(
         "mcqa_writer", concept_name=row["name"], dialogue=dialogue, facts=format_facts(facts), n=n, none_option=NONE_OPTION
     )
-    request = ChatRequest(
+    return ChatRequest(
         (Message.user(prompt),),
         response_schema=response_schema(n),
-        task={"kind": "mcqa", "name": row["name"], "facts": facts, "dialogue": dialogue, "n": n},
+        task={"kind": "mcqa", "name": row["name"], "facts": facts, "dialogue": dialogue, "n": n, "attempt": 1},
+        seed=_attempt_seed(seed, row, 1),
     )
 
-    def check(text: str):
-        try:
-            questions = parse_mcqa_json(text)
-        except MCQAParseError as error:
-            return None, [str(error)]
-        return questions, validate_questions(questions, n)
 
-    def repair(problems: list[str]) -> str:
-        return prompts.render("mcqa_repair", problem="; ".join(problems), n=n, none_option=NONE_OPTION)
-
-    outcome = ask_with_repair(
-        writer, request, check, repair, settings.max_attempts, (seed, "mcqa", row["sample_id"], row["concept_id"])
-    )
+def _mcqa_row(row: dict, outcome: Outcome, writer: CachedChatModel, settings: MCQASettings, seed: int) -> dict:
     if not outcome.ok:
-        return _row(
-            row,
-            writer,
-            questions=None,
-            status="failed",
-            failure_reason=outcome.failure,
-            attempts=outcome.attempts,
-            raw_response=outcome.raw,
-        )
+        return _row(row, writer, questions=None, status="failed", failure_reason=outcome.failure,
+                    attempts=outcome.attempts, raw_response=outcome.raw)
     questions = []
     for index, question in enumerate(outcome.value):
         rng = rng_for(seed, "mcqa-shuffle", row["sample_id"], row["concept_id"], index)
@@ -407,10 +396,9 @@ def _write_one(row: dict, writer: ChatModel, prompts: PromptBook, settings: MCQA
                 "options": dict(shuffled["options"]),
                 "answer": shuffled["answer"],
                 "supported": is_supported(
-                    shuffled["options"][shuffled["answer"]], dialogue, settings.support_threshold
+                    shuffled["options"][shuffled["answer"]], row["dialogue"], settings.support_threshold
                 ),
             }
         )
-    return _row(
-        row, writer, questions=questions, status="ok", failure_reason="", attempts=outcome.attempts, raw_response=None
-    )
+    return _row(row, writer, questions=questions, status="ok", failure_reason="", attempts=outcome.attempts,
+                raw_response=None)

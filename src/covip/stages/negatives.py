@@ -18,8 +18,8 @@ import numpy as np
 from tqdm import tqdm
 
 from covip.clients.base import ImageEmbedder
-from covip.io import decode_image
-from covip.seeding import rng_for
+from covip.core.io import decode_image
+from covip.core.seeding import rng_for
 
 
 class NegativesError(ValueError):

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from covip.io import decode_image, encode_png
-from covip.seeding import derive_seed
+from covip.core.io import decode_image, encode_png
+from covip.core.seeding import derive_seed
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from covip.clients.base import ImageGenerator, ImagePart, ImageRequest
-from covip.clients.registry import run_concurrently
+from covip.core.concurrency import run_concurrently
 from covip.prompts import PromptBook
-from covip.seeding import derive_seed, rng_for
+from covip.core.seeding import derive_seed, rng_for
 
 MAX_POSITIVES = 4
 

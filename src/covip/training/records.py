@@ -4,7 +4,7 @@ Each record is ``{"prompt": [one user message], "images": [PIL images], "task": 
 "sample_id": str}``. The user message's content interleaves ``{"type": "text"}`` and
 ``{"type": "image"}`` parts; TRL fills the image placeholders from ``images`` in order.
 
-The `caption` prompt is exactly the evaluation prompt (`covip.stages.captioning.build_caption_request`),
+The `caption` prompt is exactly the evaluation prompt (`covip.protocol.requests.build_caption_request`),
 so the policy is trained on what it is scored on. `multi_vision` and `joint` keep that context layout
 and swap the final instruction; `vision` shows one context concept's photo and the query photo. The
 task types and their truth:
@@ -27,8 +27,8 @@ from PIL import Image
 
 from covip.clients.base import ChatRequest, ImagePart, Message, TextPart
 from covip.prompts import PromptBook
-from covip.seeding import pyrandom_for
-from covip.stages.captioning import _image_part, build_caption_request
+from covip.core.seeding import pyrandom_for
+from covip.protocol.requests import build_caption_request, image_part
 
 TRAIN_PROMPT = "train_tasks"
 
@@ -111,9 +111,9 @@ def build_record(row: Mapping, task: str, prompts: PromptBook, *, seed: int, whe
         name = str(names[k])
         parts = (
             TextPart(sections["vision_first"].substitute(name=name).strip()),
-            _image_part(images[k], f"{here} field 'context_images'[{k}]"),
+            image_part(images[k], f"{here} field 'context_images'[{k}]"),
             TextPart(sections["vision_second"].substitute().strip()),
-            _image_part(row.get("query_image"), f"{here} field 'query_image'"),
+            image_part(row.get("query_image"), f"{here} field 'query_image'"),
             TextPart(sections["vision_question"].substitute(name=name).strip()),
         )
         return _record(ChatRequest((Message("user", parts),)), task, {"present": k in positives}, sample_id)

@@ -1,15 +1,15 @@
 """GSPO rewards (SPEC section 4) as plain functions, plus the TRL-shaped wrappers around them.
 
-The scoring functions take one completion and its ground truth and return a float:
+The scores per task (the shared ones are metrics of `covip.core.metrics`):
 
-- `boxed_f1`     `multi_vision`: set F1 between the indices in the last ``\\boxed{[...]}`` and the truth;
-                 0 when there is no readable box (missing, empty, or not a list of integers).
-- `yes_no_reward` `vision`: 1 when the reply's first yes/no word matches the truth, else 0.
-- `caption_score` `caption`: (1/3)·#positive questions answered correctly − #negative questions not
-                 answered D / #negative questions, from judge letters; −1 if the caption degenerates
-                 (`is_degenerate`) or is longer than the token limit.
-- `joint_score`  the paper's form r = r_vis + r_caps (r_caps = #correct positives − #negatives not
-                 D), −1 when the caption degenerates or runs past the limit.
+- `multi_vision`: `boxed_index_f1`, the set F1 between the indices in the last ``\\boxed{[...]}``
+  and the truth; 0 when there is no readable box (missing, empty, or not a list of integers).
+- `vision`: `yes_no_reward`, 1 when the reply's first yes/no word matches the truth, else 0.
+- `caption`: `caption_score`, (1/3)·#positive questions answered correctly − #negative questions not
+  answered D / #negative questions, from judge letters; −1 if the caption degenerates
+  (`is_degenerate`, here) or is longer than the token limit.
+- `joint`: the paper's form r = r_vis + r_caps (`joint_caption_score`: #correct positives −
+  #negatives not D), −1 when the caption degenerates or runs past the limit.
 
 `RewardSuite` turns them into TRL reward functions (``f(prompts, completions, completion_ids,
 **columns) -> list[float | None]``). Each returns None for rows of another task type, so TRL's
@@ -25,59 +25,13 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from covip.core.metrics import boxed_index_f1, caption_score, joint_caption_score
+from covip.core.schemas import NONE_LETTER
+from covip.core.text import strip_boxed
 from covip.prompts import PromptBook
-from covip.stages.capeval import NONE_LETTER, build_judge_request, judge_seed, parse_judge_letter
+from covip.protocol.judging import build_judge_request, judge_seed, parse_judge_letter
 
 TASKS = ("caption", "multi_vision", "vision", "joint")
-# The authors' caption reward counts each correct positive answer as 1/3 (three questions per concept).
-POSITIVE_WEIGHT = 1.0 / 3.0
-
-# ---------------------------------------------------------------------------------------------------
-# multi_vision: \boxed{[...]} indices
-
-_BOXED = re.compile(r"\\boxed\{(.*?)\}(?!\})", re.DOTALL)
-
-
-def parse_boxed_indices(text: str | None) -> set[int] | None:
-    """The integer set in the LAST ``\\boxed{...}`` of `text`, or None when there is none readable.
-
-    ``\\boxed{[1, 3]}``, ``\\boxed{1,3}`` and ``\\boxed{[]}`` (the empty set) are readable;
-    ``\\boxed{}``, ``\\boxed{[1, x]}`` and a missing box are not.
-    """
-    if not text:
-        return None
-    boxes = _BOXED.findall(text)
-    if not boxes:
-        return None
-    inner = boxes[-1].strip()
-    if inner.startswith("[") and inner.endswith("]"):
-        inner = inner[1:-1].strip()
-    elif not inner:
-        return None
-    if not inner:
-        return set()
-    items = [item.strip() for item in inner.split(",")]
-    if not all(re.fullmatch(r"[+-]?\d+", item) for item in items):
-        return None
-    return {int(item) for item in items}
-
-
-def set_f1(predicted: set[int], truth: set[int]) -> float:
-    """F1 of two index sets; two empty sets agree perfectly (1.0)."""
-    if not predicted and not truth:
-        return 1.0
-    hits = len(predicted & truth)
-    if hits == 0:
-        return 0.0
-    precision, recall = hits / len(predicted), hits / len(truth)
-    return 2 * precision * recall / (precision + recall)
-
-
-def boxed_f1(completion: str | None, truth: Sequence[int]) -> float:
-    """The `multi_vision` reward: set F1 of the boxed indices against `truth`, 0 if unreadable."""
-    predicted = parse_boxed_indices(completion)
-    return 0.0 if predicted is None else set_f1(predicted, {int(i) for i in truth})
-
 
 # ---------------------------------------------------------------------------------------------------
 # vision: yes / no
@@ -164,33 +118,6 @@ def is_degenerate(text: str | None) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------
-# caption and joint scores from judge letters
-
-
-def caption_score(positive_letters: Sequence[tuple[str, str]], negative_letters: Sequence[str]) -> float:
-    """The authors' caption reward from (judged, correct) letter pairs of positive questions and the
-    judged letters of negative questions: (1/3)·#correct − #negatives not D / #negatives."""
-    correct = sum(1 for judged, answer in positive_letters if judged == answer)
-    leaked = sum(1 for judged in negative_letters if judged != NONE_LETTER)
-    penalty = leaked / len(negative_letters) if negative_letters else 0.0
-    return POSITIVE_WEIGHT * correct - penalty
-
-
-def joint_caption_score(positive_letters: Sequence[tuple[str, str]], negative_letters: Sequence[str]) -> float:
-    """The paper's r_caps: #correct positive answers − #negative questions not answered D."""
-    correct = sum(1 for judged, answer in positive_letters if judged == answer)
-    return float(correct - sum(1 for judged in negative_letters if judged != NONE_LETTER))
-
-
-_BOX_SPAN = re.compile(r"\\boxed\{.*?\}(?!\})", re.DOTALL)
-
-
-def strip_boxed(text: str) -> str:
-    """The completion without its \\boxed{...} spans: the caption part of a joint answer."""
-    return _BOX_SPAN.sub(" ", text).strip()
-
-
-# ---------------------------------------------------------------------------------------------------
 # TRL reward functions
 
 
@@ -233,7 +160,7 @@ class RewardSuite:
     # TRL calls these with the batch's dataset columns as keyword lists.
     def multi_vision(self, prompts, completions, task, truth, **_) -> list[float | None]:
         return [
-            boxed_f1(completion_text(c), json.loads(t)["indices"]) if k == "multi_vision" else None
+            boxed_index_f1(completion_text(c), json.loads(t)["indices"]) if k == "multi_vision" else None
             for c, k, t in zip(completions, task, truth)
         ]
 
@@ -289,5 +216,5 @@ class RewardSuite:
                 rewards[row] = caption_score(pos, neg)
             else:
                 text = completion_text(completions[row])
-                rewards[row] = boxed_f1(text, gt["indices"]) + joint_caption_score(pos, neg)
+                rewards[row] = boxed_index_f1(text, gt["indices"]) + joint_caption_score(pos, neg)
         return rewards

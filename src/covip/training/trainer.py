@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from covip import schemas
-from covip.io import write_artifact
+from covip.core import schemas
+from covip.core.io import write_artifact
 from covip.prompts import PromptBook
 from covip.training.records import build_records, to_dataset
 from covip.training.rewards import RewardSuite

@@ -1,0 +1,317 @@
+"""Every built model is wrapped here: the shared response cache, rate limits and usage counters.
+
+`CachedChatModel.complete_many` is how every stage sends its requests: cached answers come from one
+bulk lookup, identical requests go out once, the rest are batched (in-process backends), sent as
+asyncio tasks (the openai backend) or on a thread pool, within the entry's concurrency and rate
+limits. Every answered request is committed to the cache the moment it returns, so a crash never
+loses a finished call; a failed call is counted and returned with `error` set, never cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from covip.clients.base import (
+    ChatModel,
+    ChatRequest,
+    ChatResponse,
+    ImageEmbedder,
+    ImageGenerator,
+    ImageRequest,
+    ImageResponse,
+    Usage,
+)
+from covip.clients.cache import ResponseCache, cache_context, request_key
+from covip.clients.ratelimit import RateLimiter, estimate_tokens
+from covip.clients.spec import ModelSpec
+
+
+@dataclass
+class UsageCounter:
+    requests: int = 0
+    cache_hits: int = 0
+    failures: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, *, cached: bool, failed: bool, usage: Usage, seconds: float) -> None:
+        with self._lock:
+            self.requests += 1
+            self.cache_hits += int(cached)
+            self.failures += int(failed)
+            self.prompt_tokens += usage.prompt_tokens
+            self.completion_tokens += usage.completion_tokens
+            self.seconds += seconds
+
+    def summary(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+
+def _error_response(model: str, error: BaseException) -> ChatResponse:
+    return ChatResponse(None, model, error=f"{type(error).__name__}: {error}")
+
+
+class CachedChatModel:
+    """Wraps a chat backend with the shared response cache, rate limits and usage counters.
+
+    Every answered request is committed to the cache the moment it returns, so a crash never loses
+    a finished call; a failed call is counted and returned with `error` set, never cached.
+    """
+
+    def __init__(self, spec: ModelSpec, inner: ChatModel, cache: ResponseCache | None, key_context: dict | None = None):
+        self.spec, self.inner, self.cache = spec, inner, cache
+        self.identity = spec.identity
+        self.usage = UsageCounter()
+        self.key_context = key_context if key_context is not None else cache_context(spec)
+        self.limiter = RateLimiter(spec.requests_per_minute, spec.tokens_per_minute)
+
+    def complete(self, request: ChatRequest) -> ChatResponse:
+        request = self._with_default_sampling(request)
+        key = self._key(request)
+        if (hit := self._cached(key)) is not None:
+            return hit
+        return self._call(request, key)
+
+    def _call(self, request: ChatRequest, key: str | None) -> ChatResponse:
+        """One real call: wait for the rate limit, call the backend, count and record the answer."""
+        self.limiter.wait(estimate_tokens(request))
+        start = time.perf_counter()
+        try:
+            response = self.inner.complete(request)
+        except Exception as error:  # noqa: BLE001 - recorded on the row, never hidden
+            response = _error_response(self.spec.model, error)
+        response.latency_s = time.perf_counter() - start
+        self._record(key, response)
+        return response
+
+    def complete_many(
+        self, requests: list[ChatRequest], *, desc: str = "requests", progress_file=None, concurrency: int | None = None
+    ) -> list[ChatResponse]:
+        """Answer many requests, results in input order.
+
+        Cached answers come from one bulk lookup; identical requests are sent once. The rest go to the
+        backend batched when it can batch (transformers, vLLM: `complete_batch`), as asyncio tasks
+        when it has an async client (openai: `acomplete`), else on a thread pool; concurrency is
+        bounded by `concurrency` (default: the registry entry's) and the entry's rate limits.
+        """
+        requests = [self._with_default_sampling(r) for r in requests]
+        keys = [self._key(r) for r in requests]
+        results: list[ChatResponse | None] = list(self._cached_many(keys))
+        # Identical requests (same key) are sent once; the copies are answered by the first.
+        first_of: dict[str, int] = {}
+        todo, copies = [], []
+        for index, result in enumerate(results):
+            if result is not None:
+                continue
+            key = keys[index]
+            if key is not None and key in first_of:
+                copies.append((index, first_of[key]))
+            else:
+                if key is not None:
+                    first_of[key] = index
+                todo.append(index)
+        bar = tqdm(total=len(requests), initial=len(requests) - len(todo) - len(copies), desc=desc,
+                   file=progress_file, mininterval=1.0, ascii=True)
+        workers = max(1, concurrency or self.spec.concurrency)
+        if todo:
+            if getattr(self.inner, "complete_batch", None) is not None:
+                self._run_batched(requests, keys, todo, results, bar)
+            elif getattr(self.inner, "acomplete", None) is not None and not _loop_running():
+                asyncio.run(self._run_async(requests, keys, todo, results, bar, workers))
+            else:
+                with ThreadPoolExecutor(max_workers=workers) as pool:
+                    futures = {index: pool.submit(self._call, requests[index], keys[index]) for index in todo}
+                    for index, future in futures.items():
+                        results[index] = future.result()
+                        bar.update()
+        for index, source in copies:
+            answer = results[source]
+            if answer is not None and answer.ok:
+                self.usage.add(cached=True, failed=False, usage=Usage(), seconds=0.0)
+                results[index] = ChatResponse(answer.text, answer.model, Usage(), cached=True)
+            else:
+                results[index] = answer
+            bar.update()
+        bar.close()
+        return results  # type: ignore[return-value]
+
+    def _run_batched(self, requests, keys, todo, results, bar) -> None:
+        size = max(1, int(self.spec.options.get("batch_size", 8)))
+        for start in range(0, len(todo), size):
+            chunk = todo[start : start + size]
+            for index in chunk:
+                self.limiter.wait(estimate_tokens(requests[index]))
+            began = time.perf_counter()
+            try:
+                answers = self.inner.complete_batch([requests[i] for i in chunk])
+            except Exception as error:  # noqa: BLE001 - the whole batch failed; record it per row
+                answers = [_error_response(self.spec.model, error) for _ in chunk]
+            elapsed = (time.perf_counter() - began) / max(1, len(chunk))
+            for index, response in zip(chunk, answers):
+                response.latency_s = response.latency_s or elapsed
+                self._record(keys[index], response)
+                results[index] = response
+            bar.update(len(chunk))
+
+    async def _run_async(self, requests, keys, todo, results, bar, workers: int) -> None:
+        """Send `todo` as asyncio tasks on one async client, at most `workers` in flight."""
+        gate = asyncio.Semaphore(workers)
+        async with self.inner.async_client(workers) as client:
+
+            async def one(index: int) -> None:
+                async with gate:
+                    await self.limiter.wait_async(estimate_tokens(requests[index]))
+                    start = time.perf_counter()
+                    try:
+                        response = await self.inner.acomplete(client, requests[index])
+                    except Exception as error:  # noqa: BLE001 - recorded on the row, never hidden
+                        response = _error_response(self.spec.model, error)
+                    response.latency_s = time.perf_counter() - start
+                    self._record(keys[index], response)  # committed now: a crash loses no finished call
+                    results[index] = response
+                    bar.update()
+
+            await asyncio.gather(*(one(index) for index in todo))
+
+    def _key(self, request: ChatRequest) -> str | None:
+        if self.cache is None:
+            return None
+        return request_key(self.spec.backend, self.spec.model, request, self.key_context)
+
+    def _cached(self, key: str | None) -> ChatResponse | None:
+        """A stored response for `key` (counted as a cache hit), or None."""
+        hit = self.cache.get(key) if key is not None else None
+        return None if hit is None else self._hit(hit[0])
+
+    def _cached_many(self, keys: list[str | None]) -> list[ChatResponse | None]:
+        if self.cache is None:
+            return [None] * len(keys)
+        found = self.cache.get_many([key for key in keys if key is not None])
+        return [self._hit(found[key][0]) if key in found else None for key in keys]
+
+    def _hit(self, payload: dict) -> ChatResponse:
+        self.usage.add(cached=True, failed=False, usage=Usage(), seconds=0.0)
+        return ChatResponse(payload["text"], payload["model"], Usage(**payload["usage"]), cached=True)
+
+    def _record(self, key: str | None, response: ChatResponse) -> None:
+        """Count a fresh response, and store it when it succeeded (failures are retried next run)."""
+        self.usage.add(cached=False, failed=not response.ok, usage=response.usage, seconds=response.latency_s)
+        if key is not None and response.ok:
+            usage = {"prompt_tokens": response.usage.prompt_tokens, "completion_tokens": response.usage.completion_tokens}
+            self.cache.put(key, self.spec.backend, self.spec.model, {"text": response.text, "model": response.model, "usage": usage})
+
+    def _with_default_sampling(self, request: ChatRequest) -> ChatRequest:
+        """The endpoint's sampling defaults from the registry, under what the stage asked for."""
+        if not self.spec.sampling:
+            return request
+        sampling = {**self.spec.sampling, **request.sampling}
+        return ChatRequest(request.messages, sampling, request.response_schema, request.task, request.seed)
+
+
+def _loop_running() -> bool:
+    """Whether this thread already runs an event loop (then asyncio.run cannot be used)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+class CachedImageGenerator:
+    def __init__(self, spec: ModelSpec, inner: ImageGenerator, cache: ResponseCache | None):
+        self.spec, self.inner, self.cache = spec, inner, cache
+        self.identity = spec.identity
+        self.usage = UsageCounter()
+        self.key_context = cache_context(spec)
+        self.limiter = RateLimiter(spec.requests_per_minute, spec.tokens_per_minute)
+
+    def generate(self, request: ImageRequest) -> ImageResponse:
+        key = request_key(self.spec.backend, self.spec.model, request, self.key_context) if self.cache is not None else None
+        if key is not None and (hit := self.cache.get(key)) is not None:
+            payload, blob = hit
+            self.usage.add(cached=True, failed=False, usage=Usage(), seconds=0.0)
+            return ImageResponse(blob, payload["model"], payload.get("text", ""), payload.get("layout"), cached=True)
+        self.limiter.wait(len(request.instruction) // 4)
+        start = time.perf_counter()
+        try:
+            response = self.inner.generate(request)
+        except Exception as error:  # noqa: BLE001
+            response = ImageResponse(None, self.spec.model, error=f"{type(error).__name__}: {error}")
+        response.latency_s = time.perf_counter() - start
+        self.usage.add(cached=False, failed=not response.ok, usage=response.usage, seconds=response.latency_s)
+        if key is not None and response.ok:
+            payload = {"model": response.model, "text": response.text, "layout": response.layout}
+            self.cache.put(key, self.spec.backend, self.spec.model, payload, response.image)
+        return response
+
+
+class CachedEmbedder:
+    """Wraps an image embedder with the response cache: one entry per (model, image content)."""
+
+    def __init__(self, spec: ModelSpec, inner: ImageEmbedder, cache: ResponseCache | None):
+        self.spec, self.inner, self.cache = spec, inner, cache
+        self.identity = getattr(inner, "identity", spec.identity)
+        self.usage = UsageCounter()
+        self.key_context = cache_context(spec)
+
+    def __getattr__(self, name: str):  # describe(), batch_size, ... of the wrapped embedder
+        if name == "inner":  # not set yet (e.g. while unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def _key(self, image: bytes) -> str:
+        blob = f"{self.spec.backend}\0{self.spec.model}\0{sorted(self.key_context.items())}\0".encode()
+        return "embed:" + hashlib.sha256(blob + hashlib.sha256(image).digest()).hexdigest()
+
+    def embed(self, images: list[bytes]) -> np.ndarray:
+        if self.cache is None:
+            vectors = self.inner.embed(images)
+            for _ in images:
+                self.usage.add(cached=False, failed=False, usage=Usage(), seconds=0.0)
+            return vectors
+        keys = [self._key(image) for image in images]
+        found = self.cache.get_many(keys)
+        missing = [i for i, key in enumerate(keys) if key not in found]
+        fresh: dict[int, np.ndarray] = {}
+        if missing:
+            start = time.perf_counter()
+            vectors = np.asarray(self.inner.embed([images[i] for i in missing]), dtype=np.float32)
+            seconds = (time.perf_counter() - start) / len(missing)
+            for row, index in enumerate(missing):
+                fresh[index] = vectors[row]
+                self.usage.add(cached=False, failed=False, usage=Usage(), seconds=seconds)
+                payload = {"dim": int(vectors.shape[1])}
+                self.cache.put(keys[index], self.spec.backend, self.spec.model, payload, vectors[row].tobytes())
+        rows = []
+        for index, key in enumerate(keys):
+            if index in fresh:
+                rows.append(fresh[index])
+            else:
+                self.usage.add(cached=True, failed=False, usage=Usage(), seconds=0.0)
+                rows.append(np.frombuffer(found[key][1], dtype=np.float32))
+        if not rows:
+            return np.asarray(self.inner.embed([]), dtype=np.float32)
+        return np.stack(rows).astype(np.float32, copy=False)
+
+
+def wrap(inner: ChatModel, *, name: str = "model", concurrency: int = 1) -> CachedChatModel:
+    """A model that is not in the registry (a test double, a user's own ChatModel) with the same
+    batch interface and accounting as a registry model, and no cache."""
+    if isinstance(inner, CachedChatModel):
+        return inner
+    spec = ModelSpec(name=name, backend="external", model=getattr(inner, "identity", type(inner).__name__),
+                     concurrency=concurrency, stand_in=False)
+    model = CachedChatModel(spec, inner, None, key_context={})
+    model.identity = getattr(inner, "identity", spec.identity)
+    return model

@@ -1,0 +1,101 @@
+"""One entry of the config's `models:` registry, as the registry, the backends and the workflow see it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from covip.clients.backends import BACKENDS, STAND_IN_BACKENDS, UnknownBackendError
+from covip.clients.base import MissingCredentialsError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One entry of the config's `models:` registry."""
+
+    name: str
+    backend: str
+    model: str = ""
+    base_url: str | None = None
+    api_key_env: str | None = None
+    sampling: dict[str, Any] = field(default_factory=dict)
+    structured_output: str = "json_schema"  # 'json_schema' | 'json_object' | 'none'
+    concurrency: int = 4
+    requests_per_minute: float | None = None  # per job; None: unlimited
+    tokens_per_minute: float | None = None  # per job, estimated before sending (ratelimit.estimate_tokens)
+    timeout_s: float = 120.0
+    max_retries: int = 4
+    pretrained: str | None = None  # open_clip weights tag or checkpoint path
+    device: str = "auto"
+    gpus: int = 0  # GPUs a job running this model in-process needs (Snakemake resource gpu)
+    stand_in: bool | None = None  # None: offline stand-ins and reference policies; set true for e.g. a random-weight model
+    cache: bool | None = None  # None or true: every call goes through the response cache; false: never
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, name: str, entry: dict[str, Any]) -> "ModelSpec":
+        known = set(cls.__dataclass_fields__) - {"name"}
+        unknown = set(entry) - known
+        if unknown:
+            raise ValueError(f"models.{name}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+        if entry.get("backend") not in BACKENDS:
+            raise UnknownBackendError(f"models.{name}.backend: unknown backend {entry.get('backend')!r} "
+                                      f"(choose from {sorted(BACKENDS)})")
+        return cls(name=name, **entry)
+
+    def options_with_defaults(self, defaults: dict[str, Any]) -> dict[str, Any]:
+        """This entry's backend options over `defaults`; a key the backend does not know is an error."""
+        unknown = sorted(set(self.options) - set(defaults))
+        if unknown:
+            raise ValueError(f"models.{self.name}.options: unknown key(s) {unknown}; known: {sorted(defaults)}")
+        return {**defaults, **self.options}
+
+    @property
+    def is_local(self) -> bool:
+        """True for offline stand-ins (code standing in for a model)."""
+        return self.backend in STAND_IN_BACKENDS
+
+    @property
+    def identity(self) -> str:
+        """What produced a row: registry name, backend and model, e.g. 'verifier:openai:Qwen/Qwen3-VL-8B'."""
+        return f"{self.name}:{self.backend}:{self.model}" if self.model else f"{self.name}:{self.backend}"
+
+    @property
+    def key_env(self) -> str | None:
+        """The environment variable holding this entry's API key, or None when it needs none."""
+        backend = BACKENDS.get(self.backend)
+        if backend is None or backend.kind != "api":
+            return None
+        if self.api_key_env:
+            return self.api_key_env
+        if self.backend == "openai" and self.base_url:
+            return None  # a self-hosted server (vLLM, llama.cpp) that takes any key
+        return backend.key_env
+
+    @property
+    def uses_cache(self) -> bool:
+        return True if self.cache is None else self.cache
+
+    @property
+    def is_stand_in(self) -> bool:
+        """True for offline stand-ins, reference policies and models marked `stand_in: true`."""
+        return self.is_local if self.stand_in is None else self.stand_in
+
+
+def is_stand_in(model) -> bool:
+    """Whether a built model (anything with a registry `spec`) is a stand-in; False if it has no spec."""
+    spec = getattr(model, "spec", None)
+    return bool(spec.is_stand_in) if isinstance(spec, ModelSpec) else False
+
+
+def check_credentials(spec: ModelSpec) -> None:
+    """Fail before any work when a remote backend's key variable is unset (never print the key)."""
+    env = spec.key_env
+    if env is None:
+        return
+    if not os.environ.get(env):
+        raise MissingCredentialsError(
+            f"models.{spec.name} uses backend '{spec.backend}' but the environment variable {env} is not set; "
+            f"export it (the key is read from the environment only and never written anywhere)"
+        )

@@ -1,0 +1,119 @@
+"""A policy's responses to a diagnostic set: asked directly, or after its own caption (CAG).
+
+`direct`: one user turn with, per context entry, a header, the image and the dialogue, then a header,
+the query image and the question (sampled like the authors' CAG answers). `cag`: caption every item
+first (greedy), then ask with the caption as the assistant's previous turn. The request layouts live
+in `covip.protocol.requests`. A failed call is a row with status 'failed' and the error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from covip.clients.base import ChatResponse
+from covip.clients.cached import CachedChatModel
+from covip.clients.spec import is_stand_in
+from covip.core.reliability import FailureReport, failure_report
+from covip.core.seeding import derive_seed
+from covip.prompts import PromptBook
+from covip.protocol.requests import (
+    build_cag_request,
+    build_caption_request,
+    build_direct_request,
+    diagnostic_as_split_row,
+    target_index,
+)
+from covip.stages.diagnostics.settings import MODES, SCORER, DiagnosticError, DiagnosticSettings
+
+
+def _answer_seed(seed: int, item: Mapping, mode: str) -> int:
+    return derive_seed(seed, "diagnostics-answer", item["task"], item["sample_id"], mode) % (2**31)
+
+
+def _failure(response: ChatResponse, what: str) -> str:
+    return f"{what}: {response.error or 'no text returned'}"
+
+
+def answer_diagnostics(
+    items: Sequence[Mapping],
+    policy_name: str,
+    model: CachedChatModel,
+    prompts: PromptBook,
+    settings: DiagnosticSettings,
+    seed: int,
+    mode: str,
+    progress_file=None,
+) -> list[dict]:
+    """The policy's response to every item; rows of schemas.DIAGNOSTIC_RESPONSES, not scored yet.
+
+    `mode='direct'` asks the question over the interleaved context; `mode='cag'` captions each item
+    first (greedy) and asks the question with the caption as the assistant's previous turn. A failed
+    call gives a row with status 'failed' and the error; it never stops the stage.
+    """
+    if mode not in MODES:
+        raise DiagnosticError(f"diagnostics: unknown mode {mode!r}; choose from {list(MODES)}")
+    identity = model.identity
+    stand_in = is_stand_in(model)
+    items = list(items)
+    captions: list[str | None] = [None] * len(items)
+    errors: list[str | None] = [None] * len(items)
+    responses: list[ChatResponse | None] = [None] * len(items)
+
+    if mode == "direct":
+        requests = [build_direct_request(item, prompts, sampling=settings.answer_sampling, seed=seed) for item in items]
+        for k, response in enumerate(model.complete_many(requests, desc=f"{policy_name} diagnostics direct",
+                                                         progress_file=progress_file, concurrency=settings.concurrency)):
+            responses[k] = response
+    else:
+        caption_requests = [
+            build_caption_request(diagnostic_as_split_row(item), prompts, sampling=dict(settings.caption_sampling),
+                                  seed=_answer_seed(seed, item, "caption"), where=f"diagnostic set {item['task']}")
+            for item in items
+        ]
+        caption_responses = model.complete_many(caption_requests, desc=f"{policy_name} diagnostics captions",
+                                                progress_file=progress_file, concurrency=settings.concurrency)
+        pending, answer_requests = [], []
+        for k, (item, request, response) in enumerate(zip(items, caption_requests, caption_responses)):
+            if not response.ok:
+                errors[k] = _failure(response, "caption failed")
+                continue
+            captions[k] = response.text
+            answer_requests.append(build_cag_request(
+                request, response.text, item["question"], sampling=dict(settings.answer_sampling),
+                seed=_answer_seed(seed, item, "cag"), prompts=prompts,
+                task_extra={"diagnostic_task": item["task"], "target_index": target_index(item)},
+            ))
+            pending.append(k)
+        answered = model.complete_many(answer_requests, desc=f"{policy_name} diagnostics CAG answers",
+                                       progress_file=progress_file, concurrency=settings.concurrency)
+        for k, response in zip(pending, answered):
+            responses[k] = response
+
+    rows = []
+    for k, item in enumerate(items):
+        response = responses[k]
+        if response is not None and not response.ok:
+            errors[k] = _failure(response, "answer failed")
+        ok = errors[k] is None
+        rows.append({
+            "policy": policy_name,
+            "task": item["task"],
+            "mode": mode,
+            "sample_id": item["sample_id"],
+            "caption": captions[k],
+            "response": response.text if ok else None,
+            "extracted": None,
+            "score": None,
+            "scorer": SCORER[item["task"]],
+            "model_identity": identity,
+            "stand_in": stand_in,
+            "status": "ok" if ok else "failed",
+            "error": errors[k],
+        })
+    return rows
+
+
+def response_failures(rows: list[dict]) -> FailureReport:
+    """Failed model calls among a diagnose job's rows (see `DiagnosticSettings.max_failure_rate`). An
+    answer without a readable answer is not a failure: it is scored (that is what LSD measures)."""
+    return failure_report(rows, "diagnostic responses", reason=lambda row: row.get("error"))

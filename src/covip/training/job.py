@@ -1,0 +1,43 @@
+"""One GSPO training run as a job: the train split and the run's config in, a merged policy and a log out.
+
+Rule train_gspo runs it as `python -m covip train ...` (under `accelerate launch` on several GPUs);
+`config` holds the run's `training`, `models`, `prompts`, `seed`, `outdir` and `cache` keys, nothing
+else, so editing another run or model does not retrain this one. The caption reward's judge is built
+from the models registry with the shared response cache, as CapEval-QA builds it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping
+
+from covip.clients.registry import ModelRegistry
+from covip.core import schemas
+from covip.core.io import read_rows
+from covip.core.settings import settings_from
+from covip.prompts import PromptBook
+from covip.training.settings import TrainingSettings
+from covip.training.trainer import train_policy
+
+
+def run_training_job(config: Mapping, run: str, *, train: str, model_dir: str, log: str, checkpoints: str) -> dict:
+    """Train run `run` on the train split at `train`; returns the trainer's summary."""
+    started = time.perf_counter()
+    logging.basicConfig(level=os.environ.get("COVIP_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    settings = settings_from(TrainingSettings, config.get("training"), "config 'training'").for_run(run)
+    prompts = PromptBook(config.get("prompts") or {})
+    judge = None
+    if settings.judge and any(task in ("caption", "joint") for task in settings.tasks()):
+        cache = (config.get("cache") or {}).get("path") or f"{config['outdir']}/cache/responses.sqlite"
+        judge = ModelRegistry(config.get("models", {}), cache_path=cache).chat(settings.judge)
+    rows = read_rows(train, schemas.SPLIT)
+    summary = train_policy(run, settings, rows, model_dir=model_dir, log_path=log, checkpoint_dir=checkpoints,
+                           seed=int(config.get("seed", 0)), judge=judge, prompts=prompts)
+    logging.getLogger("covip.training").info("training run %s finished in %.1f s: %s", run,
+                                             time.perf_counter() - started, json.dumps(summary))
+    return summary

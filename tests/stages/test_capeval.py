@@ -1,0 +1,502 @@
+"""Stage 10, CapEval-QA: judge requests, answer parsing, per-question rows, aggregation, released format."""
+
+import io
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from covip.core import schemas
+from covip.clients.base import ChatResponse
+from covip.clients.registry import ModelRegistry
+from covip.core.io import read_rows, to_table
+from covip.stages.capeval import (
+    CapEvalInputError,
+    CapEvalSettings,
+    build_judge_request,
+    judge_captions,
+    judge_seed,
+    load_captions_file,
+    main,
+    parse_judge_letter,
+    policy_identities_from,
+    score_released_captions,
+    summarize_capeval,
+)
+
+QAS_GT = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "qas_gt_excerpt.json"
+NONE = schemas.NONE_OPTION
+QUIET = io.StringIO()
+
+
+def options(a, b, c):
+    return {"A": a, "B": b, "C": c, "D": NONE}
+
+
+def question(text, answer, opts=None):
+    return {"question": text, "options": opts or options("one", "two", "three"), "answer": answer}
+
+
+class ScriptedJudge:
+    """Replies from a table keyed by question text; records the captions it was shown."""
+
+    identity = "scripted:judge"
+
+    def __init__(self, replies):
+        self.replies, self.seen = replies, []
+
+    def complete(self, request):
+        self.seen.append((request.task["question"], request.task["caption"], request.seed))
+        reply = self.replies[request.task["question"]]
+        if reply is None:
+            return ChatResponse(None, "scripted", error="RuntimeError: server went away")
+        return ChatResponse(reply, "scripted")
+
+
+def lexical_judge(**options):
+    entry = {"backend": "local_lexical_judge", **({"options": options} if options else {})}
+    return ModelRegistry({"judge": entry}).chat("judge")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Settings, request, parser
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [({"n_bootstrap": -1}, "n_bootstrap"), ({"confidence": 1.0}, "confidence"), ({"concurrency": 0}, "concurrency"),
+     ({"missing_captions": "skip"}, "missing_captions")],
+)
+def test_settings_validation_names_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=f"capeval.{field}"):
+        CapEvalSettings(**kwargs)
+
+
+EXPECTED_PROMPT = '''You will read a description of a photo and answer one multiple-choice question about it.
+
+Description:
+"""
+Seth loves cherry blossom trees.
+"""
+
+Question: Which trees does Seth love?
+A. Oak trees
+B. Cherry blossom trees
+C. Maple trees
+D. The answer cannot be determined
+
+Answer from the description alone. Do not use general knowledge, and do not guess what is likely. Choose A, B or C only if the description clearly states that answer for the person, animal, object or place the question names. If it does not, choose D.
+
+Reply with one letter only: A, B, C or D.'''
+
+
+def test_judge_request_shows_caption_and_question_only(prompts):
+    q = question("Which trees does Seth love?", "B", options("Oak trees", "Cherry blossom trees", "Maple trees"))
+    request = build_judge_request("Seth loves cherry blossom trees.", q, prompts, seed=5)
+    assert len(request.messages) == 1 and request.messages[0].role == "user" and not request.images
+    assert request.messages[0].text == EXPECTED_PROMPT  # pinned: a prompt edit shows up here
+    assert request.seed == 5
+    assert request.task == {"kind": "capeval", "caption": "Seth loves cherry blossom trees.",
+                            "question": "Which trees does Seth love?", "options": q["options"]}
+    assert "answer" not in request.task  # the key is never shown to the judge
+
+
+def test_judge_seed_is_per_question_and_31_bit():
+    a = judge_seed(7, 0, "oracle", "s1", 0, "Q1")
+    assert a == judge_seed(7, 0, "oracle", "s1", 0, "Q1")
+    others = {judge_seed(7, 0, "oracle", "s1", 0, "Q2"), judge_seed(7, 0, "blind", "s1", 0, "Q1"),
+              judge_seed(7, 1, "oracle", "s1", 0, "Q1"), judge_seed(8, 0, "oracle", "s1", 0, "Q1")}
+    assert a not in others and len(others) == 4
+    assert all(0 <= s < 2**31 for s in others | {a})
+
+
+TREES = options("Oak trees", "Cherry blossom trees", "Maple trees")
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("B", "B"), ("B.", "B"), ("(B)", "B"), ("[C]", "C"), ("b", "B"), (" d \n", "D"),
+        ("Answer: B", "B"), ("answer: b", "B"), ("**B**", "B"), ("**Answer:** C", "C"), ("Final answer: **C**", "C"),
+        ("The answer is B) Oak trees", "B"), ("B) Oak trees", "B"), ("C. Maple trees", "C"),
+        ("The correct option is (A).", "A"), ("I would pick C.", "C"),
+        ("Answer: D. The answer cannot be determined", "D"),
+        ("Cherry blossom trees", "B"), ("cherry blossom trees.", "B"), ("The answer cannot be determined", "D"),
+        ("<think>A seems wrong, maybe C</think>\nB", "B"),
+        # ambiguous or none -> None
+        ("A or B", None), ("A, B", None), ("B/C", None), ("Option A is wrong; the answer is B", None),
+        ("The answer is a tough one", None), ("A dog is sitting on a couch.", None), ("", None), (None, None),
+        ("I am not sure.", None), ("<think>it could be A", None), ("trees", None),
+    ],
+)
+def test_parse_judge_letter(text, expected):
+    assert parse_judge_letter(text, TREES) == expected
+
+
+def test_option_text_needs_the_options():
+    assert parse_judge_letter("Cherry blossom trees") is None
+    assert parse_judge_letter("Cherry blossom trees", TREES) == "B"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Per-question rows and the summary, on a hand-built table
+
+
+def hand_split():
+    return [
+        {"sample_id": "s1", "num_positives": 1, "positive_indices": [0], "context_names": ["Ann", "Bob"],
+         "mcqa": [[question("Where did Ann go?", "A"), question("When did Ann go?", "B")],
+                  [question("What does Bob eat?", "C"), question("What does Bob drink?", "A")]]},
+        {"sample_id": "s2", "num_positives": 2, "positive_indices": [0, 2], "context_names": ["Cid", "Dee", "Eve"],
+         "mcqa": [[question("Where is Cid?", "C")], [question("What is Dee doing?", "B")], [question("Who owns Eve?", "A")]]},
+    ]
+
+
+HAND_REPLIES = {
+    "Where did Ann go?": "A",  # positive, right
+    "When did Ann go?": "Answer: C",  # positive, wrong
+    "What does Bob eat?": "D",  # negative, right
+    "What does Bob drink?": "no idea",  # negative, unparseable -> D -> right
+    "Where is Cid?": None,  # positive, judge call failed -> D -> wrong
+    "What is Dee doing?": "B",  # negative, wrong
+    "Who owns Eve?": "(A)",  # positive, right
+}
+
+
+def hand_captions():
+    return [
+        {"policy": "p", "sample_id": "s1", "caption": "Ann and a dog.", "status": "ok", "model_identity": "p:transformers:m",
+         "stand_in": False},
+        {"policy": "p", "sample_id": "s2", "caption": None, "status": "failed", "model_identity": "p:transformers:m",
+         "stand_in": False},
+    ]
+
+
+@pytest.fixture()
+def hand_answers(prompts):
+    judge = ScriptedJudge(HAND_REPLIES)
+    rows = judge_captions(hand_captions(), hand_split(), judge, prompts, CapEvalSettings(), 3, "scripted", progress_file=QUIET)
+    return rows, judge
+
+
+def test_hand_built_rows(hand_answers):
+    rows, judge = hand_answers
+    to_table(rows, schemas.CAPEVAL_ANSWERS, "answers")
+    got = {(r["sample_id"], r["context_index"], r["question_id"]): r for r in rows}
+    assert len(rows) == 7
+    assert [(k, r["is_positive"], r["parsed"], r["unparseable"], r["correct"]) for k, r in got.items()] == [
+        (("s1", 0, "Q1"), True, "A", False, True),
+        (("s1", 0, "Q2"), True, "C", False, False),
+        (("s1", 1, "Q1"), False, "D", False, True),
+        (("s1", 1, "Q2"), False, "D", True, True),  # unparseable counts as D (the authors' rule)
+        (("s2", 0, "Q1"), True, "D", True, False),  # judge failure: D, flagged, no raw answer
+        (("s2", 1, "Q1"), False, "B", False, False),
+        (("s2", 2, "Q1"), True, "A", False, True),
+    ]
+    assert got[("s2", 0, "Q1")]["raw_answer"] is None
+    assert got[("s1", 1, "Q2")]["raw_answer"] == "no idea"
+    assert {r["judge"] for r in rows} == {"scripted"} and {r["judge_identity"] for r in rows} == {"scripted:judge"}
+    assert not any(r["stand_in"] for r in rows)
+    # The failed caption was judged as an empty caption; every question had its own seed.
+    shown = {q: caption for q, caption, _ in judge.seen}
+    assert shown["Where is Cid?"] == "" and shown["Where did Ann go?"] == "Ann and a dog."
+    assert len({seed for _, _, seed in judge.seen}) == 7
+
+
+def test_hand_built_summary(hand_answers):
+    rows, _ = hand_answers
+    summary = summarize_capeval(rows, n_bootstrap=200, seed=0, policy_identities=policy_identities_from(hand_captions()))
+    to_table(summary, schemas.CAPEVAL_SUMMARY, "summary")
+    by_count = {r["num_positives"]: r for r in summary}
+    assert sorted(by_count) == [0, 1, 2]
+    expected = {  # count: (acc+, acc-, n+, n-, unparseable, failed), computed by hand from HAND_REPLIES
+        1: (50.0, 100.0, 2, 2, 1, 0),
+        2: (50.0, 0.0, 2, 1, 1, 1),
+        0: (50.0, 200.0 / 3.0, 4, 3, 2, 1),
+    }
+    for count, (acc_pos, acc_neg, n_pos, n_neg, unparseable, failed) in expected.items():
+        row = by_count[count]
+        assert row["acc_pos"] == pytest.approx(acc_pos) and row["acc_neg"] == pytest.approx(acc_neg)
+        assert (row["n_pos_questions"], row["n_neg_questions"]) == (n_pos, n_neg)
+        assert (row["n_unparseable"], row["n_judge_failed"]) == (unparseable, failed)
+        assert row["policy_identity"] == "p:transformers:m" and row["judge_identity"] == "scripted:judge"
+        assert row["stand_in"] is False
+    # One sample per count: the resampled sample is always the same one, so the interval is a point.
+    assert (by_count[1]["acc_pos_low"], by_count[1]["acc_pos_high"]) == (50.0, 50.0)
+    assert by_count[2]["acc_neg_low"] == by_count[2]["acc_neg_high"] == 0.0
+
+
+def synthetic_answers(n_samples, policy="p", stand_in=False):
+    """Sample i: 3 positive questions, the first i % 4 of them right; 3 negatives, the first (i + 1) % 4 right."""
+    rows = []
+    for i in range(n_samples):
+        for j in range(6):
+            positive = j < 3
+            correct = (j < i % 4) if positive else (j - 3 < (i + 1) % 4)
+            rows.append({
+                "policy": policy, "judge": "j", "sample_id": f"s{i:04d}", "num_positives": 1 + i % 2,
+                "context_index": j, "question_id": "Q1", "is_positive": positive, "answer": "A",
+                "raw_answer": "A", "parsed": "A" if correct == positive else "D", "unparseable": False,
+                "correct": correct, "judge_identity": "j:local_lexical_judge", "stand_in": stand_in,
+            })
+    return rows
+
+
+def test_bootstrap_interval_contains_estimate_and_shrinks_with_more_samples():
+    small = {r["num_positives"]: r for r in summarize_capeval(synthetic_answers(20), 500, seed=1)}
+    large = {r["num_positives"]: r for r in summarize_capeval(synthetic_answers(320), 500, seed=1)}
+    for summary in (small, large):
+        for row in summary.values():
+            assert row["acc_pos_low"] <= row["acc_pos"] <= row["acc_pos_high"]
+            assert row["acc_neg_low"] <= row["acc_neg"] <= row["acc_neg_high"]
+            assert row["acc_pos_low"] < row["acc_pos_high"]  # samples differ, so the interval is not a point
+    # Same per-sample pattern, 16x the samples: the interval is about 4x narrower.
+    assert small[0]["acc_pos"] == pytest.approx(large[0]["acc_pos"])
+    small_width = small[0]["acc_pos_high"] - small[0]["acc_pos_low"]
+    large_width = large[0]["acc_pos_high"] - large[0]["acc_pos_low"]
+    assert large_width < small_width / 2.5
+
+
+def test_bootstrap_is_seeded_and_optional():
+    rows = synthetic_answers(40)
+    assert summarize_capeval(rows, 300, seed=4) == summarize_capeval(rows, 300, seed=4)
+    assert summarize_capeval(rows, 300, seed=4) != summarize_capeval(rows, 300, seed=5)  # the draws follow the seed
+    none = summarize_capeval(rows, 0, seed=4)
+    assert all(r["acc_pos_low"] is None and r["acc_neg_high"] is None for r in none)
+    assert [r["acc_pos"] for r in none] == [r["acc_pos"] for r in summarize_capeval(rows, 300, seed=4)]
+
+
+def test_summary_groups_policies_and_marks_stand_ins():
+    rows = synthetic_answers(8, policy="a") + synthetic_answers(8, policy="b", stand_in=True)
+    summary = summarize_capeval(rows, 50, seed=0)
+    assert [(r["policy"], r["num_positives"]) for r in summary] == [("a", 1), ("a", 2), ("a", 0), ("b", 1), ("b", 2), ("b", 0)]
+    assert {r["policy"]: r["stand_in"] for r in summary} == {"a": False, "b": True}
+    assert {r["policy_identity"] for r in summary} == {"a", "b"}  # no identities given: the names
+
+
+def test_summary_rejects_inconsistent_rows():
+    rows = synthetic_answers(2)
+    rows[1] = dict(rows[1], num_positives=4)
+    with pytest.raises(CapEvalInputError, match="num_positives"):
+        summarize_capeval(rows, 10, 0)
+    rows = synthetic_answers(2)
+    rows[3] = dict(rows[3], judge_identity="other")
+    with pytest.raises(CapEvalInputError, match="two identities"):
+        summarize_capeval(rows, 10, 0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Input checks
+
+
+def test_missing_unknown_and_duplicate_captions(prompts):
+    judge = ScriptedJudge(HAND_REPLIES)
+    only_s1 = hand_captions()[:1]
+    with pytest.raises(CapEvalInputError, match=r"policy 'p' has no caption for 1 of 2 samples.*\['s2'\]"):
+        judge_captions(only_s1, hand_split(), judge, prompts, CapEvalSettings(), 0, "j")
+    rows = judge_captions(only_s1, hand_split(), judge, prompts, CapEvalSettings(missing_captions="ignore"), 0, "j",
+                          progress_file=QUIET)
+    assert {r["sample_id"] for r in rows} == {"s1"} and len(rows) == 4
+    with pytest.raises(CapEvalInputError, match=r"row 2 .*sample_id=s9.*no such sample"):
+        judge_captions(hand_captions() + [dict(hand_captions()[0], sample_id="s9")], hand_split(), judge, prompts,
+                       CapEvalSettings(), 0, "j")
+    with pytest.raises(CapEvalInputError, match="second caption"):
+        judge_captions(hand_captions() + hand_captions()[:1], hand_split(), judge, prompts, CapEvalSettings(), 0, "j")
+
+
+def test_bad_split_rows_are_named(prompts):
+    split = hand_split()
+    split[1]["mcqa"][2][0]["answer"] = "E"
+    with pytest.raises(CapEvalInputError, match=r"test split row 1 \(sample_id=s2\) field 'mcqa'\[2\]\[0\] field 'answer'"):
+        judge_captions(hand_captions(), split, ScriptedJudge(HAND_REPLIES), prompts, CapEvalSettings(), 0, "j")
+    split = hand_split()
+    split[0]["positive_indices"] = [5]
+    with pytest.raises(CapEvalInputError, match="positive_indices"):
+        judge_captions(hand_captions(), split, ScriptedJudge(HAND_REPLIES), prompts, CapEvalSettings(), 0, "j")
+
+
+def test_lexical_judge_rows_are_stand_in_and_failures_are_counted(prompts):
+    judge = lexical_judge(error_rate=0.3, garble_rate=0.2)
+    rows = judge_captions(hand_captions(), hand_split(), judge, prompts, CapEvalSettings(), 0, "lexical",
+                          progress_file=QUIET)
+    assert all(r["stand_in"] for r in rows) and {r["judge_identity"] for r in rows} == {"judge:local_lexical_judge"}
+    failed = [r for r in rows if r["raw_answer"] is None]
+    assert failed and all(r["unparseable"] and r["parsed"] == "D" for r in failed)
+    pooled = [r for r in summarize_capeval(rows, 0, 0) if r["num_positives"] == 0][0]
+    assert pooled["n_judge_failed"] == len(failed) and pooled["n_unparseable"] >= len(failed)
+    assert judge.usage.failures == len(failed)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Released format
+
+SAMPLE_0_CAPTION = ("Seth is here! He gets especially excited whenever he passes the cherry blossom trees. Last weekend "
+                    "you took Seth to the park, where he tripped over his own paws while chasing a squirrel.")
+SAMPLE_1_CAPTION = "A small dog sits on a grey couch."
+SAMPLE_2_CAPTION = ("Johnny curled up on the couch beside the user when he first came home from the shelter on a rainy "
+                    "afternoon in October.")
+
+
+def test_score_released_fixture_by_hand(prompts):
+    captions = {"sample_0": SAMPLE_0_CAPTION, "sample_1": SAMPLE_1_CAPTION, "sample_2": SAMPLE_2_CAPTION}
+    answers, summary = score_released_captions(captions, QAS_GT, lexical_judge(), prompts, CapEvalSettings(n_bootstrap=100),
+                                               0, "mine", progress_file=QUIET)
+    to_table(answers, schemas.CAPEVAL_ANSWERS, "answers")
+    to_table(summary, schemas.CAPEVAL_SUMMARY, "summary")
+    letters = {(r["sample_id"], r["context_index"]): [] for r in answers}
+    for r in answers:
+        letters[(r["sample_id"], r["context_index"])].append(r["parsed"])
+    assert letters[("sample_0", 0)] == ["B", "A", "A"]  # Seth (positive): every fact stated -> every answer right
+    assert letters[("sample_0", 1)] == letters[("sample_0", 2)] == ["D"] * 3  # Matthew, Judy: never mentioned
+    assert all(letters[("sample_1", k)] == ["D"] * 3 for k in range(3))  # a caption with no memories at all
+    assert letters[("sample_2", 0)] == ["A", "C", "D"]  # Johnny (negative) dragged in: two negatives lost
+    assert letters[("sample_2", 2)] == ["D"] * 3  # Ellen (positive) never named
+    assert {r["question_id"] for r in answers} == {"Q1", "Q2", "Q3"}
+    assert len(answers) == 27 and not any(r["unparseable"] for r in answers)
+    pooled = [r for r in summary if r["num_positives"] == 0][0]
+    assert [r["num_positives"] for r in summary] == [1, 0]  # every released sample here has one positive
+    assert pooled["acc_pos"] == pytest.approx(100.0 * 3 / 9)
+    assert pooled["acc_neg"] == pytest.approx(100.0 * 16 / 18)
+    assert pooled["policy"] == "mine" and pooled["policy_identity"] == "mine" and pooled["stand_in"] is True
+
+
+def test_released_caption_keys_must_match(prompts):
+    with pytest.raises(CapEvalInputError, match=r"not in the ground truth.*\['0'\].*sample_0"):
+        score_released_captions({"0": "x"}, QAS_GT, lexical_judge(), prompts, CapEvalSettings(), 0, "mine")
+    with pytest.raises(CapEvalInputError, match="has no caption for 2 of 3"):
+        score_released_captions({"sample_0": "x"}, QAS_GT, lexical_judge(), prompts, CapEvalSettings(), 0, "mine")
+    answers, _ = score_released_captions({"sample_0": None}, QAS_GT, lexical_judge(), prompts,
+                                         CapEvalSettings(missing_captions="ignore", n_bootstrap=0), 0, "mine",
+                                         progress_file=QUIET)
+    assert len(answers) == 9 and all(r["parsed"] == "D" for r in answers)  # a null caption reads as empty
+
+
+def test_load_captions_file_formats(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"sample_0": "a", "sample_1": None}))
+    assert load_captions_file(tmp_path / "c.json") == {"sample_0": "a", "sample_1": None}
+    (tmp_path / "c.jsonl").write_text('{"sample_id": "sample_0", "caption": "a"}\n\n{"sample_id": "sample_1", "caption": "b"}\n')
+    assert load_captions_file(tmp_path / "c.jsonl") == {"sample_0": "a", "sample_1": "b"}
+    pq.write_table(pa.table({"sample_id": ["sample_0", "sample_1"], "caption": ["a", "b"], "status": ["ok", "failed"]}),
+                   tmp_path / "c.parquet")
+    assert load_captions_file(tmp_path / "c.parquet") == {"sample_0": "a", "sample_1": None}
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("bad.json", "{not json", "not valid JSON"),
+        ("list.json", '["a"]', "must be an object"),
+        ("num.json", '{"sample_0": 3}', r"key 'sample_0' field 'caption'"),
+        ("dup.jsonl", '{"sample_id": "s", "caption": "a"}\n{"sample_id": "s", "caption": "b"}', r"line 2.*second caption"),
+        ("keys.jsonl", '{"id": "s", "text": "a"}', r"line 1: must be an object with 'sample_id' and 'caption'"),
+        ("c.txt", "x", "unknown captions format"),
+    ],
+)
+def test_load_captions_file_errors_name_the_file_and_row(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(CapEvalInputError, match=message) as error:
+        load_captions_file(path)
+    assert str(path) in str(error.value)
+
+
+def test_cli_scores_released_captions(tmp_path, capsys):
+    captions = tmp_path / "captions.json"
+    captions.write_text(json.dumps({"sample_0": SAMPLE_0_CAPTION, "sample_1": SAMPLE_1_CAPTION, "sample_2": SAMPLE_2_CAPTION}))
+    out = tmp_path / "out"
+    code = main(["score-released", "--qas-gt", str(QAS_GT), "--captions", str(captions), "--out-dir", str(out),
+                 "--n-bootstrap", "50", "--policy", "mine"])
+    assert code == 0
+    answers = read_rows(out / "capeval_answers.parquet", schemas.CAPEVAL_ANSWERS)
+    summary = read_rows(out / "capeval_summary.parquet", schemas.CAPEVAL_SUMMARY)
+    assert len(answers) == 27 and summary[-1]["acc_neg"] == pytest.approx(100.0 * 16 / 18)
+    assert "mine" in capsys.readouterr().out
+    # A judge config names the entry to use; a missing entry is a clear error, not a traceback.
+    config = tmp_path / "judge.yaml"
+    config.write_text("models:\n  strict:\n    backend: local_lexical_judge\n    options: {support_threshold: 1.0}\n")
+    assert main(["score-released", "--qas-gt", str(QAS_GT), "--captions", str(captions), "--out-dir", str(out),
+                 "--judge-config", str(config), "--judge", "strict", "--n-bootstrap", "0"]) == 0
+    assert {r["judge"] for r in read_rows(out / "capeval_answers.parquet", schemas.CAPEVAL_ANSWERS)} == {"strict"}
+    assert main(["score-released", "--qas-gt", str(QAS_GT), "--captions", str(captions), "--out-dir", str(out),
+                 "--judge-config", str(config), "--judge", "nope"]) == 2
+    assert "no entry 'nope'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------
+# The metric ordering on a real (small) benchmark
+
+
+def simple_captions(test_rows):
+    """Oracle / context-dump / blind captions written here, from the split's stored facts and dialogues."""
+    rows = []
+    for row in test_rows:
+        facts = json.loads(row["context_facts"])
+        names = list(row["context_names"])
+        positives = list(row["positive_indices"])
+        oracle = " ".join(f"{names[k]} {fact['text']}." for k in positives for fact in facts[k])
+        dump = "\n\n".join(row["context_dialogues"])
+        blind = f"The photo shows {len(positives)} subject(s) together in one scene."
+        for policy, caption in (("oracle", oracle), ("context_dump", dump), ("blind", blind)):
+            rows.append({"policy": policy, "sample_id": row["sample_id"], "caption": caption, "status": "ok",
+                         "model_identity": f"{policy}:test", "stand_in": True})
+    return rows
+
+
+def reference_policy_captions(test_rows, prompts):
+    from covip.stages.captioning import CaptioningSettings, caption_samples
+    registry = ModelRegistry({"oracle": {"backend": "reference_oracle"}, "context_dump": {"backend": "reference_context_dump"},
+                              "blind": {"backend": "reference_blind"}})
+    rows = []
+    for policy in ("oracle", "context_dump", "blind"):
+        rows += caption_samples(test_rows, policy, registry.chat(policy), prompts, CaptioningSettings(), 0, progress_file=QUIET)
+    return rows
+
+
+def check_ordering(summary):
+    pooled = {r["policy"]: r for r in summary if r["num_positives"] == 0}
+    oracle, dump, blind = pooled["oracle"], pooled["context_dump"], pooled["blind"]
+    assert oracle["acc_pos"] >= 80 and oracle["acc_neg"] >= 90
+    assert dump["acc_pos"] >= 80 and dump["acc_neg"] <= oracle["acc_neg"] - 20
+    assert blind["acc_pos"] <= 10 and blind["acc_neg"] >= 95
+    assert all(r["stand_in"] for r in summary)
+
+
+@pytest.mark.parametrize("source", ["simple", "reference_policies"])
+def test_metric_ordering_on_benchmark(benchmark_splits, prompts, source):
+    _, test_rows = benchmark_splits
+    assert len(test_rows) >= 4 and {len(r["positive_indices"]) for r in test_rows} - {1, 2, 3, 4} == set()
+    captions = simple_captions(test_rows) if source == "simple" else reference_policy_captions(test_rows, prompts)
+    answers = judge_captions(captions, test_rows, lexical_judge(answer_style="varied"), prompts, CapEvalSettings(), 11,
+                             "lexical", progress_file=QUIET)
+    assert not any(r["unparseable"] for r in answers)  # every varied reply form was read
+    summary = summarize_capeval(answers, 200, 11, policy_identities=policy_identities_from(captions))
+    to_table(summary, schemas.CAPEVAL_SUMMARY, "summary")
+    check_ordering(summary)
+    counts = {r["num_positives"] for r in summary}
+    assert counts == {r["num_positives"] for r in test_rows} | {0}
+
+
+# ---------------------------------------------------------------------------------------------------
+# A real judge model (slow)
+
+
+@pytest.mark.integration
+def test_real_judge_through_llama_server(llama_server, prompts, tmp_path):
+    """Gemma 3 270M is too small to judge well; what is checked is the plumbing: sampled, seeded requests
+    answered by a real server, every row valid, and a rerun served from the cache with the same answers."""
+    entry = {"backend": "openai", "model": "gemma-3-270m", "base_url": llama_server, "concurrency": 2, "max_retries": 1,
+             "sampling": {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "max_tokens": 8}}
+    cache = str(tmp_path / "cache.sqlite")
+    captions = {"sample_0": SAMPLE_0_CAPTION}
+    settings = CapEvalSettings(missing_captions="ignore", n_bootstrap=20)
+    judge = ModelRegistry({"judge": entry}, cache_path=cache).chat("judge")
+    answers, summary = score_released_captions(captions, QAS_GT, judge, prompts, settings, 0, "mine", progress_file=QUIET)
+    to_table(answers, schemas.CAPEVAL_ANSWERS, "answers")
+    assert len(answers) == 9 and all(r["raw_answer"] is not None for r in answers)
+    assert all(r["parsed"] in "ABCD" for r in answers) and not any(r["stand_in"] for r in answers)
+    again = ModelRegistry({"judge": entry}, cache_path=cache).chat("judge")
+    answers2, _ = score_released_captions(captions, QAS_GT, again, prompts, settings, 0, "mine", progress_file=QUIET)
+    assert [r["raw_answer"] for r in answers2] == [r["raw_answer"] for r in answers]
+    assert again.usage.cache_hits == 9

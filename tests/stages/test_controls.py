@@ -1,0 +1,230 @@
+"""Visual-context controls: each changes what it claims (image hashes) and nothing else (texts, ids,
+labels), the swap is a seeded derangement, and the oracle, which reads the ground truth, never moves."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from covip.core import schemas
+from covip.clients.base import ImagePart
+from covip.clients.registry import ModelRegistry
+from covip.core.io import decode_image, to_table
+from covip.stages.capeval import CapEvalSettings, judge_captions
+from covip.stages.captioning import CaptioningSettings, build_caption_request, caption_samples
+from covip.stages.controls import (
+    CONDITIONS,
+    ControlError,
+    ControlSettings,
+    apply_control,
+    control_effects,
+    corrupt_image,
+    image_sha,
+    sattolo,
+    swap_partners,
+)
+from covip.stages.diagnostics import DiagnosticSettings, build_diagnostic_set, build_direct_request
+from covip.core.seeding import rng_for
+
+QUIET = io.StringIO()
+SEED = 7
+SETTINGS = ControlSettings()
+CONTROLS = [c for c in CONDITIONS if c != "intact"]
+IMAGE_COLUMNS = {"split": ("context_images", "query_image"), "diagnostic": ("images_context", "query_image")}
+
+
+@pytest.fixture(scope="module")
+def test_rows(benchmark_splits):
+    return benchmark_splits[1]
+
+
+@pytest.fixture(scope="module")
+def lsd_items(builtin_pool, prompts):
+    return build_diagnostic_set("lsd", builtin_pool, DiagnosticSettings(items_per_task=4, image_size=96), seed=3,
+                                progress_file=QUIET, prompts=prompts)
+
+
+def _without_images(row, layout):
+    return {k: v for k, v in row.items() if k not in IMAGE_COLUMNS[layout]}
+
+
+@pytest.mark.parametrize("condition", CONTROLS)
+def test_a_control_changes_only_images_and_keeps_the_schema(test_rows, condition):
+    controlled, changes = apply_control(test_rows, condition, SETTINGS, SEED)
+    to_table(controlled, schemas.SPLIT, condition)  # same schema: the downstream stages read it unchanged
+    to_table(changes, schemas.CONTROL_CHANGES, condition)
+    assert [r["sample_id"] for r in controlled] == [r["sample_id"] for r in test_rows]
+    for before, after in zip(test_rows, controlled):
+        assert _without_images(after, "split") == _without_images(before, "split")  # texts, names, labels, MCQAs
+    assert changes and all(c["sha_before"] != c["sha_after"] for c in changes)
+    context_changed = condition in ("text_only", "corrupted_context", "swapped_context")
+    for before, after in zip(test_rows, controlled):
+        same_query = image_sha(before["query_image"]) == image_sha(after["query_image"])
+        assert same_query == context_changed
+        own = [image_sha(i) for i in before["context_images"]]
+        new = [image_sha(i) for i in after["context_images"]]
+        if condition == "text_only":
+            assert new == []
+        elif condition == "blank_query":
+            assert new == own
+        else:
+            assert len(new) == len(own) and all(a != b for a, b in zip(new, own))
+
+
+def test_text_only_prompt_keeps_every_dialogue_and_only_the_query_image(test_rows, prompts):
+    controlled, _ = apply_control(test_rows, "text_only", SETTINGS, SEED)
+    row, original = controlled[0], test_rows[0]
+    request = build_caption_request(row, prompts)
+    intact = build_caption_request(original, prompts)
+    images = [p for p in request.messages[0].parts if isinstance(p, ImagePart)]
+    assert len(images) == 1 and images[0].data == original["query_image"]["bytes"]
+    texts = [p.text for p in request.messages[0].parts if not isinstance(p, ImagePart)]
+    intact_texts = [p.text for p in intact.messages[0].parts if not isinstance(p, ImagePart)]
+    assert texts == intact_texts  # same headers, dialogues and instruction, in the same order
+
+
+def test_swap_is_a_reproducible_derangement(test_rows):
+    donors = swap_partners(test_rows, SEED, 0, "test")
+    assert sorted(donors) == list(range(len(test_rows)))  # a permutation
+    assert all(d != i for i, d in enumerate(donors))  # no sample keeps its own
+    assert swap_partners(test_rows, SEED, 0, "test") == donors
+    assert swap_partners(list(reversed(test_rows)), SEED, 0, "test")[::-1] == [len(test_rows) - 1 - d for d in donors]
+    assert swap_partners(test_rows, SEED + 1, 0, "test") != donors
+    controlled, changes = apply_control(test_rows, "swapped_context", SETTINGS, SEED)
+    again, _ = apply_control(test_rows, "swapped_context", SETTINGS, SEED)
+    assert [image_sha(i) for r in controlled for i in r["context_images"]] == \
+        [image_sha(i) for r in again for i in r["context_images"]]
+    for i, row in enumerate(controlled):
+        donor_hashes = {image_sha(im) for im in test_rows[donors[i]]["context_images"]}
+        assert {image_sha(im) for im in row["context_images"]} <= donor_hashes
+    assert {c["source_sample_id"] for c in changes if c["sample_id"] == test_rows[0]["sample_id"]} == \
+        {test_rows[donors[0]]["sample_id"]}
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 30])
+def test_sattolo_never_fixes_a_point(n):
+    for draw in range(20):
+        order = sattolo(n, rng_for(draw, "t"))
+        assert sorted(order) == list(range(n)) and all(order[i] != i for i in range(n))
+    with pytest.raises(ControlError, match="at least 2"):
+        sattolo(1, rng_for(0))
+
+
+def test_blank_and_unrelated_queries(test_rows):
+    blank, _ = apply_control(test_rows, "blank_query", SETTINGS, SEED)
+    for before, after in zip(test_rows, blank):
+        image = decode_image(after["query_image"]["bytes"], "blank", "RGB")
+        assert image.size == decode_image(before["query_image"]["bytes"], "orig").size
+        assert (np.asarray(image) == 128).all()
+    unrelated, changes = apply_control(test_rows, "blank_query", ControlSettings(blank_mode="unrelated"), SEED)
+    by_id = {r["sample_id"]: r for r in test_rows}
+    for row, change in zip(unrelated, changes):
+        source = by_id[change["source_sample_id"]]
+        assert source["sample_id"] != row["sample_id"]
+        assert row["query_image"]["bytes"] == source["query_image"]["bytes"]
+        shown = {source["context_concept_ids"][p] for p in source["positive_indices"]}
+        assert not shown & set(row["context_concept_ids"])  # the stand-in query shows none of its concepts
+
+
+def test_corruption_grows_with_severity(test_rows):
+    image = decode_image(test_rows[0]["context_images"][0]["bytes"], "ctx", "RGB")
+    pixels = np.asarray(image, dtype=float)
+    distance = []
+    for severity in (0.2, 0.5, 1.0):
+        out = corrupt_image(image, ["noise", "blur"], severity, rng_for(0, "c"))
+        distance.append(np.abs(np.asarray(out, dtype=float) - pixels).mean())
+    assert distance[0] < distance[1] < distance[2]
+    shuffled = corrupt_image(image, ["patch_shuffle"], 0.5, rng_for(0, "c"))
+    assert shuffled.size == image.size and not np.array_equal(np.asarray(shuffled), np.asarray(image))
+    # Patches move, pixels do not change: the same pixel values, in other places.
+    assert np.array_equal(np.sort(np.asarray(shuffled).reshape(-1)), np.sort(np.asarray(image).reshape(-1)))
+
+
+def test_diagnostic_sets_take_the_same_controls(lsd_items, prompts):
+    for condition in CONTROLS:
+        controlled, changes = apply_control(lsd_items, condition, SETTINGS, SEED, layout="diagnostic", dataset="lsd")
+        to_table(controlled, schemas.DIAGNOSTIC_SET, condition)
+        for before, after in zip(lsd_items, controlled):
+            assert _without_images(after, "diagnostic") == _without_images(before, "diagnostic")
+        assert changes and all(c["dataset"] == "lsd" for c in changes)
+    text_only, _ = apply_control(lsd_items, "text_only", SETTINGS, SEED, layout="diagnostic", dataset="lsd")
+    request = build_direct_request(text_only[0], prompts)
+    assert sum(isinstance(p, ImagePart) for p in request.messages[0].parts) == 1
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="intact"):
+        ControlSettings(conditions=["text_only"])
+    with pytest.raises(ValueError, match="unknown condition"):
+        ControlSettings(conditions=["intact", "upside_down"])
+    with pytest.raises(ValueError, match="severity"):
+        ControlSettings(severity=0.0)
+    with pytest.raises(ValueError, match="blank_mode"):
+        ControlSettings(blank_mode="black")
+
+
+def test_a_row_with_mismatched_images_is_named(test_rows):
+    bad = [dict(test_rows[0], context_images=test_rows[0]["context_images"][:1])]
+    with pytest.raises(ControlError, match="row 0 .*context_images"):
+        apply_control(bad, "corrupted_context", SETTINGS, SEED)
+
+
+def test_oracle_is_unchanged_under_every_control(test_rows, prompts):
+    """The oracle reads the ground truth: the same captions, the same answers, drop 0 everywhere."""
+    registry = ModelRegistry({"oracle": {"backend": "reference_oracle"}, "judge": {"backend": "local_lexical_judge"}})
+    oracle, judge = registry.chat("oracle"), registry.chat("judge")
+    answers, captions = {}, {}
+    for condition in CONDITIONS:
+        rows, _ = apply_control(test_rows, condition, SETTINGS, SEED)
+        captions[condition] = caption_samples(rows, "oracle", oracle, prompts, CaptioningSettings(), SEED, progress_file=QUIET)
+        answers[condition] = judge_captions(captions[condition], rows, judge, prompts, CapEvalSettings(), SEED, "judge")
+    for condition in CONDITIONS:
+        assert [c["caption"] for c in captions[condition]] == [c["caption"] for c in captions["intact"]]
+    effects = control_effects(answers, {}, n_bootstrap=200, seed=SEED)
+    assert {r["condition"] for r in effects} == set(CONDITIONS)
+    assert all(r["drop"] == 0.0 for r in effects)
+    assert all(r["drop_low"] == 0.0 and r["drop_high"] == 0.0 for r in effects if r["condition"] != "intact")
+
+
+def _answer(sample, positive, correct, judge="j", policy="p", num=1, q="Q1"):
+    return {"policy": policy, "judge": judge, "sample_id": sample, "num_positives": num, "context_index": 0,
+            "question_id": q, "is_positive": positive, "answer": "A", "raw_answer": "A", "parsed": "A",
+            "unparseable": False, "correct": correct, "judge_identity": "j:x", "stand_in": True}
+
+
+def test_drop_and_its_paired_interval_on_a_hand_case():
+    intact = [_answer(f"s{k}", True, True) for k in range(6)] + [_answer(f"s{k}", False, True, q="Q2") for k in range(6)]
+    # Under the control every positive question fails, every negative one still passes.
+    swapped = [_answer(f"s{k}", True, False) for k in range(6)] + [_answer(f"s{k}", False, True, q="Q2") for k in range(6)]
+    diag_intact = [{"policy": "p", "task": "lsd", "mode": "direct", "sample_id": f"s{k}", "score": 1.0 if k < 3 else 0.0,
+                    "scorer": "token_f1", "model_identity": "p:x", "stand_in": True} for k in range(6)]
+    diag_swapped = [dict(r, score=0.0) for r in diag_intact]
+    effects = control_effects({"intact": intact, "swapped_context": swapped},
+                              {"intact": diag_intact, "swapped_context": diag_swapped}, n_bootstrap=300, seed=1)
+    pooled = {(r["condition"], r["metric"]): r for r in effects if r["num_positives"] == 0}
+    acc_pos = pooled[("swapped_context", "acc_pos")]
+    assert (acc_pos["value"], acc_pos["intact"], acc_pos["drop"]) == (0.0, 100.0, 100.0)
+    assert acc_pos["drop_low"] == acc_pos["drop_high"] == 100.0  # every draw loses everything
+    assert pooled[("swapped_context", "acc_neg")]["drop"] == 0.0
+    lsd = pooled[("swapped_context", "lsd")]
+    assert lsd["intact"] == 50.0 and lsd["drop"] == 50.0 and 0.0 <= lsd["drop_low"] < 50.0 < lsd["drop_high"] <= 100.0
+
+
+def test_the_looking_policy_loses_acc_pos_when_the_evidence_goes(test_rows, prompts):
+    """The positive control: a policy that finds the concepts in the pixels must fall under the controls
+    that take the visual evidence away, while the oracle (above) does not move."""
+    registry = ModelRegistry({"looking": {"backend": "reference_looking"}, "judge": {"backend": "local_lexical_judge"}})
+    looking, judge = registry.chat("looking"), registry.chat("judge")
+    answers = {}
+    for condition in ("intact", "text_only", "swapped_context", "blank_query"):
+        rows, _ = apply_control(test_rows, condition, SETTINGS, SEED)
+        captions = caption_samples(rows, "looking", looking, prompts, CaptioningSettings(), SEED, progress_file=QUIET)
+        answers[condition] = judge_captions(captions, rows, judge, prompts, CapEvalSettings(), SEED, "judge")
+    effects = control_effects(answers, {}, n_bootstrap=200, seed=SEED)
+    pooled = {r["condition"]: r for r in effects if r["metric"] == "acc_pos" and r["num_positives"] == 0}
+    assert pooled["intact"]["value"] >= 50.0
+    for condition in ("text_only", "swapped_context", "blank_query"):
+        assert pooled[condition]["drop"] >= 30.0 and pooled[condition]["drop_low"] > 0.0, (condition, pooled[condition])

@@ -1,0 +1,127 @@
+"""Rendered prompts are pinned: an accidental change to a template or a request builder shows up here.
+
+After an intended change, regenerate with `COVIP_UPDATE_SNAPSHOTS=1 python -m pytest tests/test_prompt_snapshots.py`
+and review the diff of tests/snapshots/.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from covip.clients.base import ChatResponse, ImagePart
+from covip.core.io import encode_png
+from covip.prompts import PromptBook
+from covip.stages.dialogues import DialogueSettings, write_dialogues
+from covip.stages.filtering import build_fidelity_request
+from covip.stages.mcqa import MCQASettings, write_mcqas
+from covip.stages.synthesis import render_instruction
+
+SNAPSHOTS = Path(__file__).resolve().parents[1] / "snapshots"
+PNG = encode_png(Image.new("RGBA", (8, 8), "teal"))
+
+
+def concept(concept_id, name, category):
+    return {"concept_id": concept_id, "category": category, "kind": "k", "source": "s", "name": name,
+            "image": PNG, "width": 8, "height": 8}
+
+
+class Recorder:
+    """A chat model that records the requests it gets and answers nothing useful."""
+
+    identity = "recorder"
+
+    def __init__(self):
+        self.requests = []
+
+    def complete(self, request):
+        self.requests.append(request)
+        return ChatResponse("no", "recorder")
+
+
+def show(request) -> str:
+    lines = []
+    for message in request.messages:
+        lines.append(f"--- {message.role}")
+        for part in message.parts:
+            lines.append("<image>" if isinstance(part, ImagePart) else part.text)
+    return "\n".join(lines) + "\n"
+
+
+def check(name: str, text: str):
+    path = SNAPSHOTS / f"{name}.txt"
+    if os.environ.get("COVIP_UPDATE_SNAPSHOTS"):
+        path.write_text(text)
+    assert path.exists(), f"missing snapshot {path}; run with COVIP_UPDATE_SNAPSHOTS=1"
+    assert text == path.read_text(), f"prompt '{name}' changed; review and update the snapshot"
+
+
+CONCEPTS = [concept("c1", "Odalys", "animal"), concept("c2", "Bertram", "object")]
+
+
+def test_query_synthesis_prompt():
+    check("query_synthesis", render_instruction(PromptBook(), CONCEPTS, 320) + "\n")
+
+
+def test_visual_fidelity_prompt():
+    check("visual_fidelity", show(build_fidelity_request(PromptBook(), CONCEPTS, PNG)))
+
+
+@pytest.fixture(scope="module")
+def dialogue_requests():
+    recorder = Recorder()
+    contexts = [{"sample_id": "s0", "context_concept_ids": ["c1"], "positive_indices": [0],
+                 "negative_concept_ids": [], "negative_similarity": [], "embedder": "e"}]
+    write_dialogues(contexts, CONCEPTS, recorder, PromptBook(), DialogueSettings(max_attempts=2), seed=1)
+    return recorder.requests
+
+
+def test_dialogue_prompts(dialogue_requests):
+    assert len(dialogue_requests) == 2  # the first ask and one repair
+    check("dialogue_writer", show(dialogue_requests[0]))
+    check("dialogue_repair", show(dialogue_requests[1]))
+
+
+def test_caption_and_cag_prompts(benchmark_splits):
+    from covip.stages.captioning import build_caption_request, build_cag_request
+
+    sample = benchmark_splits[1][0]
+    request = build_caption_request(sample, PromptBook())
+    check("caption", show(request))
+    cag = build_cag_request(request, "A caption.", "Where did I last see this person?", prompts=PromptBook())
+    assert [m.role for m in cag.messages] == ["user", "assistant", "user"]
+    check("cag_question", show(cag).split("--- assistant", 1)[1])
+
+
+def test_capeval_judge_prompt():
+    from covip.stages.capeval import build_judge_request
+
+    question = {"question": "When did the user take Odalys to the park?",
+                "options": {"A": "Last weekend", "B": "Last Monday", "C": "Last summer",
+                            "D": "The answer cannot be determined"}}
+    check("capeval_judge", show(build_judge_request("Odalys naps in the sun.", question, PromptBook(), seed=1)))
+
+
+def test_mcqa_prompts():
+    recorder = Recorder()
+    dialogue = {
+        "sample_id": "s0", "concept_id": "c1", "context_index": 0, "name": "Odalys",
+        "facts": [{"kind": "place", "text": "at Ryan Park"}, {"kind": "date", "text": "on 2025-10-11"}],
+        "turns": [], "dialogue": "User: I saw Odalys at Ryan Park on 2025-10-11.\nModel: Noted.",
+        "status": "ok", "failure_reason": "", "attempts": 1, "raw_response": None, "writer": "w",
+    }
+    write_mcqas([dialogue], recorder, PromptBook(), MCQASettings(max_attempts=2), seed=1)
+    assert len(recorder.requests) == 2
+    assert recorder.requests[0].response_schema is not None
+    check("mcqa_writer", show(recorder.requests[0]))
+    check("mcqa_repair", show(recorder.requests[1]))
+
+
+@pytest.mark.parametrize("task", ["multi_vision", "vision", "joint"])
+def test_training_task_prompts(benchmark_splits, task):
+    from covip.training.records import build_record
+
+    record = build_record(benchmark_splits[0][0], task, PromptBook(), seed=0, where="train row 0")
+    text = "\n".join("<image>" if p["type"] == "image" else p["text"] for p in record["prompt"][0]["content"])
+    check(f"train_{task}", text + "\n")

@@ -1,0 +1,119 @@
+"""The report: the paper's tables with our rows beside them, provenance, and the plots."""
+
+from pathlib import Path
+
+import pytest
+
+from covip.stages import report
+
+ROOT = Path(__file__).resolve().parents[2]
+PAPER = ROOT / "reference" / "paper_results.csv"
+
+
+def capeval_row(policy, k, acc_pos, acc_neg, stand_in=True, judge="lexical_judge"):
+    return {
+        "policy": policy, "judge": judge, "num_positives": k, "acc_pos": acc_pos, "acc_neg": acc_neg,
+        "acc_pos_low": acc_pos - 5, "acc_pos_high": acc_pos + 5, "acc_neg_low": acc_neg - 5,
+        "acc_neg_high": min(100, acc_neg + 5), "n_pos_questions": 30, "n_neg_questions": 40, "n_unparseable": 2,
+        "policy_identity": f"{policy}:reference_{policy}", "judge_identity": "lexical_judge:local_lexical_judge",
+        "stand_in": stand_in,
+    }
+
+
+def diag_row(policy, task, mode, score):
+    return {"policy": policy, "task": task, "mode": mode, "score": score, "score_low": score - 3,
+            "score_high": score + 3, "n": 8, "n_failed": 0, "scorer": "token_f1",
+            "model_identity": f"{policy}:x", "stand_in": True}
+
+
+@pytest.fixture
+def rows():
+    capeval = [capeval_row("oracle", k, 90.0 - k, 99.0) for k in (0, 1, 2, 3, 4)]
+    capeval += [capeval_row("blind", k, 1.0, 100.0) for k in (0, 1, 2, 3, 4)]
+    diagnostics = [diag_row(p, t, m, 50.0 if p == "oracle" else 0.0)
+                   for p in ("oracle", "blind") for t in ("lsd", "lar", "itr") for m in ("direct", "cag")]
+    return capeval, diagnostics
+
+
+def test_reference_copy_of_paper_results_matches_shared():
+    shared = ROOT.parent / "shared" / "paper_results.csv"
+    if not shared.exists():
+        pytest.skip("../shared is not beside the repository")
+    assert PAPER.read_text() == shared.read_text()
+
+
+def test_capeval_table_has_paper_rows_and_ours(rows):
+    capeval, _ = rows
+    paper = report.load_paper_results(PAPER)
+    table = report.capeval_table(capeval, paper)
+    lines = table.splitlines()
+    gpt4o = next(line for line in lines if line.startswith("| GPT-4o (paper)"))
+    assert "| 34.2 | 98.2 | 21.6 | 98.6 | 20.4 | 99.3 | 15.3 | 99.2 |" in gpt4o
+    oracle = next(line for line in lines if "ours: oracle" in line)
+    assert report.STAND_IN_MARK in oracle and "| 89.0 | 99.0 | 88.0 |" in oracle
+    assert len(lines) == 2 + paper[paper.table == "capeval"].system.nunique() + 2
+
+
+def test_downstream_table_and_provenance(rows):
+    capeval, diagnostics = rows
+    paper = report.load_paper_results(PAPER)
+    table = report.downstream_table(diagnostics, paper)
+    assert "| Gemini-3.0-Pro (paper) | 76.2 | 89.3 | 9.4 | 44.0 | 89.4 | 19.0 |" in table
+    assert "ours: oracle" in table
+    provenance = report.provenance_table(capeval, diagnostics)
+    assert "`oracle:reference_oracle`" in provenance and "`lexical_judge:local_lexical_judge`" in provenance
+
+
+def test_summary_and_plots_are_written(rows, tmp_path):
+    capeval, diagnostics = rows
+    paper = report.load_paper_results(PAPER)
+    report.plot_capeval_by_count(capeval, tmp_path / "a.png")
+    report.plot_direct_vs_cag(diagnostics, tmp_path / "b.png")
+    for name in ("a.png", "b.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config = {"models": {"judge": {"backend": "local_lexical_judge"}, "p": {"backend": "openai", "model": "gpt-4o"}}}
+    text = report.render_summary(capeval, diagnostics, paper, run_name="t", stand_in_note=report.backends_note(config),
+                                 capeval_plot="a.png", diagnostics_plot="b.png")
+    assert "| judge | local_lexical_judge |" in text and "| p | openai | gpt-4o | no |" in text
+    assert "not estimates of the paper's numbers" in text
+    assert "![Acc+ and Acc- against the number of concepts](a.png)" in text
+
+
+def test_bad_paper_csv_is_named(tmp_path):
+    bad = tmp_path / "p.csv"
+    bad.write_text("system,value\nx,1\n")
+    with pytest.raises(ValueError, match="p.csv: expected columns"):
+        report.load_paper_results(bad)
+
+
+def effect_row(policy, condition, value, intact, metric="acc_pos", mode="", judge="lexical_judge"):
+    drop = intact - value
+    return {"policy": policy, "condition": condition, "metric": metric, "mode": mode, "judge": judge,
+            "num_positives": 0, "value": value, "intact": intact, "drop": drop,
+            "drop_low": None if condition == "intact" else drop - 4, "drop_high": None if condition == "intact" else drop + 4,
+            "n_samples": 10, "policy_identity": f"{policy}:reference_{policy}",
+            "judge_identity": "lexical_judge:local_lexical_judge", "stand_in": True}
+
+
+def test_does_it_look_section_states_drops_backends_and_agreement(tmp_path):
+    effects = [effect_row("looking", "intact", 80.0, 80.0), effect_row("looking", "swapped_context", 20.0, 80.0),
+               effect_row("looking", "intact", 70.0, 70.0, metric="acc_neg"),
+               effect_row("looking", "swapped_context", 90.0, 70.0, metric="acc_neg"),
+               effect_row("oracle", "intact", 95.0, 95.0), effect_row("oracle", "swapped_context", 95.0, 95.0),
+               effect_row("oracle", "intact", 40.0, 40.0, metric="lsd", mode="direct", judge="token_f1")]
+    changes = [{"condition": "swapped_context", "dataset": "test", "sample_id": "s1", "field": "context_images", "index": 0,
+                "change": "swapped", "source_sample_id": "s2", "sha_before": "a", "sha_after": "b"}]
+    agreement = [{"condition": "all", "policy": "all", "judge_a": "lexical_judge", "judge_b": "ngram_judge", "n_items": 40,
+                  "agreement": 0.9, "kappa": None, "acc_pos_a": 90.0, "acc_neg_a": 95.0, "acc_pos_b": 85.0,
+                  "acc_neg_b": 90.0, "unparseable_a": 0.0, "unparseable_b": 2.5, "judge_a_identity": "lexical_judge:x",
+                  "judge_b_identity": "ngram_judge:y", "stand_in": True}]
+    text = report.controls_section(effects, changes, agreement, [{}] * 4, "controls.png")
+    assert "Does it look?" in text and "| swapped_context | test | swapped | 1 |" in text
+    looking = next(line for line in text.splitlines() if line.startswith("| looking"))
+    assert "`looking:reference_looking`" in looking and "`lexical_judge:local_lexical_judge`" in looking
+    assert "20.0 (−60.0 [56.0, 64.0])" in looking and looking.split("|")[4].strip() == "80.0"
+    assert "| undefined | 90.0% |" in text and "2.5" in text and "4 questions" in text
+    assert "90.0 (+20.0 [16.0, 24.0])" in text  # a rise, with its interval as a rise
+    assert "### LSD direct" in text
+    report.plot_controls(effects, tmp_path / "controls.png")
+    assert (tmp_path / "controls.png").stat().st_size > 1000

@@ -1,0 +1,233 @@
+"""The Snakemake workflow itself: config validation, an end-to-end tiny run, and code-aware reruns."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from support.workflow import ROOT, copy_workflow, planned_jobs, snakemake
+
+# In tests/data/tiny.yaml: 4 policies (one GSPO-trained on the train split) x 1 judge x 5 conditions
+# (4 controls of the test split; diagnostics under intact only). What a new test split reruns
+# downstream: the training, every policy's captions and scores under every condition, and the trained
+# policy's 6 diagnostics (its model changed).
+EVALUATION_OF_SPLITS = {"train_gspo": 1, "apply_control": 4, "caption": 20, "capeval": 20, "diagnose": 6,
+                        "collect_evaluation": 1, "summarize_controls": 1, "judge_agreement": 1, "report": 1}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = copy_workflow(tmp_path_factory.mktemp("wf"))
+    snakemake(workdir)
+    return workdir
+
+
+def test_unknown_config_key_fails_naming_it(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    (workdir / "typo.yaml").write_text("synthesis: {num_sampels: 3}\n")
+    result = snakemake(workdir, "-n", "--configfile", "tiny.yaml", "typo.yaml", check=False)
+    assert result.returncode != 0
+    assert "num_sampels" in result.stderr + result.stdout
+
+
+def test_bad_config_value_fails_naming_it(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    result = snakemake(workdir, "-n", "--config", "seed=not-a-number", check=False)
+    assert result.returncode != 0
+    assert "seed" in result.stderr + result.stdout
+
+
+def test_tiny_run_produces_every_artifact(finished_run):
+    results = finished_run / "results"
+    for stage in ("concepts/concepts", "queries/queries", "filtering/decisions", "negatives/contexts",
+                  "dialogues/dialogues", "mcqa/mcqas", "splits/train", "splits/test", "captions/intact/tiny_vlm",
+                  "training/tiny_vlm_gspo/log", "captions/intact/tiny_vlm_gspo",
+                  "capeval/intact/tiny_vlm_gspo/lexical_judge/summary",
+                  "capeval/intact/oracle/lexical_judge/summary", "diagnostics/sets/lar",
+                  "diagnostics/responses/intact/blind/itr.cag", "report/capeval_summary", "report/diagnostic_summary",
+                  "controls/swapped_context/test", "captions/blank_query/oracle", "report/control_effects",
+                  "report/judge_agreement"):
+        assert (results / f"{stage}.parquet").is_file(), stage
+    logs = list((results / "logs").rglob("*.log"))
+    assert len(logs) >= 20
+    for log in logs:
+        assert "finished in" in log.read_text(), f"{log.name} was not really written by its stage"
+    assert pq.read_metadata(results / "splits/test.parquet").num_rows > 0
+    assert (results / "training" / "tiny_vlm_gspo" / "model" / "config.json").is_file()  # the merged policy
+    assert (results / "report" / "summary.md").read_text().count("(paper)") >= 18
+
+
+def test_reference_policies_order_as_the_metric_intends(finished_run):
+    summary = pq.read_table(finished_run / "results" / "report" / "capeval_summary.parquet").to_pylist()
+    pooled = {row["policy"]: row for row in summary if row["num_positives"] == 0}
+    assert pooled["oracle"]["acc_pos"] >= 80 and pooled["oracle"]["acc_neg"] >= 90
+    assert pooled["blind"]["acc_pos"] <= 10 and pooled["blind"]["acc_neg"] >= 95
+    assert pooled["tiny_vlm"]["stand_in"] and pooled["tiny_vlm"]["policy_identity"].startswith("tiny_vlm:transformers")
+
+
+def test_controls_move_what_they_claim_and_not_the_oracle(finished_run):
+    results = finished_run / "results"
+    effects = pq.read_table(results / "report" / "control_effects.parquet").to_pylist()
+    conditions = {"intact", "text_only", "corrupted_context", "swapped_context", "blank_query"}
+    assert {r["condition"] for r in effects} == conditions
+    oracle = [r for r in effects if r["policy"] == "oracle"]
+    assert {r["condition"] for r in oracle} == conditions and all(r["drop"] == 0.0 for r in oracle)
+    # The oracle's captions are byte-identical under every control: it reads the ground truth.
+    intact = pq.read_table(results / "captions" / "intact" / "oracle.parquet").column("caption").to_pylist()
+    for condition in conditions:
+        assert pq.read_table(results / "captions" / condition / "oracle.parquet").column("caption").to_pylist() == intact
+    blind = [r for r in effects if r["policy"] == "blind" and r["metric"] == "acc_pos"]
+    assert blind and all(r["value"] <= 10.0 for r in blind)
+    # Every control changed images, and only images: the texts of the split are identical.
+    test = pq.read_table(results / "splits" / "test.parquet").drop_columns(["query_image", "context_images"])
+    for condition in conditions - {"intact"}:
+        changed = pq.read_table(results / "controls" / condition / "test.parquet")
+        assert changed.drop_columns(["query_image", "context_images"]).equals(test)
+        changes = pq.read_table(results / "controls" / condition / "test.changes.parquet").to_pylist()
+        assert changes and all(c["sha_before"] != c["sha_after"] for c in changes)
+    assert "Does it look?" in (results / "report" / "summary.md").read_text()
+    assert (results / "report" / "controls.png").stat().st_size > 0
+
+
+def test_snakemake_html_report_builds(finished_run):
+    snakemake(finished_run, "--report", "report.html")
+    html = (finished_run / "report.html").read_text(errors="replace")
+    assert "capeval_by_count.png" in html and "summary.md" in html
+
+
+def test_rerun_after_full_run_does_nothing(finished_run):
+    assert planned_jobs(snakemake(finished_run, "-n")) == {}
+
+
+def test_editing_stage_code_reruns_that_stage_and_downstream_only(finished_run):
+    splits_module = finished_run / "src" / "covip" / "stages" / "mcqa.py"
+    original = splits_module.read_text()
+    try:
+        splits_module.write_text(original + "\n# an edit\n")
+        jobs = planned_jobs(snakemake(finished_run, "-n"))
+        # The edited stage and everything that reads its output (the GSPO run on the new train split, captions
+        # of the new test split, their scores, the report), but nothing upstream, and of the diagnostics,
+        # which do not use the splits, only the retrained policy's.
+        assert jobs == {"write_mcqas": 1, "make_splits": 1, **EVALUATION_OF_SPLITS, "all": 1}
+    finally:
+        splits_module.write_text(original)
+    assert planned_jobs(snakemake(finished_run, "-n")) == {}
+
+
+def test_editing_a_shared_module_reruns_every_stage_that_imports_it(finished_run):
+    schemas = finished_run / "src" / "covip" / "core" / "schemas.py"
+    original = schemas.read_text()
+    try:
+        schemas.write_text(original + "\n# an edit\n")
+        jobs = planned_jobs(snakemake(finished_run, "-n"))
+        assert {"build_concept_pool", "write_dialogues", "make_splits"} <= set(jobs)
+    finally:
+        schemas.write_text(original)
+
+
+def test_changing_a_stage_param_reruns_from_that_stage(finished_run):
+    (finished_run / "more_attempts.yaml").write_text("mcqa: {max_attempts: 5}\n")
+    jobs = planned_jobs(snakemake(finished_run, "-n", "--configfile", "tiny.yaml", "more_attempts.yaml"))
+    assert jobs == {"write_mcqas": 1, "make_splits": 1, **EVALUATION_OF_SPLITS, "all": 1}
+
+
+def test_changing_the_judge_sampling_reruns_only_scoring(finished_run):
+    (finished_run / "judge.yaml").write_text(
+        "models: {lexical_judge: {backend: local_lexical_judge, model: lexical-v1, options: {support_threshold: 0.7}}}\n"
+    )
+    jobs = planned_jobs(snakemake(finished_run, "-n", "--configfile", "tiny.yaml", "judge.yaml"))
+    # The LAR diagnostics use the same judge, so they are rescored too; the GSPO run's caption reward
+    # uses it as well, so that policy is retrained, recaptioned under every condition and re-evaluated;
+    # the other captions are not remade.
+    assert jobs == {"train_gspo": 1, "caption": 5, "capeval": 20, "diagnose": 3 * 2 + 6, "collect_evaluation": 1,
+                    "summarize_controls": 1, "judge_agreement": 1,
+                    "report": 1, "all": 1}
+
+
+def test_changing_a_model_backend_reruns_its_stage(finished_run):
+    (finished_run / "other_writer.yaml").write_text(
+        "models: {mcqa_writer: {backend: local_facts_writer, model: facts-first-v1, options: {format_variety: false}}}\n"
+    )
+    jobs = planned_jobs(snakemake(finished_run, "-n", "--configfile", "tiny.yaml", "other_writer.yaml"))
+    assert jobs == {"write_mcqas": 1, "make_splits": 1, **EVALUATION_OF_SPLITS, "all": 1}
+
+
+def test_editing_a_prompt_reruns_the_stage_that_uses_it(finished_run):
+    prompt = finished_run / "src" / "covip" / "prompts" / "dialogue_writer.txt"
+    original = prompt.read_text()
+    try:
+        prompt.write_text(original + "\nKeep it friendly.\n")
+        jobs = planned_jobs(snakemake(finished_run, "-n"))
+        assert jobs == {"write_dialogues": 1, "write_mcqas": 1, "make_splits": 1, **EVALUATION_OF_SPLITS, "all": 1}
+    finally:
+        prompt.write_text(original)
+
+
+def test_trained_policy_is_trained_before_it_captions(tmp_path):
+    """The DAG edge of stage 8: build_tiny_vlm and the train split -> train_gspo -> caption of the policy."""
+    workdir = copy_workflow(tmp_path)
+    dot = snakemake(workdir, "--forceall", "--dag", "--", "results/capeval/intact/tiny_vlm_gspo/lexical_judge/summary.parquet").stdout
+    labels = {m[1]: m[2].split("\\n")[0] + ("/" + m[2].split(": ")[-1] if ": " in m[2] else "")
+              for m in re.finditer(r'(\d+)\[label = "([^"]+)"', dot)}
+    edges = {(labels[a], labels[b]) for a, b in re.findall(r"(\d+) -> (\d+)", dot)}
+    assert ("build_tiny_vlm", "train_gspo/tiny_vlm_gspo") in edges
+    assert ("make_splits", "train_gspo/tiny_vlm_gspo") in edges
+    assert ("train_gspo/tiny_vlm_gspo", "caption/tiny_vlm_gspo") in edges
+    assert ("caption/tiny_vlm_gspo", "capeval/lexical_judge") in edges
+
+
+def test_missing_api_key_fails_before_any_job_runs(tmp_path, monkeypatch):
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    workdir = copy_workflow(tmp_path)
+    (workdir / "gemini.yaml").write_text(
+        "models: {image_generator: {backend: gemini, model: gemini-2.5-flash-image}}\n"
+    )
+    result = snakemake(workdir, "--configfile", "tiny.yaml", "gemini.yaml", check=False)
+    assert result.returncode != 0
+    assert "GEMINI_API_KEY" in result.stdout + result.stderr
+    assert not (workdir / "results" / "concepts").exists(), "no stage may run without the key"
+
+
+def test_score_released_rule_scores_a_captions_file(finished_run):
+    fixture = ROOT.parent / "shared" / "fixtures" / "qas_gt_excerpt.json"
+    if not fixture.exists():
+        pytest.fail("../shared/fixtures/qas_gt_excerpt.json is missing beside the repository")
+    captions = finished_run / "my_captions.json"
+    captions.write_text('{"sample_0": "Seth gets excited passing cherry blossom trees.", "sample_1": "", "sample_2": ""}')
+    (finished_run / "released.yaml").write_text(
+        f"released_scoring: {{mine: {{qas_gt: {fixture}, captions: {captions}}}}}\n"
+    )
+    target = "results/released/mine/lexical_judge/summary.parquet"
+    snakemake(finished_run, "--configfile", "tiny.yaml", "released.yaml", "--", target)
+    rows = pq.read_table(finished_run / target).to_pylist()
+    pooled = next(row for row in rows if row["num_positives"] == 0)
+    assert pooled["policy"] == "mine" and pooled["n_pos_questions"] > 0
+    answers = pq.read_table(finished_run / "results/released/mine/lexical_judge/answers.parquet").to_pylist()
+    seth = next(r for r in answers if r["sample_id"] == "sample_0" and r["context_index"] == 0 and r["question_id"] == "Q1")
+    assert seth["parsed"] == "B" and seth["correct"]
+
+
+def test_diagnostics_run_under_every_control_when_switched_on(finished_run):
+    """`controls.diagnostics: true` adds LSD/LAR/ITR (direct and CAG) for every policy under every
+    control; the oracle, which reads the ground truth, answers exactly as it does intact."""
+    (finished_run / "diag_controls.yaml").write_text("controls: {diagnostics: true}\n")
+    jobs = planned_jobs(snakemake(finished_run, "-n", "--configfile", "tiny.yaml", "diag_controls.yaml"))
+    # 4 policies x 3 tasks x 2 modes under 4 controls; each control applied to the 3 diagnostic sets,
+    # and again to the test split (its job's params hold the controls settings, which changed).
+    assert jobs["diagnose"] == 4 * 3 * 2 * 4
+    assert jobs["apply_control"] == 4 * (3 + 1)
+    targets = [f"results/diagnostics/responses/{condition}/oracle/lar.cag.parquet"
+               for condition in ("swapped_context", "blank_query")]
+    snakemake(finished_run, "--configfile", "tiny.yaml", "diag_controls.yaml", "--", *targets)
+    intact = pq.read_table(finished_run / "results/diagnostics/responses/intact/oracle/lar.cag.parquet").to_pylist()
+    for target in targets:
+        controlled = pq.read_table(finished_run / target).to_pylist()
+        assert [(r["sample_id"], r["response"], r["score"]) for r in controlled] == \
+               [(r["sample_id"], r["response"], r["score"]) for r in intact], target
