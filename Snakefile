@@ -1,5 +1,6 @@
-# CoViP: build a contextualized visual-personalization benchmark (and, in later modules, train on it,
-# caption with it and score the captions). `snakemake --cores all` runs the embedded offline default.
+# CoViP: build the contextualized visual-personalization benchmark, post-train a policy with GSPO,
+# caption with every policy, score with CapEval-QA and the LSD/LAR/ITR diagnostics, under the
+# visual-context controls. `snakemake --cores all` runs the embedded offline default.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -12,9 +13,14 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
-include: "rules/benchmark.smk"
+include: "rules/data.smk"
+include: "rules/sharding.smk"
 include: "rules/training.smk"
-include: "rules/evaluation.smk"
+include: "rules/captioning.smk"
+include: "rules/capeval.smk"
+include: "rules/diagnostics.smk"
+include: "rules/controls.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -62,7 +62,7 @@ def _check(args) -> int:
 
 
 def _config_schema(args) -> int:
-    from covip.workflow.config_schema import SCHEMA_PATH, render
+    from covip.config.schema import SCHEMA_PATH, render
 
     text = SCHEMA_PATH.read_text(encoding="utf-8")
     fresh = render(text)

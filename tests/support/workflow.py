@@ -23,6 +23,14 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
+def copy_finished_run(workdir: Path, dest: Path) -> Path:
+    """A copy of a workflow directory after a run, with the same file times, so that Snakemake sees the
+    same up-to-date outputs (its metadata under .snakemake/ holds relative paths only)."""
+    shutil.copytree(workdir, dest, symlinks=True, copy_function=shutil.copy2,
+                    ignore=shutil.ignore_patterns("locks", "incomplete", "shadow"))
+    return dest
+
+
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(workdir / "src"), PYTHONDONTWRITEBYTECODE="1")
     result = subprocess.run(

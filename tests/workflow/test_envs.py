@@ -57,9 +57,17 @@ def test_env_pins_match_pyproject(env_file):
     assert any(r.startswith("-e ") for r in pip_section)
 
 
-def test_rules_point_at_existing_envs():
-    referenced = set()
+def test_every_rule_declares_its_env_and_every_backend_has_one():
+    # Each rule's `conda:` is `conda_of("<its own name>")`, which picks the env of the heaviest backend
+    # the job runs (covip.config.prepare.Prepared.conda_env); every backend names an env that exists.
+    from covip.clients.backends import BACKENDS, ENV_ORDER
+
     for smk in (ROOT / "rules").glob("*.smk"):
-        referenced.update(re.findall(r'"\.\./envs/([\w-]+\.yaml)"', smk.read_text()))
-    assert referenced, "no rule declares a conda env"
-    assert referenced <= {p.name for p in ENV_FILES}
+        text = smk.read_text()
+        for name, body in re.findall(r"^\s*rule (\w+):\n(.*?)(?=^\s*rule |\Z)", text, flags=re.S | re.M):
+            if name == "all":
+                continue
+            assert "conda:" in body, f"{smk.name}: rule {name} declares no conda env"
+    envs = {p.stem for p in ENV_FILES}
+    assert set(ENV_ORDER) <= envs
+    assert {backend.env for backend in BACKENDS.values()} <= envs

@@ -40,7 +40,7 @@ def sim_env(lock_dir: Path, count: int = SIMULATED, **extra: str) -> dict[str, s
 
 def wrapped(env: dict, gpus: int, *cmd: str, rule: str = "sim") -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "covip.workflow.gpu_slots", "run", "--gpus", str(gpus), "--rule", rule, "--", *cmd],
+        [sys.executable, "-m", "covip", "gpu-run", "--gpus", str(gpus), "--rule", rule, "--", *cmd],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -115,6 +115,7 @@ def test_a_killed_holder_gives_its_devices_back(tmp_path):
     assert not any(holders(locks, pool).values())
 
 
+@pytest.mark.integration
 def test_snakemake_gpu_jobs_get_their_own_devices(tmp_path):
     """StageRun (every `script:` rule) takes the job's `resources.gpu` devices from the pool."""
     (tmp_path / "probe.py").write_text(textwrap.dedent(
@@ -161,6 +162,7 @@ def test_snakemake_gpu_jobs_get_their_own_devices(tmp_path):
     assert "rule greedy asks for 5 GPU(s) but only 4 are available" in (tmp_path / "greedy.log").read_text()
 
 
+@pytest.mark.integration
 def test_the_workflow_refuses_a_rule_bigger_than_the_machine_before_any_job(tmp_path):
     from support.workflow import copy_workflow
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import yaml
 
-from covip.workflow.config_schema import SCHEMA_PATH, render
-from covip.prompts import PromptBook, available_prompts
+from covip.config.schema import SCHEMA_PATH, render
+from covip.prompts import PromptBook
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,7 +28,7 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_them_verbatim():
 
 def test_generated_schema_sections_are_up_to_date():
     text = SCHEMA_PATH.read_text()
-    assert render(text) == text, "run `python -m covip.workflow.config_schema` after changing a settings dataclass"
+    assert render(text) == text, "run `covip config-schema` after changing a settings dataclass or a backend"
 
 
 def test_config_files_name_only_known_stage_settings():
@@ -40,14 +40,6 @@ def test_config_files_name_only_known_stage_settings():
             props = schema["properties"][section].get("properties")
             if props and isinstance(values, dict) and schema["properties"][section].get("additionalProperties") is False:
                 assert set(values) <= set(props), f"{config_file}: {section} has unknown keys"
-
-
-def test_no_prompt_text_lives_in_python_code():
-    # Every built-in template is a file; the code refers to prompts only by name.
-    names = available_prompts()
-    assert {"query_synthesis", "visual_fidelity", "dialogue_writer", "mcqa_writer"} <= set(names)
-    for name in names:
-        assert PromptBook().source(name).strip()
 
 
 def test_prompt_override_replaces_a_template(tmp_path):

@@ -1,18 +1,19 @@
-"""The Snakemake workflow itself: config validation, an end-to-end tiny run, and code-aware reruns."""
+"""The Snakemake workflow itself: config validation, an end-to-end tiny run, and code-aware reruns.
+
+One tiny run (module fixture) is shared; a test that runs more jobs or edits files works on its own
+copy of it (`run_copy`), so the tests pass in any order."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from support.workflow import ROOT, copy_workflow, planned_jobs, snakemake
+from support.workflow import ROOT, copy_finished_run, copy_workflow, planned_jobs, snakemake
+
+pytestmark = pytest.mark.integration
 
 # In tests/data/tiny.yaml: 4 policies (one GSPO-trained on the train split) x 1 judge x 5 conditions
 # (4 controls of the test split; diagnostics under intact only). What a new test split reruns
@@ -27,6 +28,12 @@ def finished_run(tmp_path_factory):
     workdir = copy_workflow(tmp_path_factory.mktemp("wf"))
     snakemake(workdir)
     return workdir
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    """A private copy of the finished run (outputs, metadata and all), for a test that changes it."""
+    return copy_finished_run(finished_run, tmp_path / "run")
 
 
 def test_unknown_config_key_fails_naming_it(tmp_path):
@@ -96,9 +103,9 @@ def test_controls_move_what_they_claim_and_not_the_oracle(finished_run):
     assert (results / "report" / "controls.png").stat().st_size > 0
 
 
-def test_snakemake_html_report_builds(finished_run):
-    snakemake(finished_run, "--report", "report.html")
-    html = (finished_run / "report.html").read_text(errors="replace")
+def test_snakemake_html_report_builds(run_copy):
+    snakemake(run_copy, "--report", "report.html")
+    html = (run_copy / "report.html").read_text(errors="replace")
     assert "capeval_by_count.png" in html and "summary.md" in html
 
 
@@ -106,43 +113,93 @@ def test_rerun_after_full_run_does_nothing(finished_run):
     assert planned_jobs(snakemake(finished_run, "-n")) == {}
 
 
-def test_editing_stage_code_reruns_that_stage_and_downstream_only(finished_run):
-    splits_module = finished_run / "src" / "covip" / "stages" / "mcqa.py"
+def test_editing_stage_code_reruns_that_stage_and_downstream_only(run_copy):
+    splits_module = run_copy / "src" / "covip" / "stages" / "mcqa.py"
     original = splits_module.read_text()
     try:
         splits_module.write_text(original + "\n# an edit\n")
-        jobs = planned_jobs(snakemake(finished_run, "-n"))
+        jobs = planned_jobs(snakemake(run_copy, "-n"))
         # The edited stage and everything that reads its output (the GSPO run on the new train split, captions
         # of the new test split, their scores, the report), but nothing upstream, and of the diagnostics,
         # which do not use the splits, only the retrained policy's.
         assert jobs == {"write_mcqas": 1, "make_splits": 1, **EVALUATION_OF_SPLITS, "all": 1}
     finally:
         splits_module.write_text(original)
-    assert planned_jobs(snakemake(finished_run, "-n")) == {}
+    assert planned_jobs(snakemake(run_copy, "-n")) == {}
 
 
-def test_editing_a_shared_module_reruns_every_stage_that_imports_it(finished_run):
-    schemas = finished_run / "src" / "covip" / "core" / "schemas.py"
+def test_a_copy_of_the_finished_run_is_up_to_date(run_copy):
+    # The premise of every test below that edits a copy: the copy itself plans nothing.
+    assert planned_jobs(snakemake(run_copy, "-n")) == {}
+
+
+def edited(workdir: Path, relative: str, *args: str) -> dict[str, int]:
+    """Jobs a dry run plans after appending a comment to one file of the package (then restored)."""
+    path = workdir / "src" / "covip" / relative
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n# an edit\n")
+        return planned_jobs(snakemake(workdir, "-n", *args))
+    finally:
+        path.write_text(original)
+
+
+def test_editing_the_command_line_reruns_nothing(run_copy):
+    # `covip score-released` and the other subcommands live in cli.py, which no rule's code imports:
+    # the training job runs `python -m covip train`, yet its fingerprint is covip.training.job's.
+    assert edited(run_copy, "cli.py") == {}
+
+
+def test_editing_capeval_reruns_scoring_but_not_training(run_copy):
+    jobs = edited(run_copy, "stages/capeval.py")
+    assert jobs == {"capeval": 20, "collect_evaluation": 1, "summarize_controls": 1, "judge_agreement": 1, "report": 1,
+                    "all": 1}
+
+
+def test_editing_one_module_of_a_stage_package_reruns_only_its_rule(run_copy):
+    assert edited(run_copy, "stages/diagnostics/summary.py") == {"collect_evaluation": 1, "report": 1, "all": 1}
+    assert edited(run_copy, "stages/controls/effects.py") == {"summarize_controls": 1, "report": 1, "all": 1}
+    # Answering and scoring are the diagnose jobs' code: 4 policies x 3 tasks x 2 modes, intact only.
+    assert edited(run_copy, "stages/diagnostics/scoring.py") == {"diagnose": 24, "collect_evaluation": 1,
+                                                                 "summarize_controls": 1, "report": 1, "all": 1}
+
+
+def test_editing_a_content_file_reruns_the_stages_that_read_it(run_copy):
+    path = run_copy / "src" / "covip" / "content" / "diagnostic_lines.yaml"
+    original = path.read_text()
+    try:
+        path.write_text(original.replace("Please keep {name} in mind.", "Please remember {name}."))
+        jobs = planned_jobs(snakemake(run_copy, "-n"))
+    finally:
+        path.write_text(original)
+    # The diagnostic sets are rebuilt, so every diagnose job and what reads them rerun; the benchmark
+    # built from the fact lists (stages 1-7) does not.
+    assert jobs["build_diagnostic_set"] == 3 and jobs["diagnose"] == 24
+    assert not {"write_dialogues", "make_splits", "caption", "capeval"} & set(jobs)
+
+
+def test_editing_a_shared_module_reruns_every_stage_that_imports_it(run_copy):
+    schemas = run_copy / "src" / "covip" / "core" / "schemas.py"
     original = schemas.read_text()
     try:
         schemas.write_text(original + "\n# an edit\n")
-        jobs = planned_jobs(snakemake(finished_run, "-n"))
+        jobs = planned_jobs(snakemake(run_copy, "-n"))
         assert {"build_concept_pool", "write_dialogues", "make_splits"} <= set(jobs)
     finally:
         schemas.write_text(original)
 
 
-def test_changing_a_stage_param_reruns_from_that_stage(finished_run):
-    (finished_run / "more_attempts.yaml").write_text("mcqa: {max_attempts: 5}\n")
-    jobs = planned_jobs(snakemake(finished_run, "-n", "--configfile", "tiny.yaml", "more_attempts.yaml"))
+def test_changing_a_stage_param_reruns_from_that_stage(run_copy):
+    (run_copy / "more_attempts.yaml").write_text("mcqa: {max_attempts: 5}\n")
+    jobs = planned_jobs(snakemake(run_copy, "-n", "--configfile", "tiny.yaml", "more_attempts.yaml"))
     assert jobs == {"write_mcqas": 1, "make_splits": 1, **EVALUATION_OF_SPLITS, "all": 1}
 
 
-def test_changing_the_judge_sampling_reruns_only_scoring(finished_run):
-    (finished_run / "judge.yaml").write_text(
+def test_changing_the_judge_sampling_reruns_only_scoring(run_copy):
+    (run_copy / "judge.yaml").write_text(
         "models: {lexical_judge: {backend: local_lexical_judge, model: lexical-v1, options: {support_threshold: 0.7}}}\n"
     )
-    jobs = planned_jobs(snakemake(finished_run, "-n", "--configfile", "tiny.yaml", "judge.yaml"))
+    jobs = planned_jobs(snakemake(run_copy, "-n", "--configfile", "tiny.yaml", "judge.yaml"))
     # The LAR diagnostics use the same judge, so they are rescored too; the GSPO run's caption reward
     # uses it as well, so that policy is retrained, recaptioned under every condition and re-evaluated;
     # the other captions are not remade.
@@ -151,20 +208,20 @@ def test_changing_the_judge_sampling_reruns_only_scoring(finished_run):
                     "report": 1, "all": 1}
 
 
-def test_changing_a_model_backend_reruns_its_stage(finished_run):
-    (finished_run / "other_writer.yaml").write_text(
+def test_changing_a_model_backend_reruns_its_stage(run_copy):
+    (run_copy / "other_writer.yaml").write_text(
         "models: {mcqa_writer: {backend: local_facts_writer, model: facts-first-v1, options: {format_variety: false}}}\n"
     )
-    jobs = planned_jobs(snakemake(finished_run, "-n", "--configfile", "tiny.yaml", "other_writer.yaml"))
+    jobs = planned_jobs(snakemake(run_copy, "-n", "--configfile", "tiny.yaml", "other_writer.yaml"))
     assert jobs == {"write_mcqas": 1, "make_splits": 1, **EVALUATION_OF_SPLITS, "all": 1}
 
 
-def test_editing_a_prompt_reruns_the_stage_that_uses_it(finished_run):
-    prompt = finished_run / "src" / "covip" / "prompts" / "dialogue_writer.txt"
+def test_editing_a_prompt_reruns_the_stage_that_uses_it(run_copy):
+    prompt = run_copy / "src" / "covip" / "prompts" / "dialogue_writer.txt"
     original = prompt.read_text()
     try:
         prompt.write_text(original + "\nKeep it friendly.\n")
-        jobs = planned_jobs(snakemake(finished_run, "-n"))
+        jobs = planned_jobs(snakemake(run_copy, "-n"))
         assert jobs == {"write_dialogues": 1, "write_mcqas": 1, "make_splits": 1, **EVALUATION_OF_SPLITS, "all": 1}
     finally:
         prompt.write_text(original)
@@ -195,39 +252,39 @@ def test_missing_api_key_fails_before_any_job_runs(tmp_path, monkeypatch):
     assert not (workdir / "results" / "concepts").exists(), "no stage may run without the key"
 
 
-def test_score_released_rule_scores_a_captions_file(finished_run):
+def test_score_released_rule_scores_a_captions_file(run_copy):
     fixture = ROOT.parent / "shared" / "fixtures" / "qas_gt_excerpt.json"
     if not fixture.exists():
         pytest.fail("../shared/fixtures/qas_gt_excerpt.json is missing beside the repository")
-    captions = finished_run / "my_captions.json"
+    captions = run_copy / "my_captions.json"
     captions.write_text('{"sample_0": "Seth gets excited passing cherry blossom trees.", "sample_1": "", "sample_2": ""}')
-    (finished_run / "released.yaml").write_text(
+    (run_copy / "released.yaml").write_text(
         f"released_scoring: {{mine: {{qas_gt: {fixture}, captions: {captions}}}}}\n"
     )
     target = "results/released/mine/lexical_judge/summary.parquet"
-    snakemake(finished_run, "--configfile", "tiny.yaml", "released.yaml", "--", target)
-    rows = pq.read_table(finished_run / target).to_pylist()
+    snakemake(run_copy, "--configfile", "tiny.yaml", "released.yaml", "--", target)
+    rows = pq.read_table(run_copy / target).to_pylist()
     pooled = next(row for row in rows if row["num_positives"] == 0)
     assert pooled["policy"] == "mine" and pooled["n_pos_questions"] > 0
-    answers = pq.read_table(finished_run / "results/released/mine/lexical_judge/answers.parquet").to_pylist()
+    answers = pq.read_table(run_copy / "results/released/mine/lexical_judge/answers.parquet").to_pylist()
     seth = next(r for r in answers if r["sample_id"] == "sample_0" and r["context_index"] == 0 and r["question_id"] == "Q1")
     assert seth["parsed"] == "B" and seth["correct"]
 
 
-def test_diagnostics_run_under_every_control_when_switched_on(finished_run):
+def test_diagnostics_run_under_every_control_when_switched_on(run_copy):
     """`controls.diagnostics: true` adds LSD/LAR/ITR (direct and CAG) for every policy under every
     control; the oracle, which reads the ground truth, answers exactly as it does intact."""
-    (finished_run / "diag_controls.yaml").write_text("controls: {diagnostics: true}\n")
-    jobs = planned_jobs(snakemake(finished_run, "-n", "--configfile", "tiny.yaml", "diag_controls.yaml"))
+    (run_copy / "diag_controls.yaml").write_text("controls: {diagnostics: true}\n")
+    jobs = planned_jobs(snakemake(run_copy, "-n", "--configfile", "tiny.yaml", "diag_controls.yaml"))
     # 4 policies x 3 tasks x 2 modes under 4 controls; each control applied to the 3 diagnostic sets,
     # and again to the test split (its job's params hold the controls settings, which changed).
     assert jobs["diagnose"] == 4 * 3 * 2 * 4
     assert jobs["apply_control"] == 4 * (3 + 1)
     targets = [f"results/diagnostics/responses/{condition}/oracle/lar.cag.parquet"
                for condition in ("swapped_context", "blank_query")]
-    snakemake(finished_run, "--configfile", "tiny.yaml", "diag_controls.yaml", "--", *targets)
-    intact = pq.read_table(finished_run / "results/diagnostics/responses/intact/oracle/lar.cag.parquet").to_pylist()
+    snakemake(run_copy, "--configfile", "tiny.yaml", "diag_controls.yaml", "--", *targets)
+    intact = pq.read_table(run_copy / "results/diagnostics/responses/intact/oracle/lar.cag.parquet").to_pylist()
     for target in targets:
-        controlled = pq.read_table(finished_run / target).to_pylist()
+        controlled = pq.read_table(run_copy / target).to_pylist()
         assert [(r["sample_id"], r["response"], r["score"]) for r in controlled] == \
                [(r["sample_id"], r["response"], r["score"]) for r in intact], target

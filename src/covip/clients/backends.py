@@ -23,6 +23,7 @@ class Backend:
     serves: dict[str, str] = field(default_factory=dict)
     key_env: str | None = None  # the API key's default environment variable ('api' backends)
     summary: str = ""
+    env: str = "data"  # the conda env (envs/<env>.yaml) a job running this backend needs
 
 
 _ALL = (
@@ -32,9 +33,9 @@ _ALL = (
                               "image": "covip.clients.genai_backend:GeminiImageGenerator"}, "GEMINI_API_KEY",
             "Google's Gemini models through google-genai"),
     Backend("transformers", "in_process", {"chat": "covip.clients.transformers_backend:TransformersChatModel"},
-            summary="a VLM run in the job's process with transformers (local folder or cached hub id)"),
+            summary="a VLM run in the job's process with transformers (local folder or cached hub id)", env="train"),
     Backend("vllm", "in_process", {"chat": "covip.clients.vllm_backend:VLLMChatModel"},
-            summary="a VLM run in the job's process on vLLM's offline engine"),
+            summary="a VLM run in the job's process on vLLM's offline engine", env="vllm"),
     Backend("open_clip", "in_process", {"embed": "covip.clients.openclip_backend:OpenClipEmbedder"},
             summary="CLIP image embeddings with open_clip"),
     Backend("local_compositor", "stand_in", {"image": "covip.local.compositor:Compositor"},
@@ -63,6 +64,9 @@ STAND_IN_BACKENDS = frozenset(name for name, backend in BACKENDS.items() if back
 IN_PROCESS_BACKENDS = frozenset(name for name, backend in BACKENDS.items() if backend.kind == "in_process")
 API_BACKENDS = frozenset(name for name, backend in BACKENDS.items() if backend.kind == "api")
 CAPABILITIES = ("chat", "image", "embed")
+# A job running several backends takes the env of the heaviest: the vLLM env also serves transformers,
+# and every env has the API clients.
+ENV_ORDER = ("data", "train", "vllm")
 
 
 class UnknownBackendError(ValueError):

@@ -66,6 +66,12 @@ def _imports_of(module: str, path: Path) -> frozenset[str]:
     return frozenset(name for name in found if name == PACKAGE or name.startswith(PACKAGE + "."))
 
 
+def imported_modules(script: str | Path) -> frozenset[str]:
+    """The `covip` modules (and names) a script outside the package imports, e.g. a workflow script."""
+    path = Path(script)
+    return _imports_of("__script__", path)
+
+
 def module_closure(*modules: str) -> dict[str, Path]:
     """Every `covip` module reachable by imports from `modules`, with its source file."""
     seen: dict[str, Path] = {}

@@ -4,23 +4,22 @@
 
 rule build_concept_pool:
     input:
-        get_concept_source(),
+        PREP.concept_source(),
     output:
         out("concepts/concepts.parquet"),
     log:
-        f"{LOGS}/build_concept_pool.log",
+        log_of("build_concept_pool"),
     benchmark:
-        f"{OUT}/benchmarks/build_concept_pool.tsv",
+        benchmark_of("build_concept_pool")
     params:
         settings=config["concept_pool"],
         seed=config["seed"],
-        code=stage_code("covip.stages.concepts"),
-    threads: rule_resources("build_concept_pool", "threads")
+        code=code_of("build_concept_pool.py", "build_concept_pool"),
+    threads: threads_of("build_concept_pool")
     resources:
-        mem_mb=rule_resources("build_concept_pool", "mem_mb"),
-        gpu=rule_resources("build_concept_pool", "gpu"),
+        **resources_of("build_concept_pool"),
     conda:
-        "../envs/data.yaml"
+        conda_of("build_concept_pool")
     script:
         "../workflow_scripts/build_concept_pool.py"
 
@@ -29,24 +28,23 @@ rule synthesize_queries:
     input:
         concepts=rules.build_concept_pool.output[0],
     output:
-        shard_output("synthesize_queries", "queries/queries.parquet"),
+        stage_output("synthesize_queries", "queries/queries.parquet"),
     log:
         shard_log("synthesize_queries"),
     benchmark:
-        shard_benchmark("synthesize_queries"),
+        shard_benchmark("synthesize_queries")
     params:
         shard_size=shard_size("synthesize_queries"),
         settings=config["synthesis"],
         seed=config["seed"],
-        models=model_params("image_generator"),
-        prompts=prompt_params("query_synthesis"),
-        code=stage_code("covip.stages.synthesis", [("image", "image_generator")]),
-    threads: rule_resources("synthesize_queries", "threads")
+        models=models_of("synthesize_queries"),
+        prompts=prompts_of("query_synthesis"),
+        code=code_of("synthesize_queries.py", "synthesize_queries"),
+    threads: threads_of("synthesize_queries")
     resources:
-        mem_mb=rule_resources("synthesize_queries", "mem_mb"),
-        gpu=rule_resources("synthesize_queries", "gpu"),
+        **resources_of("synthesize_queries"),
     conda:
-        "../envs/data.yaml"
+        conda_of("synthesize_queries")
     script:
         "../workflow_scripts/synthesize_queries.py"
 
@@ -58,21 +56,20 @@ rule filter_queries:
     output:
         out("filtering/decisions.parquet"),
     log:
-        f"{LOGS}/filter_queries.log",
+        log_of("filter_queries"),
     benchmark:
-        f"{OUT}/benchmarks/filter_queries.tsv",
+        benchmark_of("filter_queries")
     params:
         settings=config["filtering"],
         seed=config["seed"],
-        models=model_params("verifier"),
-        prompts=prompt_params("visual_fidelity"),
-        code=stage_code("covip.stages.filtering", [("chat", "verifier")]),
-    threads: rule_resources("filter_queries", "threads")
+        models=models_of("filter_queries"),
+        prompts=prompts_of("visual_fidelity"),
+        code=code_of("filter_queries.py", "filter_queries"),
+    threads: threads_of("filter_queries")
     resources:
-        mem_mb=rule_resources("filter_queries", "mem_mb"),
-        gpu=rule_resources("filter_queries", "gpu"),
+        **resources_of("filter_queries"),
     conda:
-        "../envs/data.yaml"
+        conda_of("filter_queries")
     script:
         "../workflow_scripts/filter_queries.py"
 
@@ -83,18 +80,17 @@ rule embed_concepts:
     output:
         out("negatives/concept_embeddings.parquet"),
     log:
-        f"{LOGS}/embed_concepts.log",
+        log_of("embed_concepts"),
     benchmark:
-        f"{OUT}/benchmarks/embed_concepts.tsv",
+        benchmark_of("embed_concepts")
     params:
-        models=model_params("embedder"),
-        code=stage_code("covip.stages.negatives", [("embed", "embedder")]),
-    threads: rule_resources("embed_concepts", "threads")
+        models=models_of("embed_concepts"),
+        code=code_of("embed_concepts.py", "embed_concepts"),
+    threads: threads_of("embed_concepts")
     resources:
-        mem_mb=rule_resources("embed_concepts", "mem_mb"),
-        gpu=rule_resources("embed_concepts", "gpu"),
+        **resources_of("embed_concepts"),
     conda:
-        "../envs/data.yaml"
+        conda_of("embed_concepts")
     script:
         "../workflow_scripts/embed_concepts.py"
 
@@ -108,19 +104,18 @@ rule build_contexts:
     output:
         out("negatives/contexts.parquet"),
     log:
-        f"{LOGS}/build_contexts.log",
+        log_of("build_contexts"),
     benchmark:
-        f"{OUT}/benchmarks/build_contexts.tsv",
+        benchmark_of("build_contexts")
     params:
         settings=config["negatives"],
         seed=config["seed"],
-        code=stage_code("covip.stages.negatives"),
-    threads: rule_resources("build_contexts", "threads")
+        code=code_of("build_contexts.py", "build_contexts"),
+    threads: threads_of("build_contexts")
     resources:
-        mem_mb=rule_resources("build_contexts", "mem_mb"),
-        gpu=rule_resources("build_contexts", "gpu"),
+        **resources_of("build_contexts"),
     conda:
-        "../envs/data.yaml"
+        conda_of("build_contexts")
     script:
         "../workflow_scripts/build_contexts.py"
 
@@ -130,24 +125,24 @@ rule write_dialogues:
         contexts=rules.build_contexts.output[0],
         concepts=rules.build_concept_pool.output[0],
     output:
-        shard_output("write_dialogues", "dialogues/dialogues.parquet"),
+        stage_output("write_dialogues", "dialogues/dialogues.parquet"),
     log:
         shard_log("write_dialogues"),
     benchmark:
-        shard_benchmark("write_dialogues"),
+        shard_benchmark("write_dialogues")
     params:
         shard_size=shard_size("write_dialogues"),
         settings=config["dialogues"],
         seed=config["seed"],
-        models=model_params("dialogue_writer"),
-        prompts=prompt_params("dialogue_writer", "dialogue_repair"),
-        code=stage_code("covip.stages.dialogues", [("chat", "dialogue_writer")]),
-    threads: rule_resources("write_dialogues", "threads")
+        models=models_of("write_dialogues"),
+        prompts=prompts_of("dialogue_writer", "dialogue_repair"),
+        content=content_of("facts"),
+        code=code_of("write_dialogues.py", "write_dialogues"),
+    threads: threads_of("write_dialogues")
     resources:
-        mem_mb=rule_resources("write_dialogues", "mem_mb"),
-        gpu=rule_resources("write_dialogues", "gpu"),
+        **resources_of("write_dialogues"),
     conda:
-        "../envs/data.yaml"
+        conda_of("write_dialogues")
     script:
         "../workflow_scripts/write_dialogues.py"
 
@@ -156,24 +151,23 @@ rule write_mcqas:
     input:
         dialogues=out("dialogues/dialogues.parquet"),
     output:
-        shard_output("write_mcqas", "mcqa/mcqas.parquet"),
+        stage_output("write_mcqas", "mcqa/mcqas.parquet"),
     log:
         shard_log("write_mcqas"),
     benchmark:
-        shard_benchmark("write_mcqas"),
+        shard_benchmark("write_mcqas")
     params:
         shard_size=shard_size("write_mcqas"),
         settings=config["mcqa"],
         seed=config["seed"],
-        models=model_params("mcqa_writer"),
-        prompts=prompt_params("mcqa_writer", "mcqa_repair"),
-        code=stage_code("covip.stages.mcqa", [("chat", "mcqa_writer")]),
-    threads: rule_resources("write_mcqas", "threads")
+        models=models_of("write_mcqas"),
+        prompts=prompts_of("mcqa_writer", "mcqa_repair"),
+        code=code_of("write_mcqas.py", "write_mcqas"),
+    threads: threads_of("write_mcqas")
     resources:
-        mem_mb=rule_resources("write_mcqas", "mem_mb"),
-        gpu=rule_resources("write_mcqas", "gpu"),
+        **resources_of("write_mcqas"),
     conda:
-        "../envs/data.yaml"
+        conda_of("write_mcqas")
     script:
         "../workflow_scripts/write_mcqas.py"
 
@@ -191,18 +185,17 @@ rule make_splits:
         test=out("splits/test.parquet"),
         report=out("splits/split_report.parquet"),
     log:
-        f"{LOGS}/make_splits.log",
+        log_of("make_splits"),
     benchmark:
-        f"{OUT}/benchmarks/make_splits.tsv",
+        benchmark_of("make_splits")
     params:
         settings=config["splits"],
         seed=config["seed"],
-        code=stage_code("covip.stages.splits"),
-    threads: rule_resources("make_splits", "threads")
+        code=code_of("make_splits.py", "make_splits"),
+    threads: threads_of("make_splits")
     resources:
-        mem_mb=rule_resources("make_splits", "mem_mb"),
-        gpu=rule_resources("make_splits", "gpu"),
+        **resources_of("make_splits"),
     conda:
-        "../envs/data.yaml"
+        conda_of("make_splits")
     script:
         "../workflow_scripts/make_splits.py"

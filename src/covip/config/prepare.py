@@ -1,0 +1,242 @@
+"""What the workflow knows once its config is read: checked models and roles, training runs, and what
+each rule needs (inputs of workflow-built models, params, resources, conda env, code fingerprint).
+
+`prepare(config)` runs while Snakemake parses the workflow (rules/common.smk calls it), so a wrong
+role, backend or setting fails `snakemake -n` with the entry and the key named, never a job. The
+rules stay thin: each directive calls one method here, keyed by the rule's own name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from covip.clients.backends import BACKENDS, ENV_ORDER, backend_module
+from covip.config.layout import Layout
+from covip.clients.spec import ModelSpec
+from covip.content.book import content_fingerprint
+from covip.core.fingerprint import code_fingerprint, imported_modules
+from covip.core.settings import settings_from
+from covip.prompts import PromptBook
+from covip.training.settings import TrainingSettings, launch_command
+
+# Fixed roles of stages 2-6 and the capability each asks of its model (for backend fingerprints).
+STAGE_ROLES = {
+    "synthesize_queries": [("image", "image_generator")],
+    "filter_queries": [("chat", "verifier")],
+    "embed_concepts": [("embed", "embedder")],
+    "write_dialogues": [("chat", "dialogue_writer")],
+    "write_mcqas": [("chat", "mcqa_writer")],
+}
+# Rules whose GPU count is their model's `gpus:` (the wildcard that names the model).
+MODEL_GPU_WILDCARD = {"caption": "policy", "capeval": "judge", "score_released": "judge", "diagnose": "policy"}
+RESOURCE_KEYS = ("mem_mb", "runtime")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the section, entry and key, and the choices."""
+
+
+@dataclass
+class Prepared(Layout):
+    """The workflow's config after checking, with the per-rule helpers the .smk files call."""
+
+    config: dict
+    root: Path  # the repository (workflow_scripts/, envs/, config/accelerate/)
+    models: dict[str, ModelSpec]
+    training: TrainingSettings
+    prompts: PromptBook
+    trained_models: dict[str, str] = field(default_factory=dict)  # <outdir>/training/<run>/model -> run
+
+    # -- paths --------------------------------------------------------------------------------------
+    @property
+    def outdir(self) -> str:
+        return self.config["outdir"].rstrip("/")
+
+    @property
+    def logs(self) -> str:
+        return f"{self.outdir}/logs"
+
+    def out(self, path: str) -> str:
+        """A path under the run's output folder."""
+        return f"{self.outdir}/{path}"
+
+    def log(self, rule: str, path: str | None = None) -> str:
+        """The rule's log under <outdir>/logs (path: wildcards, e.g. 'caption/{condition}/{policy}')."""
+        return f"{self.logs}/{path or rule}.log"
+
+    def benchmark(self, rule: str, path: str | None = None) -> str:
+        return f"{self.outdir}/benchmarks/{path or rule}.tsv"
+
+    # -- models ------------------------------------------------------------------------------------
+    def spec(self, role: str) -> ModelSpec:
+        return self.models[role]
+
+    def is_built_here(self, model: str) -> bool:
+        """A model folder the workflow writes itself: the tiny VLM or a GSPO-trained policy."""
+        return model == self.config["tiny_vlm"]["path"] or os.path.normpath(model) in self.trained_models
+
+    def model_inputs(self, *roles: str, **named) -> dict:
+        """Named inputs plus, for a model the workflow builds itself, its folder, so the job waits for
+        build_tiny_vlm / train_gspo."""
+        inputs = dict(named)
+        for role in roles:
+            spec = self.models[role]
+            if BACKENDS[spec.backend].kind == "in_process" and self.is_built_here(spec.model):
+                inputs[f"model_{role}"] = spec.model
+        return inputs
+
+    def model_params(self, *roles: str) -> dict:
+        """The registry entries a job uses; part of params, so switching a backend reruns the job."""
+        return {role: self.config["models"][role] for role in roles}
+
+    def prompt_params(self, *names: str) -> str:
+        return self.prompts.fingerprint(*names)
+
+    def content_params(self, *names: str) -> str:
+        """Fingerprint of the content files a job reads, as this run uses them (its replacements included)."""
+        return content_fingerprint(self.config.get("content"), *names)
+
+    # -- what each rule runs -------------------------------------------------------------------------
+    def roles(self, rule: str, wildcards: Mapping | None = None) -> list[tuple[str, str]]:
+        """(capability, registry entry) pairs a job of `rule` calls."""
+        wildcards = wildcards or {}
+        if rule in STAGE_ROLES:
+            return list(STAGE_ROLES[rule])
+        if rule == "caption":
+            return [("chat", wildcards["policy"])]
+        if rule in ("capeval", "score_released"):
+            return [("chat", wildcards["judge"])]
+        if rule == "diagnose":
+            judge = [("chat", self.config["evaluation"]["diagnostic_judge"])] if wildcards["task"] == "lar" else []
+            return [("chat", wildcards["policy"]), *judge]
+        if rule == "train_gspo":
+            return [("chat", role) for role in self.training_roles(wildcards["run"])]
+        return []
+
+    def role_names(self, rule: str, wildcards: Mapping | None = None) -> list[str]:
+        return [role for _, role in self.roles(rule, wildcards)]
+
+    def code(self, script: str, rule: str, wildcards: Mapping | None = None) -> str:
+        """Fingerprint of the package code a job runs: every covip module its workflow script (or, for
+        a shell rule, its entry module) imports, transitively, plus the backend modules of its models."""
+        if script.endswith(".py"):
+            roots = sorted(imported_modules(self.root / "workflow_scripts" / script))
+        else:
+            roots = [script]
+        roots += [backend_module(capability, self.models[role].backend) for capability, role in self.roles(rule, wildcards)]
+        return code_fingerprint(*roots)
+
+    def gpus(self, rule: str, wildcards: Mapping | None = None) -> int:
+        """GPUs a job needs: its model's `gpus:` for model rules, the run's for train_gspo, else config."""
+        if rule == "train_gspo":
+            return self.training_settings(wildcards["run"]).gpus
+        if rule in MODEL_GPU_WILDCARD:
+            return max(self.models[role].gpus for role in self.role_names(rule, wildcards))
+        return int(self.resource(rule, "gpu"))
+
+    def conda_env(self, rule: str, wildcards: Mapping | None = None) -> str:
+        """The env of the heaviest backend a job runs (envs/<env>.yaml, relative to rules/)."""
+        envs = [BACKENDS[self.models[role].backend].env for role in self.role_names(rule, wildcards)]
+        if rule in ("train_gspo", "build_tiny_vlm"):
+            envs.append("train")
+        return f"../envs/{max(envs or ['data'], key=ENV_ORDER.index)}.yaml"
+
+    # -- resources ---------------------------------------------------------------------------------
+    def resource(self, rule: str, key: str) -> Any:
+        """resources.rules.<rule>.<key>, else resources.default.<key> (None when neither sets it)."""
+        overrides = self.config["resources"]["rules"].get(rule, {})
+        return overrides.get(key, self.config["resources"]["default"].get(key))
+
+    def threads(self, rule: str) -> int:
+        return int(self.resource(rule, "threads"))
+
+    def resources(self, rule: str) -> dict:
+        """The `resources:` of a rule: mem_mb and runtime from config, gpu from its model or config."""
+        found = {key: self.resource(rule, key) for key in RESOURCE_KEYS if self.resource(rule, key) is not None}
+        if rule in MODEL_GPU_WILDCARD or rule == "train_gspo":
+            found["gpu"] = lambda wildcards: self.gpus(rule, wildcards)
+        else:
+            found["gpu"] = self.gpus(rule)
+        return found
+
+    # -- training (stage 8) ------------------------------------------------------------------------
+    def training_settings(self, run: str) -> TrainingSettings:
+        """The merged settings of training run `run` (config training + training.runs.<run>)."""
+        return self.training.for_run(run)
+
+    def training_roles(self, run: str) -> list[str]:
+        """Registry entries a training job calls: the caption reward's judge, when the run needs one."""
+        settings = self.training_settings(run)
+        needs_judge = any(task in ("caption", "joint") for task in settings.tasks())
+        return [settings.judge] if needs_judge and settings.judge else []
+
+    def training_inputs(self, run: str) -> dict:
+        """The train split, the base model's folder when the workflow builds it, and the judge's inputs."""
+        named = {"train": self.out("splits/train.parquet")}
+        base = self.training_settings(run).base_model
+        if self.is_built_here(base):
+            named["base_model"] = base
+        return self.model_inputs(*self.training_roles(run), **named)
+
+    def training_job_config(self, run: str) -> str:
+        """What `covip train` reads, as JSON text: this run's settings and the registry entries it calls,
+        nothing else, so editing another run or model does not retrain this one."""
+        section = {**self.config.get("training", {}), "runs": {run: self.config["training"]["runs"][run]}}
+        job = {"training": section, "models": self.model_params(*self.training_roles(run)),
+               "prompts": self.config.get("prompts") or {}, "seed": self.config["seed"], "outdir": self.config["outdir"]}
+        if "cache" in self.config:
+            job["cache"] = self.config["cache"]
+        return json.dumps(job, sort_keys=True)
+
+    def training_launcher(self, run: str) -> str:
+        """python, or one `accelerate launch` over the job's GPUs (covip.training.settings.launch_command)."""
+        return launch_command(self.training_settings(run), self.root / "config" / "accelerate")
+
+    def training_params(self, run: str) -> dict:
+        return dataclasses.asdict(self.training_settings(run))
+
+    # -- diagnostics and concept sources -------------------------------------------------------------
+    def diagnostic_source(self, task: str) -> dict:
+        """A user's hub-format Parquet for this diagnostic task, else the concept pool to generate from."""
+        source = self.config["diagnostic_sources"].get(task)
+        return {"source": source} if source else {"concepts": self.out("concepts/concepts.parquet")}
+
+    def concept_source(self) -> list[str]:
+        """The user's photo folder or manifest, so editing it rebuilds the pool (nothing for builtin)."""
+        pool = self.config["concept_pool"]
+        return [] if pool["source"] == "builtin" else [pool["path"]]
+
+
+def prepare(config: dict, root: str | Path) -> Prepared:
+    """Check `config` (already validated against its JSON schema) and resolve what the rules need.
+
+    Resolves "{outdir}" in registry entries (a GSPO-trained policy lives under the run's outdir),
+    builds every registry entry (unknown keys and backends are errors), checks that every role the
+    evaluation and training name is an entry, and reads the training settings.
+    """
+    outdir = config["outdir"].rstrip("/")
+    for entry in config["models"].values():
+        if isinstance(entry.get("model"), str) and "{outdir}" in entry["model"]:
+            entry["model"] = entry["model"].replace("{outdir}", outdir)
+    models = {name: ModelSpec.from_config(name, entry) for name, entry in config["models"].items()}
+    evaluation = config["evaluation"]
+    for section, roles in (("evaluation.policies", evaluation["policies"]), ("evaluation.judges", evaluation["judges"]),
+                           ("evaluation.diagnostic_judge", [evaluation["diagnostic_judge"]])):
+        for role in roles:
+            if role not in models:
+                raise ConfigError(f"{section}: '{role}' is not an entry of the models registry (have: {sorted(models)})")
+    training = settings_from(TrainingSettings, config.get("training"), "config 'training'")
+    if training.judge is not None and training.judge not in models:
+        raise ConfigError(f"training.judge: '{training.judge}' is not an entry of the models registry "
+                          f"(have: {sorted(models)})")
+    for run in training.runs:
+        training.for_run(run)  # unknown or missing settings of a run fail now, not in its job
+    trained = {os.path.normpath(f"{outdir}/training/{run}/model"): run for run in training.runs}
+    return Prepared(config=config, root=Path(root), models=models, training=training,
+                    prompts=PromptBook(config.get("prompts") or {}), trained_models=trained)

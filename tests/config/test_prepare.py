@@ -1,0 +1,150 @@
+"""covip.config.prepare: the checks and per-rule answers the workflow takes at parse time."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from covip.clients.backends import UnknownBackendError
+from covip.config.prepare import ConfigError, prepare
+from covip.core.fingerprint import code_fingerprint
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def default_config():
+    """config/config.yaml with the schema defaults the workflow's validation would fill in."""
+    from snakemake.utils import validate
+
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    validate(config, str(ROOT / "config" / "schemas" / "config.schema.yaml"))
+    return config
+
+
+def prepared(config, **changes):
+    config = copy.deepcopy(config)
+    for key, value in changes.items():
+        section, _, name = key.partition("__")
+        if name:
+            config[section][name] = value
+        else:
+            config[section] = value
+    return prepare(config, ROOT)
+
+
+def test_outdir_placeholder_is_resolved_and_trained_policies_are_known(default_config):
+    prep = prepared(default_config, outdir="elsewhere")
+    assert prep.models["tiny_vlm_gspo"].model == "elsewhere/training/tiny_vlm_gspo/model"
+    assert prep.is_built_here("elsewhere/training/tiny_vlm_gspo/model")
+    inputs = prep.model_inputs("tiny_vlm_gspo", test="t.parquet")
+    assert inputs == {"test": "t.parquet", "model_tiny_vlm_gspo": "elsewhere/training/tiny_vlm_gspo/model"}
+    assert prep.model_inputs("oracle") == {}  # a stand-in has no folder to wait for
+
+
+@pytest.mark.parametrize("section, value, named", [
+    ("evaluation__policies", ["oracle", "gpt9"], "evaluation.policies: 'gpt9'"),
+    ("evaluation__judges", ["nobody"], "evaluation.judges: 'nobody'"),
+    ("evaluation__diagnostic_judge", "nobody", "evaluation.diagnostic_judge: 'nobody'"),
+])
+def test_an_undefined_role_fails_naming_section_and_entries(default_config, section, value, named):
+    with pytest.raises(ConfigError, match=named) as error:
+        prepared(default_config, **{section: value})
+    assert "lexical_judge" in str(error.value)  # the entries that do exist are listed
+
+
+def test_an_unknown_backend_or_registry_key_fails_naming_the_entry(default_config):
+    config = copy.deepcopy(default_config)
+    config["models"]["oracle"] = {"backend": "reference_oracel"}
+    with pytest.raises(UnknownBackendError, match=r"models\.oracle\.backend: unknown backend 'reference_oracel'"):
+        prepare(config, ROOT)
+    config["models"]["oracle"] = {"backend": "reference_oracle", "temprature": 0}
+    with pytest.raises(ValueError, match=r"models\.oracle: unknown key\(s\) \['temprature'\]"):
+        prepare(config, ROOT)
+
+
+def test_a_bad_training_run_fails_at_parse_time(default_config):
+    config = copy.deepcopy(default_config)
+    config["training"]["runs"]["tiny_vlm_gspo"]["learning_rat"] = 1e-3
+    with pytest.raises(ValueError, match=r"training\.runs\.tiny_vlm_gspo: unknown setting\(s\) \['learning_rat'\]"):
+        prepare(config, ROOT)
+
+
+def test_resources_come_from_the_rule_own_name(default_config):
+    prep = prepared(default_config)
+    assert prep.threads("caption") == 2 and prep.threads("make_splits") == 1  # rules.caption vs default
+    caption = prep.resources("caption")
+    assert caption["mem_mb"] == 3000 and callable(caption["gpu"])
+    assert prep.resources("make_splits") == {"mem_mb": 1500, "gpu": 0}
+
+
+def test_gpus_of_a_model_rule_follow_its_model(default_config):
+    config = copy.deepcopy(default_config)
+    config["models"]["tiny_vlm"]["gpus"] = 2
+    config["resources"]["rules"]["report"] = {"gpu": 1}
+    prep = prepare(config, ROOT)
+    assert prep.gpus("caption", {"policy": "tiny_vlm"}) == 2
+    assert prep.gpus("caption", {"policy": "oracle"}) == 0
+    assert prep.resources("caption")["gpu"]({"policy": "tiny_vlm"}) == 2
+    assert prep.gpus("report") == 1
+    assert prep.gpus("train_gspo", {"run": "tiny_vlm_gspo"}) == prep.training_settings("tiny_vlm_gspo").gpus
+
+
+def test_the_conda_env_follows_the_backend_the_job_runs(default_config):
+    config = copy.deepcopy(default_config)
+    config["models"]["served"] = {"backend": "vllm", "model": "Qwen/Qwen3-VL-8B-Instruct", "gpus": 1}
+    config["evaluation"]["policies"].append("served")
+    prep = prepare(config, ROOT)
+    assert prep.conda_env("caption", {"policy": "oracle"}) == "../envs/data.yaml"
+    assert prep.conda_env("caption", {"policy": "tiny_vlm"}) == "../envs/train.yaml"
+    assert prep.conda_env("caption", {"policy": "served"}) == "../envs/vllm.yaml"
+    # A LAR job runs the policy and the judge: the heavier env serves both.
+    assert prep.conda_env("diagnose", {"policy": "served", "task": "lar"}) == "../envs/vllm.yaml"
+    assert prep.conda_env("make_splits") == "../envs/data.yaml"
+    assert prep.conda_env("train_gspo", {"run": "tiny_vlm_gspo"}) == "../envs/train.yaml"
+
+
+def test_code_fingerprint_follows_the_workflow_script_imports_and_the_backend(default_config):
+    prep = prepared(default_config)
+    oracle = prep.code("caption.py", "caption", {"policy": "oracle"})
+    tiny = prep.code("caption.py", "caption", {"policy": "tiny_vlm"})
+    assert oracle != tiny  # the backend module is part of it
+    assert oracle == code_fingerprint("covip.core.schemas", "covip.stages.captioning", "covip.workflow.run",
+                                      "covip.local.reference_policies")
+    # The shell rule's entry module, not the CLI that launches it.
+    assert prep.code("covip.training.job", "train_gspo", {"run": "tiny_vlm_gspo"}) == code_fingerprint(
+        "covip.training.job", "covip.local.lexical_judge")
+
+
+def test_lar_jobs_call_the_diagnostic_judge_too(default_config):
+    prep = prepared(default_config)
+    assert prep.role_names("diagnose", {"policy": "oracle", "task": "lar"}) == ["oracle", "lexical_judge"]
+    assert prep.role_names("diagnose", {"policy": "oracle", "task": "lsd"}) == ["oracle"]
+    assert prep.role_names("write_mcqas") == ["mcqa_writer"]
+
+
+def test_training_job_config_holds_only_its_run_and_roles(default_config):
+    config = copy.deepcopy(default_config)
+    config["training"]["runs"]["other"] = {"base_model": "somewhere"}
+    prep = prepare(config, ROOT)
+    job = yaml.safe_load(prep.training_job_config("tiny_vlm_gspo"))
+    assert list(job["training"]["runs"]) == ["tiny_vlm_gspo"]
+    assert list(job["models"]) == ["lexical_judge"]
+    assert prep.training_launcher("tiny_vlm_gspo") == "python"
+
+
+def test_sharded_layout_and_control_keys(default_config):
+    prep = prepared(default_config, sharding={"shard_size": 20, "rules": ["caption", "capeval"], "sizes": {"capeval": 50}})
+    assert prep.shard_count("caption") == 4 and prep.shard_count("capeval") == 2  # 64 synthesis ordinals
+    assert prep.stage_output("caption", "captions/{condition}/{policy}.parquet") == \
+        "results/captions/{condition}/{policy}.shards/{shard}.parquet"
+    assert "summary" not in prep.capeval_outputs()
+    assert not prepared(default_config).sharded("caption")
+    keys = prep.capeval_keys()
+    assert keys[0] == ("intact", "oracle/lexical_judge") and len(keys) == 5 * 6 * 2
+    assert prep.diagnostic_conditions == ["intact"]  # controls.diagnostics is off in the default
+    assert prep.condition_input("intact", "lar") == "results/diagnostics/sets/lar.parquet"
+    assert prep.condition_input("text_only", "test") == "results/controls/text_only/test.parquet"
