@@ -20,7 +20,12 @@ include: "rules/captioning.smk"
 include: "rules/capeval.smk"
 include: "rules/diagnostics.smk"
 include: "rules/controls.smk"
+include: "rules/human_eval.smk"
 include: "rules/report.smk"
+
+
+# Now that every rule exists: a misspelled rule name under resources.rules fails the dry run.
+check_rule_names([rule.name for rule in workflow.rules])
 
 
 rule all:

@@ -69,7 +69,7 @@ def _png() -> bytes:
 
 def synthetic_test_set(n_samples: int, workdir: Path) -> tuple[list[dict], list[dict]]:
     """Captions (one policy) and a test split in the real schemas, written and read back from Parquet."""
-    from covip import schemas
+    from covip.core import schemas
     from covip.core.io import read_rows, write_artifact
 
     image = {"bytes": _png(), "path": None}
@@ -148,7 +148,8 @@ def judge_payloads(captions, split, base_url: str) -> list[dict]:
     from covip.clients.openai_backend import build_openai_payload
     from covip.clients.spec import ModelSpec
     from covip.prompts import PromptBook
-    from covip.stages.capeval import CapEvalSettings, _items_from_split, _pair_captions, build_judge_request
+    from covip.protocol.judging import build_judge_request
+    from covip.stages.capeval import CapEvalSettings, _items_from_split, _pair_captions
 
     spec = ModelSpec.from_config("judge", paper_judge_entry(base_url, None))
     prompts = PromptBook({})

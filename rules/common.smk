@@ -1,10 +1,11 @@
 # Config validation and the helpers every rule calls. The logic lives in covip.config (tested in
 # Python); these are one-line adapters so that each rule names only its own rule name.
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
-from covip.config.prepare import prepare
+from covip.config.prepare import check_rule_names as _check_rule_names, prepare
 from covip.core.names import CONDITIONS, CONTROL_CONDITIONS, DATASETS, DIAGNOSTIC_MODES, DIAGNOSTIC_TASKS, NAME_PATTERN
 
 
@@ -13,6 +14,9 @@ validate(config, schema="../config/schemas/config.schema.yaml")
 PREP = prepare(config, Path(workflow.basedir))
 OUT = PREP.outdir
 LOGS = PREP.logs
+if config["human_eval"]["votes"] and not PREP.human_eval_enabled:
+    print(f"human_eval.votes: {config['human_eval']['votes']} does not exist yet; no human-evaluation summary "
+          "this run", file=sys.stderr)
 
 
 wildcard_constraints:
@@ -34,6 +38,10 @@ onstart:
 
     local = workflow.local_exec and not workflow.remote_exec
     check_before_run(PREP, gpu_requests(workflow.dag.needrun_jobs()) if local else None)
+
+
+def check_rule_names(rules):
+    _check_rule_names(config, rules)
 
 
 def out(path):
@@ -90,6 +98,19 @@ def prompts_of(*names):
 
 def content_of(*names):
     return PREP.content_params(*names)
+
+
+def human_eval_report_inputs():
+    """The human study's summary tables as extra inputs of the report (none when there are no votes)."""
+    return {f"human_{name}": path for name, path in PREP.human_eval_outputs().items() if name != "votes"}
+
+
+def human_eval_report_outputs():
+    """The human study's plot as an extra output of the report (none when there are no votes)."""
+    if not PREP.human_eval_enabled:
+        return {}
+    return {"human_eval_plot": report(out("report/human_eval.png"), category="Human evaluation",
+                                      caption="../report/human_eval_plot.rst")}
 
 
 def shard_size(rule):

@@ -44,11 +44,13 @@ rule report:
         agreement=rules.judge_agreement.output.agreement,
         disagreements=rules.judge_agreement.output.disagreements,
         paper=config["paper_results"],
+        **human_eval_report_inputs(),  # empty unless a votes database exists (rules/human_eval.smk)
     output:
         summary=report(out("report/summary.md"), category="Summary", caption="../report/summary.rst"),
         capeval_plot=report(out("report/capeval_by_count.png"), category="CapEval-QA", caption="../report/capeval_plot.rst"),
         diagnostics_plot=report(out("report/direct_vs_cag.png"), category="Diagnostics", caption="../report/diagnostics_plot.rst"),
         controls_plot=report(out("report/controls.png"), category="Does it look?", caption="../report/controls_plot.rst"),
+        **human_eval_report_outputs(),
     log:
         log_of("report"),
     benchmark:

@@ -4,26 +4,19 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from support.loopback import free_port, wait_until_up
 
 from covip.prompts import PromptBook
 from support.offline import OFFLINE_STAGES_2_TO_4, offline_contexts
 from covip.stages.concepts import ConceptPoolSettings, build_concept_pool
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _unavailable(reason: str):
@@ -42,7 +35,7 @@ def llama_server(tmp_path_factory):
     except ImportError as error:
         _unavailable(f"llama-cpp-python[server] or the Gemma GGUF package is not installed ({error})")
     model_path = gemma.assemble(tmp_path_factory.mktemp("gguf") / gemma.MODEL_NAME)
-    port = _free_port()
+    port = free_port()
     log_path = Path(tmp_path_factory.mktemp("llama")) / "server.log"
     log = open(log_path, "w")
     process = subprocess.Popen(
@@ -51,16 +44,7 @@ def llama_server(tmp_path_factory):
         stdout=log, stderr=subprocess.STDOUT,
     )
     base_url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{base_url}/models", timeout=2).read()
-            break
-        except OSError:
-            if process.poll() is not None or time.time() > deadline:
-                process.kill()
-                pytest.fail(f"llama.cpp server did not start: {log_path.read_text()[-2000:]}")
-            time.sleep(0.5)
+    wait_until_up(f"{base_url}/models", process, 120, lambda: f"llama.cpp server did not start: {log_path.read_text()[-2000:]}")
     yield base_url
     process.terminate()
     try:

@@ -20,6 +20,13 @@ with StageRun(snakemake) as run:  # noqa: F821
         effects, run.read("changes", schemas.CONTROL_CHANGES), run.read("agreement", schemas.JUDGE_AGREEMENT),
         run.read("disagreements", schemas.JUDGE_DISAGREEMENTS), Path(out.controls_plot).name,
     )
+    human = []  # the human study's section, only when rule human_eval_summary ran (rules/human_eval.smk)
+    if "human_pairs" in snakemake.input.keys():  # noqa: F821
+        pairs = run.read("human_pairs", schemas.HUMAN_EVAL_PAIRS)
+        report.plot_human_eval(pairs, out.human_eval_plot)
+        human.append(report.human_eval_section(pairs, run.read("human_ranking", schemas.HUMAN_EVAL_RANKING),
+                                               run.read("human_agreement", schemas.HUMAN_EVAL_AGREEMENT),
+                                               Path(out.human_eval_plot).name))
     text = report.render_summary(
         capeval, diagnostics, paper,
         run_name=snakemake.params.run_name,  # noqa: F821
@@ -27,6 +34,6 @@ with StageRun(snakemake) as run:  # noqa: F821
         capeval_plot=Path(out.capeval_plot).name,
         diagnostics_plot=Path(out.diagnostics_plot).name,
         usage=load_usage(Path(run.config["outdir"]) / "usage"),
-        extra_sections=[controls],
+        extra_sections=[controls, *human],
     )
     write_text_atomic(out.summary, text)

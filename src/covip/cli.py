@@ -219,11 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden-size", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.set_defaults(func=_build_tiny_vlm)
+
+    from covip.human_eval.command import add_parser as add_human_eval  # its own subcommands: serve, raters
+
+    add_human_eval(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "human-eval":
+        from covip.human_eval.command import run
+
+        return run(args)
     return args.func(args)
 
 

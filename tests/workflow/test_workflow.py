@@ -114,17 +114,10 @@ def test_rerun_after_full_run_does_nothing(finished_run):
 
 
 def test_editing_stage_code_reruns_that_stage_and_downstream_only(run_copy):
-    splits_module = run_copy / "src" / "covip" / "stages" / "mcqa.py"
-    original = splits_module.read_text()
-    try:
-        splits_module.write_text(original + "\n# an edit\n")
-        jobs = planned_jobs(snakemake(run_copy, "-n"))
-        # The edited stage and everything that reads its output (the GSPO run on the new train split, captions
-        # of the new test split, their scores, the report), but nothing upstream, and of the diagnostics,
-        # which do not use the splits, only the retrained policy's.
-        assert jobs == {"write_mcqas": 1, "make_splits": 1, **EVALUATION_OF_SPLITS, "all": 1}
-    finally:
-        splits_module.write_text(original)
+    # The edited stage and everything that reads its output (the GSPO run on the new train split, captions
+    # of the new test split, their scores, the report), but nothing upstream, and of the diagnostics,
+    # which do not use the splits, only the retrained policy's.
+    assert edited(run_copy, "stages/mcqa.py") == {"write_mcqas": 1, "make_splits": 1, **EVALUATION_OF_SPLITS, "all": 1}
     assert planned_jobs(snakemake(run_copy, "-n")) == {}
 
 
@@ -179,14 +172,7 @@ def test_editing_a_content_file_reruns_the_stages_that_read_it(run_copy):
 
 
 def test_editing_a_shared_module_reruns_every_stage_that_imports_it(run_copy):
-    schemas = run_copy / "src" / "covip" / "core" / "schemas.py"
-    original = schemas.read_text()
-    try:
-        schemas.write_text(original + "\n# an edit\n")
-        jobs = planned_jobs(snakemake(run_copy, "-n"))
-        assert {"build_concept_pool", "write_dialogues", "make_splits"} <= set(jobs)
-    finally:
-        schemas.write_text(original)
+    assert {"build_concept_pool", "write_dialogues", "make_splits"} <= set(edited(run_copy, "core/schemas/types.py"))
 
 
 def test_changing_a_stage_param_reruns_from_that_stage(run_copy):
@@ -217,14 +203,8 @@ def test_changing_a_model_backend_reruns_its_stage(run_copy):
 
 
 def test_editing_a_prompt_reruns_the_stage_that_uses_it(run_copy):
-    prompt = run_copy / "src" / "covip" / "prompts" / "dialogue_writer.txt"
-    original = prompt.read_text()
-    try:
-        prompt.write_text(original + "\nKeep it friendly.\n")
-        jobs = planned_jobs(snakemake(run_copy, "-n"))
-        assert jobs == {"write_dialogues": 1, "write_mcqas": 1, "make_splits": 1, **EVALUATION_OF_SPLITS, "all": 1}
-    finally:
-        prompt.write_text(original)
+    jobs = edited(run_copy, "prompts/dialogue_writer.txt")
+    assert jobs == {"write_dialogues": 1, "write_mcqas": 1, "make_splits": 1, **EVALUATION_OF_SPLITS, "all": 1}
 
 
 def test_trained_policy_is_trained_before_it_captions(tmp_path):

@@ -37,6 +37,9 @@ class Layout:
     def out(self, path: str) -> str:  # pragma: no cover - provided by Prepared
         raise NotImplementedError
 
+    def human_eval_outputs(self) -> dict:  # pragma: no cover - provided by Prepared
+        raise NotImplementedError
+
     # -- sharding ----------------------------------------------------------------------------------
     def shard_size(self, rule: str) -> int | None:
         """Samples per job of a sharded stage (None: one job); a param, so resizing reruns the stage.
@@ -137,4 +140,5 @@ class Layout:
             self.out("report/capeval_by_count.png"),
             self.out("report/direct_vs_cag.png"),
             self.out("report/controls.png"),
-        ] + [self.out(f"released/{name}/{judge}/summary.parquet") for name in self.config["released_scoring"] for judge in judges]
+        ] + [self.out(f"released/{name}/{judge}/summary.parquet") for name in self.config["released_scoring"] for judge in judges
+             ] + list(self.human_eval_outputs().values())  # none unless a votes database exists

@@ -207,10 +207,46 @@ class Prepared(Layout):
         source = self.config["diagnostic_sources"].get(task)
         return {"source": source} if source else {"concepts": self.out("concepts/concepts.parquet")}
 
+    # -- human evaluation ----------------------------------------------------------------------------
+    def human_eval_roles(self) -> tuple[list[str], list[str]]:
+        """The policies and judges the human study compares (default: the evaluation's)."""
+        section, evaluation = self.config["human_eval"], self.config["evaluation"]
+        return list(section.get("policies") or evaluation["policies"]), list(section.get("judges") or evaluation["judges"])
+
+    @property
+    def human_eval_enabled(self) -> bool:
+        """True once human_eval.votes names a votes database that exists (`covip human-eval serve` made it)."""
+        votes = self.config["human_eval"].get("votes")
+        return bool(votes) and os.path.exists(votes)
+
+    def human_eval_outputs(self) -> dict:
+        """The summary's tables (none when there are no votes)."""
+        if not self.human_eval_enabled:
+            return {}
+        return {name: self.out(f"human_eval/{name}.parquet") for name in ("votes", "pairs", "ranking", "agreement")}
+
     def concept_source(self) -> list[str]:
         """The user's photo folder or manifest, so editing it rebuilds the pool (nothing for builtin)."""
         pool = self.config["concept_pool"]
         return [] if pool["source"] == "builtin" else [pool["path"]]
+
+
+def check_stage_settings(config: Mapping) -> None:
+    """Build every stage's settings dataclass from its section, so a value its checks refuse
+    (`controls.severity: 2.0`) fails the dry run, naming the key, instead of the job an hour in."""
+    from covip.config.schema import STAGE_SETTINGS, settings_class
+
+    for section in STAGE_SETTINGS:
+        if section != "training":  # checked run by run above
+            settings_from(settings_class(section), config.get(section), f"config '{section}'")
+
+
+def check_rule_names(config: Mapping, rules: list[str]) -> None:
+    """Every rule named under resources.rules exists (a misspelled name would be silently ignored)."""
+    optional = {"gather_shards", "summarize_capeval", "human_eval_summary"}  # rules that exist only in some runs
+    unknown = sorted(set(config["resources"]["rules"]) - set(rules) - optional)
+    if unknown:
+        raise ConfigError(f"resources.rules: no rule named {unknown}; the rules are {sorted(rules)}")
 
 
 def prepare(config: dict, root: str | Path) -> Prepared:
@@ -237,6 +273,10 @@ def prepare(config: dict, root: str | Path) -> Prepared:
                           f"(have: {sorted(models)})")
     for run in training.runs:
         training.for_run(run)  # unknown or missing settings of a run fail now, not in its job
+    for role in [*(config["human_eval"].get("policies") or []), *(config["human_eval"].get("judges") or [])]:
+        if role not in models:
+            raise ConfigError(f"human_eval: '{role}' is not an entry of the models registry (have: {sorted(models)})")
+    check_stage_settings(config)
     trained = {os.path.normpath(f"{outdir}/training/{run}/model"): run for run in training.runs}
     return Prepared(config=config, root=Path(root), models=models, training=training,
                     prompts=PromptBook(config.get("prompts") or {}), trained_models=trained)

@@ -31,6 +31,7 @@ STAGE_SETTINGS = {
     "diagnostics": "covip.stages.diagnostics.settings:DiagnosticSettings",
     "training": "covip.training.settings:TrainingSettings",
     "controls": "covip.stages.controls.settings:ControlSettings",
+    "human_eval": "covip.human_eval.settings:HumanEvalSettings",
 }
 BEGIN = "  # BEGIN GENERATED STAGE SECTIONS (covip config-schema)"
 END = "  # END GENERATED STAGE SECTIONS"

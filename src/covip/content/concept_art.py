@@ -1,17 +1,15 @@
 """Reference images for the built-in concept pool: real photographs plus seeded drawings.
 
-Two sources, both offline:
-
-- real photographs bundled with scikit-image (astronaut, cameraman, cat, coffee cup, rocket,
-  motorcycle, the horse silhouette and a handful of LFW faces), cropped around their subject and
-  given a soft elliptical cut-out mask (the horse's mask is its silhouette);
-- procedurally drawn objects (mugs, balloons, robots, houses, cars, lamps, fish, birds, snails and
-  cartoon people). Each kind is drawn from style parameters taken from a seeded generator, and the
+Two sources, both offline: real photographs bundled with scikit-image (astronaut, cameraman, cat,
+coffee cup, rocket, motorcycle, the horse silhouette and a handful of LFW faces), cropped around
+their subject and given a soft elliptical cut-out mask (the horse's: its silhouette); and
+procedurally drawn objects (mugs, balloons, robots, houses, cars, lamps, fish, birds, snails and
+cartoon people). Each kind is drawn from style parameters taken from a seeded generator, and the
   variants of one kind take different colours and patterns from a shuffled palette, so three mugs
   are three visibly different mugs. That is what makes the hard negatives of stage 4 meaningful.
 
-Every image is RGBA: the alpha channel is the concept's own pixels. Drawings are made at twice the
-final size and downsampled, which anti-aliases their edges and their masks alike.
+Every image is RGBA (alpha: the concept's own pixels). Drawings are made at twice the final size and
+downsampled, which anti-aliases their edges and masks alike.
 """
 
 from __future__ import annotations

@@ -51,7 +51,8 @@ class ModelStageSettings:
     max_failure_rate: float = field(
         default=0.2,
         metadata={"help": "The stage fails (writes nothing, prints a summary) when more than this share of its rows "
-                          "failed after all attempts; finished calls stay cached, so a rerun repeats none."},
+                          "failed after all attempts (for CapEval-QA: judge answers unreadable or failed); finished "
+                          "calls stay cached, so a rerun repeats none."},
     )
 
     def __post_init__(self):

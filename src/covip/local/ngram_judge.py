@@ -2,8 +2,8 @@
 
 A stand-in, like the lexical judge: it does not read prose, it measures string similarity. It exists
 so the embedded default can score every caption with TWO judges on a CPU and report how much their
-answers agree (covip.stages.agreement); the real test of a judge is the LLM judge (see README,
-"Judge agreement").
+answers agree (covip.stages.agreement); the real test of a judge is the LLM judge (see
+docs/evaluation.md).
 
 Rule, for a CapEval question (`task['kind'] == 'capeval'`: caption, question, options):
 

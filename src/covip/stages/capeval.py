@@ -69,11 +69,6 @@ class CapEvalSettings(IntervalSettings, ModelStageSettings):
 
     section = "capeval"
 
-    max_failure_rate: float = field(
-        default=0.2,
-        metadata={"help": "The stage fails (writes nothing, prints a summary) when more than this share of judge "
-                          "answers is unreadable or failed after all attempts; finished calls stay cached."},
-    )
     seed_offset: int = field(
         default=0,
         metadata={"help": "Extra key in every judge request's seed; change it to draw a fresh set of sampled judge "

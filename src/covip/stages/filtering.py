@@ -146,7 +146,7 @@ def filter_queries(
         if verifier is None:
             raise FilterError("filtering.visual_fidelity is true but no verifier model was given")
         identity = getattr(verifier, "identity", type(verifier).__name__)
-        concurrency = max(1, int(getattr(getattr(verifier, "spec", None), "concurrency", 1) or 1))
+        concurrency = verifier.spec.concurrency
         requests = [(index, build_fidelity_request(prompts, concepts, image)) for index, concepts, image in pending]
 
         def ask(item):

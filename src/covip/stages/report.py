@@ -374,3 +374,77 @@ def plot_controls(effects: Sequence[Mapping], path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Human evaluation (rule human_eval_summary; only when a votes database is configured)
+
+_CRITERION_TITLES = {"context": "use of the remembered context", "image": "description of the new image"}
+
+
+def _interval_text(value, low, high) -> str:
+    return f"{_fmt(value)} ({_fmt(low)}–{_fmt(high)})"
+
+
+def human_eval_section(pairs: Sequence[Mapping], ranking: Sequence[Mapping], agreement: Sequence[Mapping], plot: str) -> str:
+    """The report's "Human evaluation" section (Markdown) from the human_eval_summary tables."""
+    parts = ["## Human evaluation: pairwise caption preference",
+             "Raters saw the context, the new image and two captions (sides random) and chose the better one or a "
+             "tie. Percent of votes with 95% Wilson intervals; the Bradley–Terry fit counts a tie as half a win "
+             "each way. Setup and reading: docs/human-eval.md."]
+    for criterion, title in _CRITERION_TITLES.items():
+        lines = [f"### {title.capitalize()}", "| X vs Y | votes | X wins | tie | Y wins | raters |",
+                 "|---|---:|---|---|---|---:|"]
+        for r in (r for r in pairs if r["criterion"] == criterion):
+            lines.append(f"| {r['policy_x']} vs {r['policy_y']} | {r['n_votes']} | "
+                         f"{_interval_text(r['x_win'], r['x_win_low'], r['x_win_high'])} | "
+                         f"{_interval_text(r['tie'], r['tie_low'], r['tie_high'])} | "
+                         f"{_interval_text(r['y_win'], r['y_win_low'], r['y_win_high'])} | {r['n_raters']} |")
+        ranked = sorted((r for r in ranking if r["criterion"] == criterion), key=lambda r: r["rank"])
+        lines.append("")
+        lines.append("Bradley–Terry ranking: " + ", ".join(
+            f"{r['rank']}. {r['policy']} ({r['strength']:+.2f})" for r in ranked))
+        parts.append("\n".join(lines))
+    lines = ["### Agreement", "| criterion | measure | judge | value | decisive votes (agree / disagree / equal scores) "
+             "| Kendall τ-b | raters |", "|---|---|---|---|---|---:|---:|"]
+    for r in agreement:
+        if r["measure"] == "krippendorff_alpha":
+            value = "undefined" if r["value"] is None or math.isnan(r["value"]) else f"α = {r['value']:.2f}"
+            lines.append(f"| {r['criterion']} | Krippendorff's α between raters | – | {value} | "
+                         f"{r['n_units']} comparisons rated twice or more | – | {r['n_raters']} |")
+            continue
+        tau = "–" if r["kendall_tau"] is None or math.isnan(r["kendall_tau"]) else f"{r['kendall_tau']:.2f}"
+        measure = "Acc+" if r["measure"] == "capeval_acc_pos" else "Acc-"
+        lines.append(f"| {r['criterion']} | preferred caption has the higher {measure} | {r['judge']} | "
+                     f"{_interval_text(r['value'], r['low'], r['high'])} | {r['n_agree']} / {r['n_disagree']} / "
+                     f"{r['n_capeval_ties']} | {tau} | {r['n_raters']} |")
+    parts += ["\n".join(lines), f"![Human preference per pair]({plot})"]
+    return "\n\n".join(parts)
+
+
+def plot_human_eval(pairs: Sequence[Mapping], path: str | Path) -> None:
+    """Per criterion, one stacked bar per pair of policies: X wins, tie, Y wins (percent of votes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    criteria = list(_CRITERION_TITLES)
+    fig, axes = plt.subplots(1, len(criteria), figsize=(11, 1.5 + 0.5 * max(1, len(pairs) // 2)), squeeze=False)
+    for axis, criterion in zip(axes[0], criteria):
+        rows = [r for r in pairs if r["criterion"] == criterion]
+        labels = [f"{r['policy_x']} vs {r['policy_y']}" for r in rows]
+        left = [0.0] * len(rows)
+        for key, colour, name in (("x_win", "#2b6cb0", "X wins"), ("tie", "#bbbbbb", "tie"), ("y_win", "#dd6b20", "Y wins")):
+            values = [float(r[key]) for r in rows]
+            axis.barh(labels, values, left=left, color=colour, label=name)
+            left = [a + b for a, b in zip(left, values)]
+        axis.set_xlim(0, 100)
+        axis.set_xlabel("% of votes")
+        axis.set_title(_CRITERION_TITLES[criterion])
+        axis.invert_yaxis()
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)

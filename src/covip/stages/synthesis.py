@@ -156,7 +156,7 @@ def iter_queries(
         plan = [item for item in plan if only(item["sample_id"])]
     by_id = {row["concept_id"]: row for row in concepts_rows}
     identity = getattr(generator, "identity", type(generator).__name__)
-    concurrency = max(1, int(getattr(getattr(generator, "spec", None), "concurrency", 1) or 1))
+    concurrency = generator.spec.concurrency
 
     def generate(item: dict) -> dict:
         concepts = [by_id[cid] for cid in item["positive_concept_ids"]]

@@ -1,2 +1,2 @@
-"""The glue between Snakemake and the package: the job context of a workflow script, config
-preparation, code fingerprints, GPU slots and the generated config schema."""
+"""The glue between a Snakemake job and the package: the job context of a workflow script (`run`:
+its log, inputs, outputs, models and usage) and the GPU slots jobs take their devices from."""

@@ -26,14 +26,14 @@ no two places of an item share a word, so naming the wrong place scores 0 F1. Wi
 `distractors` on, LAR's other dialogues carry other actions and ITR's non-target dialogues other
 keywords, so that recency (LAR) and recognising the person (ITR) are needed, not just finding the
 one line that looks like an answer. Every context image is the person's reference cut-out composited
-on a scene by `covip.local.compositor.Compositor`; the query image is a new composite (its own
+on a scene by `covip.content.scenes.SceneComposer`; the query image is a new composite (its own
 background, scale, flip and lighting), so recognising the target is visual, never a byte match.
-The dialogue lines are data written by this module (they are the benchmark's content, not prompts);
+The dialogue lines are benchmark content (`covip/content/diagnostic_lines.yaml`), not prompts;
 the questions and the headers of the direct layout come from the prompt file `diagnostic_questions`.
 
 Answering. `direct`: one user turn with, per context entry, a header, the image and the dialogue,
 then a header, the query image and the question (sampled like the authors' CAG answers).
-`cag`: caption every item first (greedy, through the captioning stage's request builder), then
+`cag`: caption every item first (greedy, with the caption request of `covip.protocol.requests`), then
 answer with the caption as the assistant's previous turn (`build_cag_request`).
 
 Scoring and aggregation are separate: `score_diagnostics` fills per-row scores (None when the
