@@ -3,10 +3,17 @@
 # visual-context controls. `snakemake --cores all` runs the embedded offline default.
 from snakemake.utils import min_version
 
+from covip.config.prepare import standalone_config
+
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The embedded default lies under every run, unless a --configfile says `standalone: true` (the
+# paper's config does): then that file is the whole config, here and in every job Snakemake submits
+# (jobs get the same --configfiles), and no stand-in setting leaks into a paper-scale run.
+if not standalone_config(workflow.overwrite_configfiles):
+
+    configfile: "config/config.yaml"
 
 
 report: "report/workflow.rst"

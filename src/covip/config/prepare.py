@@ -231,6 +231,18 @@ class Prepared(Layout):
         return [] if pool["source"] == "builtin" else [pool["path"]]
 
 
+def standalone_config(configfiles) -> bool:
+    """Whether one of the command line's config files declares `standalone: true` (it is then the whole
+    config: the embedded default config/config.yaml is not merged under it)."""
+    import yaml
+
+    for path in configfiles or ():
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if isinstance(data, dict) and data.get("standalone") is True:
+            return True
+    return False
+
+
 def check_stage_settings(config: Mapping) -> None:
     """Build every stage's settings dataclass from its section, so a value its checks refuse
     (`controls.severity: 2.0`) fails the dry run, naming the key, instead of the job an hour in."""
