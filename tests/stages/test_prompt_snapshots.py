@@ -1,6 +1,6 @@
 """Rendered prompts are pinned: an accidental change to a template or a request builder shows up here.
 
-After an intended change, regenerate with `COVIP_UPDATE_SNAPSHOTS=1 python -m pytest tests/test_prompt_snapshots.py`
+After an intended change, regenerate with `COVIP_UPDATE_SNAPSHOTS=1 python -m pytest tests/stages/test_prompt_snapshots.py`
 and review the diff of tests/snapshots/.
 """
 
@@ -10,13 +10,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from covip.clients.base import ChatResponse, ImagePart
+from covip.clients.base import ImagePart
 from covip.core.io import encode_png
 from covip.prompts import PromptBook
+from covip.protocol.judging import build_judge_request
+from covip.protocol.requests import build_cag_request, build_caption_request
 from covip.stages.dialogues import DialogueSettings, write_dialogues
 from covip.stages.filtering import build_fidelity_request
 from covip.stages.mcqa import MCQASettings, write_mcqas
 from covip.stages.synthesis import render_instruction
+from support.fakes import scripted
 
 SNAPSHOTS = Path(__file__).resolve().parents[1] / "snapshots"
 PNG = encode_png(Image.new("RGBA", (8, 8), "teal"))
@@ -27,17 +30,9 @@ def concept(concept_id, name, category):
             "image": PNG, "width": 8, "height": 8}
 
 
-class Recorder:
-    """A chat model that records the requests it gets and answers nothing useful."""
-
-    identity = "recorder"
-
-    def __init__(self):
-        self.requests = []
-
-    def complete(self, request):
-        self.requests.append(request)
-        return ChatResponse("no", "recorder")
+def recorder():
+    """(a model a stage takes, the fake that records its requests); every answer is a useless 'no'."""
+    return scripted(lambda request: "no", "recorder", model="recorder")
 
 
 def show(request) -> str:
@@ -70,11 +65,11 @@ def test_visual_fidelity_prompt():
 
 @pytest.fixture(scope="module")
 def dialogue_requests():
-    recorder = Recorder()
+    model, fake = recorder()
     contexts = [{"sample_id": "s0", "context_concept_ids": ["c1"], "positive_indices": [0],
                  "negative_concept_ids": [], "negative_similarity": [], "embedder": "e"}]
-    write_dialogues(contexts, CONCEPTS, recorder, PromptBook(), DialogueSettings(max_attempts=2), seed=1)
-    return recorder.requests
+    write_dialogues(contexts, CONCEPTS, model, PromptBook(), DialogueSettings(max_attempts=2), seed=1)
+    return fake.requests
 
 
 def test_dialogue_prompts(dialogue_requests):
@@ -84,8 +79,6 @@ def test_dialogue_prompts(dialogue_requests):
 
 
 def test_caption_and_cag_prompts(benchmark_splits):
-    from covip.stages.captioning import build_caption_request, build_cag_request
-
     sample = benchmark_splits[1][0]
     request = build_caption_request(sample, PromptBook())
     check("caption", show(request))
@@ -95,8 +88,6 @@ def test_caption_and_cag_prompts(benchmark_splits):
 
 
 def test_capeval_judge_prompt():
-    from covip.stages.capeval import build_judge_request
-
     question = {"question": "When did the user take Odalys to the park?",
                 "options": {"A": "Last weekend", "B": "Last Monday", "C": "Last summer",
                             "D": "The answer cannot be determined"}}
@@ -104,18 +95,18 @@ def test_capeval_judge_prompt():
 
 
 def test_mcqa_prompts():
-    recorder = Recorder()
+    model, fake = recorder()
     dialogue = {
         "sample_id": "s0", "concept_id": "c1", "context_index": 0, "name": "Odalys",
         "facts": [{"kind": "place", "text": "at Ryan Park"}, {"kind": "date", "text": "on 2025-10-11"}],
         "turns": [], "dialogue": "User: I saw Odalys at Ryan Park on 2025-10-11.\nModel: Noted.",
         "status": "ok", "failure_reason": "", "attempts": 1, "raw_response": None, "writer": "w",
     }
-    write_mcqas([dialogue], recorder, PromptBook(), MCQASettings(max_attempts=2), seed=1)
-    assert len(recorder.requests) == 2
-    assert recorder.requests[0].response_schema is not None
-    check("mcqa_writer", show(recorder.requests[0]))
-    check("mcqa_repair", show(recorder.requests[1]))
+    write_mcqas([dialogue], model, PromptBook(), MCQASettings(max_attempts=2), seed=1)
+    assert len(fake.requests) == 2
+    assert fake.requests[0].response_schema is not None
+    check("mcqa_writer", show(fake.requests[0]))
+    check("mcqa_repair", show(fake.requests[1]))
 
 
 @pytest.mark.parametrize("task", ["multi_vision", "vision", "joint"])
