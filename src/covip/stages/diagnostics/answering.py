@@ -60,7 +60,8 @@ def answer_diagnostics(
     responses: list[ChatResponse | None] = [None] * len(items)
 
     if mode == "direct":
-        requests = [build_direct_request(item, prompts, sampling=settings.answer_sampling, seed=seed) for item in items]
+        requests = [build_direct_request(item, prompts, sampling=settings.answer_sampling, seed=_answer_seed(seed, item, "direct"))
+                    for item in items]
         for k, response in enumerate(model.complete_many(requests, desc=f"{policy_name} diagnostics direct",
                                                          progress_file=progress_file, concurrency=settings.concurrency)):
             responses[k] = response
