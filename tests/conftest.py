@@ -88,6 +88,15 @@ def prompts():
 
 
 @pytest.fixture(scope="session")
+def diagnostic_sets(prompts):
+    """task -> the LSD / LAR / ITR items built on a pool of coloured discs (support.diagnostics). Shared:
+    copy an item before changing it."""
+    from support.diagnostics import build_sets
+
+    return build_sets(prompts)
+
+
+@pytest.fixture(scope="session")
 def benchmark_splits(builtin_pool, prompts):
     """A small benchmark built in-process by stages 1-7 with the offline stand-ins: (train, test) rows.
 
