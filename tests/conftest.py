@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -18,6 +20,24 @@ from support.offline import OFFLINE_STAGES_2_TO_4, offline_contexts
 from covip.stages.concepts import ConceptPoolSettings, build_concept_pool
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+# Session fixtures that hold data many tests read: none may change them in place (copy first), or a
+# test's outcome would depend on which tests ran before it.
+SHARED_DATA = ("builtin_pool", "small_pool", "benchmark_splits", "diagnostic_sets")
+
+
+def _digest(value) -> bytes:
+    return hashlib.sha256(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)).digest()
+
+
+@pytest.fixture(autouse=True)
+def _shared_data_is_left_unchanged(request):
+    """Fails a test that changed a shared session fixture (SHARED_DATA) it used."""
+    names = [name for name in SHARED_DATA if name in request.fixturenames]
+    before = {name: _digest(request.getfixturevalue(name)) for name in names}
+    yield
+    changed = [name for name in names if _digest(request.getfixturevalue(name)) != before[name]]
+    assert not changed, f"{request.node.nodeid} changed the shared fixture(s) {changed} in place; copy them first"
 
 
 def _free_port() -> int:
