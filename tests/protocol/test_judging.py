@@ -8,7 +8,6 @@ import io
 import pytest
 
 from covip.clients.base import ChatRequest, Message
-from covip.core.schemas import NONE_OPTION
 from covip.protocol.judging import (
     Outcome,
     ask_with_repair,
@@ -22,17 +21,9 @@ from covip.protocol.judging import (
     repaired,
 )
 from support.fakes import scripted
+from support.questions import options, question
 
-NONE = NONE_OPTION
 QUIET = io.StringIO()
-
-
-def options(a, b, c):
-    return {"A": a, "B": b, "C": c, "D": NONE}
-
-
-def question(text, answer, opts=None):
-    return {"question": text, "options": opts or options("one", "two", "three"), "answer": answer}
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -19,18 +19,10 @@ from covip.stages.capeval import (
     summarize_capeval,
 )
 from support.fakes import scripted
+from support.questions import question
 from support.released import CAPTIONS, QAS_GT, SAMPLE_0_CAPTION
 
-NONE = schemas.NONE_OPTION
 QUIET = io.StringIO()
-
-
-def options(a, b, c):
-    return {"A": a, "B": b, "C": c, "D": NONE}
-
-
-def question(text, answer, opts=None):
-    return {"question": text, "options": opts or options("one", "two", "three"), "answer": answer}
 
 
 def scripted_judge(replies):
