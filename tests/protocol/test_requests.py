@@ -33,16 +33,21 @@ def row(benchmark_splits):
     return max(benchmark_splits[1], key=lambda r: len(r["context_dialogues"]))
 
 
+def one_user_turn(request):
+    """The parts of the request's one user turn, and their kinds ('text' or 'image')."""
+    assert len(request.messages) == 1 and request.messages[0].role == "user"
+    parts = request.messages[0].parts
+    return parts, ["image" if isinstance(p, ImagePart) else "text" for p in parts]
+
+
 # ---------------------------------------------------------------------------------------------------
 # The caption request
 
 
 def test_layout_interleaves_header_image_dialogue_then_query_and_instruction(row, prompts):
     request = build_caption_request(row, prompts)
-    assert len(request.messages) == 1 and request.messages[0].role == "user"
-    parts = request.messages[0].parts
+    parts, kinds = one_user_turn(request)
     n = len(row["context_dialogues"])
-    kinds = ["text" if isinstance(p, TextPart) else "image" for p in parts]
     assert kinds == ["text", "image", "text"] * n + ["text", "image", "text"]
     sections = prompts.sections("caption")
     for k in range(n):
@@ -199,10 +204,8 @@ def diagnostic_item(task="lsd", n=3, images=True):
 def test_direct_request_layout(prompts):
     item = diagnostic_item(n=4)
     request = build_direct_request(item, prompts, seed=3)
-    assert len(request.messages) == 1 and request.messages[0].role == "user"
-    parts = request.messages[0].parts
+    parts, kinds = one_user_turn(request)
     n = len(item["images_context"])
-    kinds = ["image" if isinstance(p, ImagePart) else "text" for p in parts]
     assert kinds == ["text", "image", "text"] * n + ["text", "image", "text"]
     assert parts[1].data == item["images_context"][0]["bytes"]
     assert parts[2].text == item["dialogues_context"][0]
@@ -218,8 +221,7 @@ def test_direct_request_layout(prompts):
 
 def test_direct_request_without_context_images_places_the_dialogues_alone(prompts):
     """The text-only control empties the context images: headers and dialogues stay, the query image stays."""
-    request = build_direct_request(diagnostic_item(n=2, images=False), prompts)
-    kinds = ["image" if isinstance(p, ImagePart) else "text" for p in request.messages[0].parts]
+    _, kinds = one_user_turn(build_direct_request(diagnostic_item(n=2, images=False), prompts))
     assert kinds == ["text", "text"] * 2 + ["text", "image", "text"]
 
 
