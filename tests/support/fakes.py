@@ -46,8 +46,3 @@ def scripted(reply: Reply, identity: str = "scripted:test", *, concurrency: int 
     """(the wrapped model a stage takes, the fake that records the requests)."""
     fake = ScriptedChat(reply, identity, **options)
     return wrap(fake, concurrency=concurrency), fake
-
-
-def answers_from(table: dict, key: Callable[[ChatRequest], object]) -> Reply:
-    """A reply function that looks the reply up in `table` by `key(request)`."""
-    return lambda request: table[key(request)]
