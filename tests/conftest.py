@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,24 @@ from support.offline import OFFLINE_STAGES_2_TO_4, offline_contexts
 from covip.stages.concepts import ConceptPoolSettings, build_concept_pool
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+# Session fixtures that hold data many tests read: none may change them in place (copy first), or a
+# test's outcome would depend on which tests ran before it.
+SHARED_DATA = ("builtin_pool", "small_pool", "benchmark_splits", "diagnostic_sets")
+
+
+def _digest(value) -> bytes:
+    return hashlib.sha256(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)).digest()
+
+
+@pytest.fixture(autouse=True)
+def _shared_data_is_left_unchanged(request):
+    """Fails a test that changed a shared session fixture (SHARED_DATA) it used."""
+    names = [name for name in SHARED_DATA if name in request.fixturenames]
+    before = {name: _digest(request.getfixturevalue(name)) for name in names}
+    yield
+    changed = [name for name in names if _digest(request.getfixturevalue(name)) != before[name]]
+    assert not changed, f"{request.node.nodeid} changed the shared fixture(s) {changed} in place; copy them first"
 
 
 def _unavailable(reason: str):
@@ -69,6 +89,15 @@ def small_pool():
 @pytest.fixture(scope="session")
 def prompts():
     return PromptBook()
+
+
+@pytest.fixture(scope="session")
+def diagnostic_sets(prompts):
+    """task -> the LSD / LAR / ITR items built on a pool of coloured discs (support.diagnostics). Shared:
+    copy an item before changing it."""
+    from support.diagnostics import build_sets
+
+    return build_sets(prompts)
 
 
 @pytest.fixture(scope="session")

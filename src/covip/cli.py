@@ -81,7 +81,7 @@ def _config_schema(args) -> int:
 def _score_released(args) -> int:
     from covip.clients.registry import ModelRegistry
     from covip.core import schemas
-    from covip.core.formats import CapEvalInputError, load_captions_file
+    from covip.core.formats import CaptionsFileError, load_captions_file
     from covip.core.io import write_artifact
     from covip.prompts import PromptBook
     from covip.stages.capeval import CapEvalSettings, format_summary, score_released_captions
@@ -95,7 +95,7 @@ def _score_released(args) -> int:
             captions, args.qas_gt, judge, PromptBook(prompt_overrides), settings, args.seed, args.policy,
             judge_name=args.judge,
         )
-    except (CapEvalInputError, ValueError, OSError, KeyError) as error:
+    except (CaptionsFileError, ValueError, OSError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     out = Path(args.out_dir)

@@ -20,9 +20,9 @@ from covip.content.facts import (
     fact_family,
     fake_first_names,
     infer_category,
-    normalize_text,
     sample_facts,
 )
+from covip.core.text import normalize_text
 from covip.local.facts_writer import FactsFirstWriter, option_text
 from covip.stages.dialogues import parse_dialogue, validate_dialogue
 from covip.stages.mcqa import NONE_OPTION, parse_mcqa_json, validate_questions

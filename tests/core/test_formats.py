@@ -1,4 +1,4 @@
-"""The released CapEval-QA ground-truth format (covip.core.formats)."""
+"""The released CapEval-QA ground-truth format and captions files brought to score against it (covip.core.formats)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,16 @@ import json
 import os
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from covip.core.formats import (
+    CaptionsFileError,
     QasGtError,
     dump_qas_gt,
     dumps_qas_gt,
+    load_captions_file,
     load_qas_gt,
     mcqa_rows_to_records,
     qas_gt_to_records,
@@ -197,3 +201,49 @@ def test_export_refuses_missing_or_failed_rows():
         mcqa_rows_to_records([_mcqa_row("s7", 0)], contexts)
     with pytest.raises(QasGtError, match="MCQA row failed"):
         mcqa_rows_to_records([_mcqa_row("s7", 0), _mcqa_row("s7", 1, status="failed")], contexts)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Captions made elsewhere
+
+
+def test_load_captions_file_formats(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"sample_0": "a", "sample_1": None}))
+    assert load_captions_file(tmp_path / "c.json") == {"sample_0": "a", "sample_1": None}
+    (tmp_path / "c.jsonl").write_text('{"sample_id": "sample_0", "caption": "a"}\n\n{"sample_id": "sample_1", "caption": "b"}\n')
+    assert load_captions_file(tmp_path / "c.jsonl") == {"sample_0": "a", "sample_1": "b"}
+    pq.write_table(pa.table({"sample_id": ["sample_0", "sample_1"], "caption": ["a", "b"], "status": ["ok", "failed"]}),
+                   tmp_path / "c.parquet")
+    assert load_captions_file(tmp_path / "c.parquet") == {"sample_0": "a", "sample_1": None}
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("bad.json", "{not json", "not valid JSON"),
+        ("list.json", '["a"]', "must be an object"),
+        ("num.json", '{"sample_0": 3}', r"key 'sample_0' field 'caption'"),
+        ("dup.jsonl", '{"sample_id": "s", "caption": "a"}\n{"sample_id": "s", "caption": "b"}', r"line 2.*second caption"),
+        ("keys.jsonl", '{"id": "s", "text": "a"}', r"line 1: must be an object with 'sample_id' and 'caption'"),
+        ("c.txt", "x", "unknown captions format"),
+    ],
+)
+def test_load_captions_file_errors_name_the_file_and_row(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(CaptionsFileError, match=message) as error:
+        load_captions_file(path)
+    assert str(path) in str(error.value)
+
+
+def test_parquet_captions_of_several_policies_or_without_columns_are_refused(tmp_path):
+    several = tmp_path / "several.parquet"
+    pq.write_table(pa.table({"policy": ["a", "b"], "sample_id": ["s0", "s1"], "caption": ["x", "y"]}), several)
+    with pytest.raises(CaptionsFileError, match="captions of several policies"):
+        load_captions_file(several)
+    bare = tmp_path / "bare.parquet"
+    pq.write_table(pa.table({"sample_id": ["s0"]}), bare)
+    with pytest.raises(CaptionsFileError, match=r"missing column\(s\) \['caption'\]"):
+        load_captions_file(bare)
+    with pytest.raises(CaptionsFileError, match="does not exist"):
+        load_captions_file(tmp_path / "nothing.json")

@@ -8,7 +8,6 @@ import pytest
 from PIL import Image
 
 from covip.core import schemas
-from covip.cli import main as cli
 from covip.core.io import (
     ArtifactError,
     BadImageError,
@@ -79,15 +78,6 @@ def test_bad_image_names_where():
     assert decode_image(good, "x").size == (4, 4)
     with pytest.raises(BadImageError, match="queries.parquet row 3 field 'image'"):
         decode_image(good[:20], "queries.parquet row 3 field 'image'")
-
-
-def test_cli_check_and_schema(tmp_path, capsys):
-    path = tmp_path / "d.parquet"
-    write_artifact([decision()], path, schemas.FILTER_DECISIONS)
-    assert cli(["check", "filter_decisions", str(path)]) == 0
-    assert cli(["check", "concepts", str(path)]) == 1
-    assert cli(["schema", "split"]) == 0
-    assert "positive_indices" in capsys.readouterr().out
 
 
 def test_streamed_write_matches_whole_write_and_reads_back_in_batches(tmp_path):

@@ -6,7 +6,7 @@ from covip.clients.base import ChatRequest, Message
 from covip.clients.registry import ModelRegistry
 from covip.clients.spec import ModelSpec
 from covip.local.lexical_judge import LexicalJudge, lexical_choice, question_names
-from covip.stages.capeval import parse_judge_letter
+from covip.protocol.judging import parse_judge_letter
 
 OPTIONS = {"A": "Oak trees", "B": "Cherry blossom trees", "C": "Maple trees", "D": "The answer cannot be determined"}
 WHEN = {"A": "Last weekend", "B": "Last Monday", "C": "Last summer", "D": "The answer cannot be determined"}

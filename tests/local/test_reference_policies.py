@@ -18,7 +18,7 @@ from covip.local.reference_policies import (
     ReferencePolicyError,
     fact_sentence,
 )
-from covip.stages.captioning import build_cag_request, build_caption_request
+from covip.protocol.requests import build_cag_request, build_caption_request
 
 
 def _policy(cls, backend):

@@ -11,16 +11,14 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-from covip.local.tiny_vlm import SPECIAL_TOKENS, TinyVLMSettings, build_tiny_vlm, main
+from covip.local.tiny_vlm import SPECIAL_TOKENS, TinyVLMSettings, build_tiny_vlm
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """One model per architecture; Qwen3-VL through the command line entry point."""
+    """One model per architecture (the `covip build-tiny-vlm` command is tested in tests/core/test_cli.py)."""
     root = tmp_path_factory.mktemp("tiny_vlm")
-    q25 = build_tiny_vlm(root / "qwen2_5_vl", architecture="qwen2_5_vl", seed=0)
-    assert main([str(root / "qwen3_vl"), "--architecture", "qwen3_vl", "--seed", "0"]) == 0
-    return {"qwen2_5_vl": q25, "qwen3_vl": root / "qwen3_vl"}
+    return {arch: build_tiny_vlm(root / arch, architecture=arch, seed=0) for arch in ("qwen2_5_vl", "qwen3_vl")}
 
 
 @pytest.fixture(scope="module")

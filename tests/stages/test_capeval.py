@@ -1,58 +1,40 @@
-"""Stage 10, CapEval-QA: judge requests, answer parsing, per-question rows, aggregation, released format."""
+"""Stage 10, CapEval-QA: per-question rows, aggregation, released format (the judge request and the
+letter parser are tested in tests/protocol/test_judging.py, the captions file in tests/core/test_formats.py,
+`covip score-released` in tests/core/test_cli.py)."""
 
 import io
 import json
-from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from covip.core import schemas
-from covip.clients.base import ChatResponse
 from covip.clients.registry import ModelRegistry
-from covip.core.io import read_rows, to_table
+from covip.core import schemas
+from covip.core.io import to_table
+from covip.core.metrics import policy_identities_from
 from covip.stages.capeval import (
     CapEvalInputError,
     CapEvalSettings,
-    build_judge_request,
     judge_captions,
-    judge_seed,
-    load_captions_file,
-    main,
-    parse_judge_letter,
-    policy_identities_from,
     score_released_captions,
     summarize_capeval,
 )
+from support.fakes import scripted
+from support.questions import question
+from support.released import CAPTIONS, QAS_GT, SAMPLE_0_CAPTION
 
-QAS_GT = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "qas_gt_excerpt.json"
-NONE = schemas.NONE_OPTION
 QUIET = io.StringIO()
 
 
-def options(a, b, c):
-    return {"A": a, "B": b, "C": c, "D": NONE}
+def scripted_judge(replies):
+    """(the judge a stage takes, the fake that records what it was shown); replies come from a table
+    keyed by question text, None for a failed call."""
+    return scripted(lambda request: replies[request.task["question"]], "scripted:judge",
+                    error="RuntimeError: server went away")
 
 
-def question(text, answer, opts=None):
-    return {"question": text, "options": opts or options("one", "two", "three"), "answer": answer}
-
-
-class ScriptedJudge:
-    """Replies from a table keyed by question text; records the captions it was shown."""
-
-    identity = "scripted:judge"
-
-    def __init__(self, replies):
-        self.replies, self.seen = replies, []
-
-    def complete(self, request):
-        self.seen.append((request.task["question"], request.task["caption"], request.seed))
-        reply = self.replies[request.task["question"]]
-        if reply is None:
-            return ChatResponse(None, "scripted", error="RuntimeError: server went away")
-        return ChatResponse(reply, "scripted")
+def shown(fake):
+    """(question, caption, seed) of every request the judge got."""
+    return [(r.task["question"], r.task["caption"], r.seed) for r in fake.requests]
 
 
 def lexical_judge(**options):
@@ -61,7 +43,7 @@ def lexical_judge(**options):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Settings, request, parser
+# Settings
 
 
 @pytest.mark.parametrize(
@@ -72,72 +54,6 @@ def lexical_judge(**options):
 def test_settings_validation_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"capeval.{field}"):
         CapEvalSettings(**kwargs)
-
-
-EXPECTED_PROMPT = '''You will read a description of a photo and answer one multiple-choice question about it.
-
-Description:
-"""
-Seth loves cherry blossom trees.
-"""
-
-Question: Which trees does Seth love?
-A. Oak trees
-B. Cherry blossom trees
-C. Maple trees
-D. The answer cannot be determined
-
-Answer from the description alone. Do not use general knowledge, and do not guess what is likely. Choose A, B or C only if the description clearly states that answer for the person, animal, object or place the question names. If it does not, choose D.
-
-Reply with one letter only: A, B, C or D.'''
-
-
-def test_judge_request_shows_caption_and_question_only(prompts):
-    q = question("Which trees does Seth love?", "B", options("Oak trees", "Cherry blossom trees", "Maple trees"))
-    request = build_judge_request("Seth loves cherry blossom trees.", q, prompts, seed=5)
-    assert len(request.messages) == 1 and request.messages[0].role == "user" and not request.images
-    assert request.messages[0].text == EXPECTED_PROMPT  # pinned: a prompt edit shows up here
-    assert request.seed == 5
-    assert request.task == {"kind": "capeval", "caption": "Seth loves cherry blossom trees.",
-                            "question": "Which trees does Seth love?", "options": q["options"]}
-    assert "answer" not in request.task  # the key is never shown to the judge
-
-
-def test_judge_seed_is_per_question_and_31_bit():
-    a = judge_seed(7, 0, "oracle", "s1", 0, "Q1")
-    assert a == judge_seed(7, 0, "oracle", "s1", 0, "Q1")
-    others = {judge_seed(7, 0, "oracle", "s1", 0, "Q2"), judge_seed(7, 0, "blind", "s1", 0, "Q1"),
-              judge_seed(7, 1, "oracle", "s1", 0, "Q1"), judge_seed(8, 0, "oracle", "s1", 0, "Q1")}
-    assert a not in others and len(others) == 4
-    assert all(0 <= s < 2**31 for s in others | {a})
-
-
-TREES = options("Oak trees", "Cherry blossom trees", "Maple trees")
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("B", "B"), ("B.", "B"), ("(B)", "B"), ("[C]", "C"), ("b", "B"), (" d \n", "D"),
-        ("Answer: B", "B"), ("answer: b", "B"), ("**B**", "B"), ("**Answer:** C", "C"), ("Final answer: **C**", "C"),
-        ("The answer is B) Oak trees", "B"), ("B) Oak trees", "B"), ("C. Maple trees", "C"),
-        ("The correct option is (A).", "A"), ("I would pick C.", "C"),
-        ("Answer: D. The answer cannot be determined", "D"),
-        ("Cherry blossom trees", "B"), ("cherry blossom trees.", "B"), ("The answer cannot be determined", "D"),
-        ("<think>A seems wrong, maybe C</think>\nB", "B"),
-        # ambiguous or none -> None
-        ("A or B", None), ("A, B", None), ("B/C", None), ("Option A is wrong; the answer is B", None),
-        ("The answer is a tough one", None), ("A dog is sitting on a couch.", None), ("", None), (None, None),
-        ("I am not sure.", None), ("<think>it could be A", None), ("trees", None),
-    ],
-)
-def test_parse_judge_letter(text, expected):
-    assert parse_judge_letter(text, TREES) == expected
-
-
-def test_option_text_needs_the_options():
-    assert parse_judge_letter("Cherry blossom trees") is None
-    assert parse_judge_letter("Cherry blossom trees", TREES) == "B"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -176,13 +92,13 @@ def hand_captions():
 
 @pytest.fixture()
 def hand_answers(prompts):
-    judge = ScriptedJudge(HAND_REPLIES)
+    judge, fake = scripted_judge(HAND_REPLIES)
     rows = judge_captions(hand_captions(), hand_split(), judge, prompts, CapEvalSettings(), 3, "scripted", progress_file=QUIET)
-    return rows, judge
+    return rows, fake
 
 
 def test_hand_built_rows(hand_answers):
-    rows, judge = hand_answers
+    rows, fake = hand_answers
     to_table(rows, schemas.CAPEVAL_ANSWERS, "answers")
     got = {(r["sample_id"], r["context_index"], r["question_id"]): r for r in rows}
     assert len(rows) == 7
@@ -200,9 +116,9 @@ def test_hand_built_rows(hand_answers):
     assert {r["judge"] for r in rows} == {"scripted"} and {r["judge_identity"] for r in rows} == {"scripted:judge"}
     assert not any(r["stand_in"] for r in rows)
     # The failed caption was judged as an empty caption; every question had its own seed.
-    shown = {q: caption for q, caption, _ in judge.seen}
-    assert shown["Where is Cid?"] == "" and shown["Where did Ann go?"] == "Ann and a dog."
-    assert len({seed for _, _, seed in judge.seen}) == 7
+    captions = {q: caption for q, caption, _ in shown(fake)}
+    assert captions["Where is Cid?"] == "" and captions["Where did Ann go?"] == "Ann and a dog."
+    assert len({seed for _, _, seed in shown(fake)}) == 7
 
 
 def test_hand_built_summary(hand_answers):
@@ -292,7 +208,7 @@ def test_summary_rejects_inconsistent_rows():
 
 
 def test_missing_unknown_and_duplicate_captions(prompts):
-    judge = ScriptedJudge(HAND_REPLIES)
+    judge, _ = scripted_judge(HAND_REPLIES)
     only_s1 = hand_captions()[:1]
     with pytest.raises(CapEvalInputError, match=r"policy 'p' has no caption for 1 of 2 samples.*\['s2'\]"):
         judge_captions(only_s1, hand_split(), judge, prompts, CapEvalSettings(), 0, "j")
@@ -310,11 +226,11 @@ def test_bad_split_rows_are_named(prompts):
     split = hand_split()
     split[1]["mcqa"][2][0]["answer"] = "E"
     with pytest.raises(CapEvalInputError, match=r"test split row 1 \(sample_id=s2\) field 'mcqa'\[2\]\[0\] field 'answer'"):
-        judge_captions(hand_captions(), split, ScriptedJudge(HAND_REPLIES), prompts, CapEvalSettings(), 0, "j")
+        judge_captions(hand_captions(), split, scripted_judge(HAND_REPLIES)[0], prompts, CapEvalSettings(), 0, "j")
     split = hand_split()
     split[0]["positive_indices"] = [5]
     with pytest.raises(CapEvalInputError, match="positive_indices"):
-        judge_captions(hand_captions(), split, ScriptedJudge(HAND_REPLIES), prompts, CapEvalSettings(), 0, "j")
+        judge_captions(hand_captions(), split, scripted_judge(HAND_REPLIES)[0], prompts, CapEvalSettings(), 0, "j")
 
 
 def test_lexical_judge_rows_are_stand_in_and_failures_are_counted(prompts):
@@ -332,16 +248,8 @@ def test_lexical_judge_rows_are_stand_in_and_failures_are_counted(prompts):
 # ---------------------------------------------------------------------------------------------------
 # Released format
 
-SAMPLE_0_CAPTION = ("Seth is here! He gets especially excited whenever he passes the cherry blossom trees. Last weekend "
-                    "you took Seth to the park, where he tripped over his own paws while chasing a squirrel.")
-SAMPLE_1_CAPTION = "A small dog sits on a grey couch."
-SAMPLE_2_CAPTION = ("Johnny curled up on the couch beside the user when he first came home from the shelter on a rainy "
-                    "afternoon in October.")
-
-
 def test_score_released_fixture_by_hand(prompts):
-    captions = {"sample_0": SAMPLE_0_CAPTION, "sample_1": SAMPLE_1_CAPTION, "sample_2": SAMPLE_2_CAPTION}
-    answers, summary = score_released_captions(captions, QAS_GT, lexical_judge(), prompts, CapEvalSettings(n_bootstrap=100),
+    answers, summary = score_released_captions(CAPTIONS, QAS_GT, lexical_judge(), prompts, CapEvalSettings(n_bootstrap=100),
                                                0, "mine", progress_file=QUIET)
     to_table(answers, schemas.CAPEVAL_ANSWERS, "answers")
     to_table(summary, schemas.CAPEVAL_SUMMARY, "summary")
@@ -371,57 +279,6 @@ def test_released_caption_keys_must_match(prompts):
                                          CapEvalSettings(missing_captions="ignore", n_bootstrap=0), 0, "mine",
                                          progress_file=QUIET)
     assert len(answers) == 9 and all(r["parsed"] == "D" for r in answers)  # a null caption reads as empty
-
-
-def test_load_captions_file_formats(tmp_path):
-    (tmp_path / "c.json").write_text(json.dumps({"sample_0": "a", "sample_1": None}))
-    assert load_captions_file(tmp_path / "c.json") == {"sample_0": "a", "sample_1": None}
-    (tmp_path / "c.jsonl").write_text('{"sample_id": "sample_0", "caption": "a"}\n\n{"sample_id": "sample_1", "caption": "b"}\n')
-    assert load_captions_file(tmp_path / "c.jsonl") == {"sample_0": "a", "sample_1": "b"}
-    pq.write_table(pa.table({"sample_id": ["sample_0", "sample_1"], "caption": ["a", "b"], "status": ["ok", "failed"]}),
-                   tmp_path / "c.parquet")
-    assert load_captions_file(tmp_path / "c.parquet") == {"sample_0": "a", "sample_1": None}
-
-
-@pytest.mark.parametrize(
-    "name, content, message",
-    [
-        ("bad.json", "{not json", "not valid JSON"),
-        ("list.json", '["a"]', "must be an object"),
-        ("num.json", '{"sample_0": 3}', r"key 'sample_0' field 'caption'"),
-        ("dup.jsonl", '{"sample_id": "s", "caption": "a"}\n{"sample_id": "s", "caption": "b"}', r"line 2.*second caption"),
-        ("keys.jsonl", '{"id": "s", "text": "a"}', r"line 1: must be an object with 'sample_id' and 'caption'"),
-        ("c.txt", "x", "unknown captions format"),
-    ],
-)
-def test_load_captions_file_errors_name_the_file_and_row(tmp_path, name, content, message):
-    path = tmp_path / name
-    path.write_text(content)
-    with pytest.raises(CapEvalInputError, match=message) as error:
-        load_captions_file(path)
-    assert str(path) in str(error.value)
-
-
-def test_cli_scores_released_captions(tmp_path, capsys):
-    captions = tmp_path / "captions.json"
-    captions.write_text(json.dumps({"sample_0": SAMPLE_0_CAPTION, "sample_1": SAMPLE_1_CAPTION, "sample_2": SAMPLE_2_CAPTION}))
-    out = tmp_path / "out"
-    code = main(["score-released", "--qas-gt", str(QAS_GT), "--captions", str(captions), "--out-dir", str(out),
-                 "--n-bootstrap", "50", "--policy", "mine"])
-    assert code == 0
-    answers = read_rows(out / "capeval_answers.parquet", schemas.CAPEVAL_ANSWERS)
-    summary = read_rows(out / "capeval_summary.parquet", schemas.CAPEVAL_SUMMARY)
-    assert len(answers) == 27 and summary[-1]["acc_neg"] == pytest.approx(100.0 * 16 / 18)
-    assert "mine" in capsys.readouterr().out
-    # A judge config names the entry to use; a missing entry is a clear error, not a traceback.
-    config = tmp_path / "judge.yaml"
-    config.write_text("models:\n  strict:\n    backend: local_lexical_judge\n    options: {support_threshold: 1.0}\n")
-    assert main(["score-released", "--qas-gt", str(QAS_GT), "--captions", str(captions), "--out-dir", str(out),
-                 "--judge-config", str(config), "--judge", "strict", "--n-bootstrap", "0"]) == 0
-    assert {r["judge"] for r in read_rows(out / "capeval_answers.parquet", schemas.CAPEVAL_ANSWERS)} == {"strict"}
-    assert main(["score-released", "--qas-gt", str(QAS_GT), "--captions", str(captions), "--out-dir", str(out),
-                 "--judge-config", str(config), "--judge", "nope"]) == 2
-    assert "no entry 'nope'" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------

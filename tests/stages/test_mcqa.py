@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import numpy as np
 import pytest
@@ -11,10 +10,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from covip.core import schemas
-from covip.clients.base import ChatResponse
+from covip.clients.cached import wrap
 from covip.clients.spec import ModelSpec
 from covip.core.io import to_table
-from covip.content.facts import normalize_text
+from covip.core.text import normalize_text
 from covip.local.facts_writer import FactsFirstWriter
 from covip.prompts import PromptBook
 from covip.core.seeding import rng_for
@@ -29,6 +28,7 @@ from covip.stages.mcqa import (
     validate_questions,
     write_mcqas,
 )
+from support.fakes import ScriptedChat
 
 DIALOGUE = (
     "User: This is Seth. Seth gets excited when we pass the cherry blossom trees.\n"
@@ -56,19 +56,9 @@ def reply(questions) -> str:
     return json.dumps({"questions": questions})
 
 
-class FakeWriter:
-    identity = "fake:scripted"
-
-    def __init__(self, reply_fn):
-        self.reply_fn = reply_fn
-        self.requests = []
-        self._lock = threading.Lock()
-
-    def complete(self, request):
-        with self._lock:
-            self.requests.append(request)
-        text = self.reply_fn(request)
-        return ChatResponse(None, "fake", error="RuntimeError: boom") if text is None else ChatResponse(text, "fake")
+def fake_writer(reply_fn):
+    """A scripted writer: `reply_fn(request)` gives the text, or None for a failed call."""
+    return ScriptedChat(reply_fn, "fake:scripted", error="RuntimeError: boom", model="fake")
 
 
 def dialogue_row(sample="s0", concept="c0", index=0, status="ok", dialogue=DIALOGUE):
@@ -89,7 +79,7 @@ def dialogue_row(sample="s0", concept="c0", index=0, status="ok", dialogue=DIALO
 
 
 def run_stage(writer, rows, settings=None, seed=5):
-    return write_mcqas(rows, writer, PromptBook(), settings or MCQASettings(), seed, progress_file=open("/dev/null", "w"))
+    return write_mcqas(rows, wrap(writer), PromptBook(), settings or MCQASettings(), seed, progress_file=open("/dev/null", "w"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -318,7 +308,7 @@ def test_settings_reject_bad_values(kwargs, field):
 
 
 def test_failed_dialogue_gives_failed_row_without_a_model_call():
-    fake = FakeWriter(lambda req: reply(three()))
+    fake = fake_writer(lambda req: reply(three()))
     rows = run_stage(fake, [dialogue_row(status="failed"), dialogue_row(concept="c1", index=1)])
     assert len(fake.requests) == 1
     assert rows[0]["status"] == "failed" and rows[0]["failure_reason"] == "dialogue_failed" and rows[0]["attempts"] == 0
@@ -327,7 +317,7 @@ def test_failed_dialogue_gives_failed_row_without_a_model_call():
 
 
 def test_ok_row_is_shuffled_reproducibly_with_answers_kept_and_support_flags():
-    fake = FakeWriter(lambda req: reply(three()))
+    fake = fake_writer(lambda req: reply(three()))
     rows = run_stage(fake, [dialogue_row()])
     (row,) = rows
     assert row["status"] == "ok" and row["attempts"] == 1 and row["writer"] == "fake:scripted"
@@ -339,19 +329,19 @@ def test_ok_row_is_shuffled_reproducibly_with_answers_kept_and_support_flags():
         expected = shuffle_options(original, rng_for(5, "mcqa-shuffle", "s0", "c0", questions.index(written)))
         assert written["options"] == expected["options"]
     assert [x["supported"] for x in questions] == [True, True, True]
-    assert rows == run_stage(FakeWriter(lambda req: reply(three())), [dialogue_row()])
+    assert rows == run_stage(fake_writer(lambda req: reply(three())), [dialogue_row()])
 
 
 def test_unsupported_answer_is_flagged_not_dropped():
     questions = three()
     questions[2] = q("What does Seth drink?", "Coffee", "Lemonade with mint", "Milk", "B")
-    (row,) = run_stage(FakeWriter(lambda req: reply(questions)), [dialogue_row()])
+    (row,) = run_stage(fake_writer(lambda req: reply(questions)), [dialogue_row()])
     assert row["status"] == "ok"
     assert [x["supported"] for x in row["questions"]] == [True, True, False]
 
 
 def test_request_carries_schema_task_and_prompt():
-    fake = FakeWriter(lambda req: reply(three()))
+    fake = fake_writer(lambda req: reply(three()))
     run_stage(fake, [dialogue_row()])
     (request,) = fake.requests
     assert request.response_schema == response_schema(3)
@@ -364,7 +354,7 @@ def test_request_carries_schema_task_and_prompt():
 
 
 def test_malformed_then_good_is_repaired():
-    fake = FakeWriter(lambda req: "```json\n{broken" if req.task["attempt"] == 1 else reply(three()))
+    fake = fake_writer(lambda req: "```json\n{broken" if req.task["attempt"] == 1 else reply(three()))
     (row,) = run_stage(fake, [dialogue_row()])
     assert row["status"] == "ok" and row["attempts"] == 2
     repair = fake.requests[1]
@@ -375,12 +365,12 @@ def test_malformed_then_good_is_repaired():
 def test_invalid_every_time_fails_with_reason_and_raw():
     bad = three()
     bad[1]["answer"] = "D"
-    fake = FakeWriter(lambda req: reply(bad) if req.task["attempt"] < 3 else None)
+    fake = fake_writer(lambda req: reply(bad) if req.task["attempt"] < 3 else None)
     (row,) = run_stage(fake, [dialogue_row()])
     assert row["status"] == "failed" and row["attempts"] == 3
     assert row["failure_reason"].startswith("model_error: RuntimeError: boom")
     assert row["raw_response"] == reply(bad)
-    (row,) = run_stage(FakeWriter(lambda req: reply(bad)), [dialogue_row()], MCQASettings(max_attempts=2))
+    (row,) = run_stage(fake_writer(lambda req: reply(bad)), [dialogue_row()], MCQASettings(max_attempts=2))
     assert row["failure_reason"].startswith("invalid_output: question 2: answer is D") and row["attempts"] == 2
     to_table([row], schemas.MCQAS, "test")
 
@@ -389,7 +379,7 @@ def test_ok_dialogue_without_text_is_an_error():
     row = dialogue_row()
     row["dialogue"] = None
     with pytest.raises(ValueError, match=r"dialogues row 0 .*'dialogue'"):
-        run_stage(FakeWriter(lambda req: reply(three())), [row])
+        run_stage(fake_writer(lambda req: reply(three())), [row])
 
 
 def _facts_writer_rows(n):

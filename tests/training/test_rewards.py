@@ -1,5 +1,6 @@
-"""GSPO rewards on golden cases (SPEC section 4): boxed indices, yes/no, degeneration rules on both
-sides of each threshold, the caption/joint scores through a real (offline) judge and its cache."""
+"""GSPO rewards on golden cases (SPEC section 4): yes/no, degeneration rules on both sides of each
+threshold, the caption/joint scores through a real (offline) judge and its cache. The shared metrics
+(boxed index F1, caption scores) are tested in tests/core/test_metrics.py."""
 
 import json
 
@@ -8,56 +9,15 @@ import pytest
 from covip.clients.registry import ModelRegistry
 from covip.training.rewards import (
     RewardSuite,
-    boxed_f1,
-    caption_score,
+    completion_text,
     degeneration_reasons,
     duplicate_ngram_ratio,
     duplicate_sentence_ratio,
     is_degenerate,
-    joint_caption_score,
-    parse_boxed_indices,
     parse_yes_no,
     repeated_chunk_ratio,
-    set_f1,
     yes_no_reward,
 )
-
-
-# ----- multi_vision: \boxed{[...]}
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        (r"The answer is \boxed{[1, 3]}", {1, 3}),
-        (r"\boxed{[2]}", {2}),
-        (r"\boxed{2,4}", {2, 4}),
-        (r"\boxed{[]}", set()),  # an explicit empty list is a readable answer
-        (r"first \boxed{[1]} then \boxed{[2, 3]}", {2, 3}),  # the last box counts
-        (r"\boxed{}", None),  # empty box: unreadable
-        (r"\boxed{[1, x]}", None),  # malformed list
-        (r"\boxed{[1.5]}", None),
-        ("[1, 2] without a box", None),
-        ("", None),
-        (None, None),
-    ],
-)
-def test_parse_boxed_indices(text, expected):
-    assert parse_boxed_indices(text) == expected
-
-
-def test_set_f1_and_boxed_reward():
-    assert set_f1({1, 2}, {1, 2}) == 1.0
-    assert set_f1({1}, {1, 2}) == pytest.approx(2 / 3)
-    assert set_f1({1, 2, 3}, {1}) == pytest.approx(0.5)
-    assert set_f1({4}, {1}) == 0.0
-    assert set_f1(set(), set()) == 1.0
-    assert set_f1(set(), {1}) == 0.0
-    assert boxed_f1(r"\boxed{[1, 2]}", [2, 1]) == 1.0
-    assert boxed_f1(r"\boxed{[1]}", [1, 2]) == pytest.approx(2 / 3)
-    assert boxed_f1(r"\boxed{}", [1]) == 0.0  # unparseable -> 0
-    assert boxed_f1("no box at all", []) == 0.0  # even when the truth is empty: no answer is no answer
-    assert boxed_f1(r"\boxed{[]}", []) == 1.0
 
 
 # ----- vision: yes / no
@@ -72,11 +32,23 @@ def test_parse_yes_no(text, expected):
     assert parse_yes_no(text) is expected
 
 
-def test_yes_no_reward():
-    assert yes_no_reward("Yes.", True) == 1.0
-    assert yes_no_reward("yes", False) == 0.0
-    assert yes_no_reward("No", False) == 1.0
-    assert yes_no_reward("maybe", False) == 0.0  # neither word: no reward
+@pytest.mark.parametrize(
+    "completion, truth, expected",
+    [("Yes.", True, 1.0), ("yes", False, 0.0), ("No", False, 1.0), ("maybe", False, 0.0),  # neither word: no reward
+     (None, True, 0.0), ("", False, 0.0)],
+)
+def test_yes_no_reward(completion, truth, expected):
+    assert yes_no_reward(completion, truth) == expected
+
+
+@pytest.mark.parametrize(
+    "completion, expected",
+    [("plain", "plain"), ([{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}], "ab"),
+     ([{"role": "assistant", "content": [{"type": "text", "text": "x"}, {"type": "image"}, {"type": "text", "text": "y"}]}], "xy"),
+     (None, ""), ([], "")],
+)
+def test_completion_text(completion, expected):
+    assert completion_text(completion) == expected
 
 
 # ----- degeneration: each rule on both sides of its threshold
@@ -151,15 +123,6 @@ def test_normal_prose_is_not_degenerate():
 
 
 # ----- caption and joint scores
-
-
-def test_caption_score_formula():
-    # 2 positive concepts (6 questions), 4 correct; 3 negative questions, 1 not answered D.
-    pos = [("A", "A"), ("B", "B"), ("C", "C"), ("A", "A"), ("D", "B"), ("A", "C")]
-    neg = ["D", "B", "D"]
-    assert caption_score(pos, neg) == pytest.approx(4 / 3 - 1 / 3)
-    assert caption_score(pos, []) == pytest.approx(4 / 3)  # no negatives: no penalty
-    assert joint_caption_score(pos, neg) == 3.0
 
 
 def _caption_truth():

@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 from covip.clients.base import ImagePart, TextPart
 from covip.clients.registry import ModelRegistry
 from covip.prompts import PromptBook
-from covip.stages.captioning import build_caption_request
+from covip.protocol.requests import build_caption_request
 from covip.local.tiny_vlm import build_tiny_vlm
 from covip.training.records import assign_tasks, build_record, build_records
 from covip.training.settings import ACCELERATE_CONFIGS, TrainingSettings, launch_command
