@@ -70,19 +70,25 @@ def resources_of(rule):
     return PREP.resources(rule)
 
 
+def _per_job(rule, answer):
+    """`answer(wildcards)` per job for a rule whose models come from its wildcards, else computed once
+    now (a plain value spares Snakemake evaluating a function for every job of the DAG)."""
+    return answer if PREP.roles_follow_wildcards(rule) else answer({})
+
+
 def conda_of(rule):
     """The conda env a job of `rule` needs: the heaviest backend among the models it runs."""
-    return lambda wildcards: PREP.conda_env(rule, wildcards)
+    return _per_job(rule, lambda wildcards: PREP.conda_env(rule, wildcards))
 
 
 def code_of(script, rule):
     """Fingerprint of the package code a job of `rule` runs (params: an edit reruns the job)."""
-    return lambda wildcards: PREP.code(script, rule, wildcards)
+    return _per_job(rule, lambda wildcards: PREP.code(script, rule, wildcards))
 
 
 def models_of(rule):
     """The registry entries a job of `rule` calls (params: switching a backend reruns the job)."""
-    return lambda wildcards: PREP.model_params(*PREP.role_names(rule, wildcards))
+    return _per_job(rule, lambda wildcards: PREP.model_params(*PREP.role_names(rule, wildcards)))
 
 
 def inputs_of(rule, **named):

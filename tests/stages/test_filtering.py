@@ -11,6 +11,7 @@ from PIL import Image
 
 from covip.core import schemas
 from covip.clients.base import ChatResponse, ImagePart, ImageRequest, TextPart
+from covip.clients.cached import wrap
 from covip.clients.registry import ModelRegistry
 from covip.clients.spec import ModelSpec
 from covip.core.io import encode_png, to_table
@@ -228,7 +229,12 @@ def _png(array) -> bytes:
     return encode_png(Image.fromarray(np.asarray(array, np.uint8)))
 
 
-class _Canned:
+def _Canned(text=None, error=None, raise_error=False):
+    """A chat model that answers every request with the same text (or raises), wrapped like a registry model."""
+    return wrap(_CannedModel(text, error, raise_error))
+
+
+class _CannedModel:
     """A chat model that answers every request with the same text (or raises)."""
 
     identity = "canned"
@@ -276,7 +282,7 @@ def test_consistency_checks_and_reasons(pool, prompts):
         "duplicate_concept",
         "bad_status",
     ]
-    assert canned.calls == 1  # only the row that passed every check reached the verifier
+    assert canned.inner.calls == 1  # only the row that passed every check reached the verifier
     assert decisions[0]["verifier"] == "canned"
     assert all(d["verifier"] == "consistency_checks" for d in decisions[1:])
     assert decisions[1]["detail"] == "attempt 1: quota exceeded"

@@ -12,6 +12,7 @@ import pytest
 
 from covip.core import schemas
 from covip.clients.base import ImageRequest, ImageResponse
+from covip.clients.cached import wrap
 from covip.clients.registry import ModelRegistry
 from covip.clients.spec import ModelSpec
 from covip.core.io import decode_image, to_table
@@ -186,7 +187,7 @@ class _Recorder:
 
 def test_requests_carry_references_task_and_per_sample_seeds(pool, prompts):
     recorder = _Recorder()
-    rows = synthesize_queries(pool, recorder, prompts, SynthesisSettings(num_samples=6), seed=2, progress_file=QUIET)
+    rows = synthesize_queries(pool, wrap(recorder), prompts, SynthesisSettings(num_samples=6), seed=2, progress_file=QUIET)
     image_of = {row["concept_id"]: row["image"] for row in pool}
     by_sample = {}
     for request in recorder.requests:
@@ -226,7 +227,8 @@ class _Flaky:
 
 def test_failed_generations_become_failed_rows(pool, prompts):
     flaky = _Flaky()
-    rows = synthesize_queries(pool, flaky, prompts, SynthesisSettings(num_samples=12, max_attempts=2), seed=0, progress_file=QUIET)
+    rows = synthesize_queries(pool, wrap(flaky), prompts, SynthesisSettings(num_samples=12, max_attempts=2), seed=0,
+                              progress_file=QUIET)
     to_table(rows, schemas.QUERIES, "queries")
     assert len(rows) == 12
     for row in rows:

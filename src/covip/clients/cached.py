@@ -305,13 +305,17 @@ class CachedEmbedder:
         return np.stack(rows).astype(np.float32, copy=False)
 
 
-def wrap(inner: ChatModel, *, name: str = "model", concurrency: int = 1) -> CachedChatModel:
-    """A model that is not in the registry (a test double, a user's own ChatModel) with the same
-    batch interface and accounting as a registry model, and no cache."""
-    if isinstance(inner, CachedChatModel):
+def wrap(inner: ChatModel | ImageGenerator, *, name: str = "model",
+         concurrency: int = 1) -> CachedChatModel | CachedImageGenerator:
+    """A model that is not in the registry (a test double, a user's own ChatModel or ImageGenerator)
+    with the same interface and accounting as a registry model, and no cache."""
+    if isinstance(inner, (CachedChatModel, CachedImageGenerator)):
         return inner
     spec = ModelSpec(name=name, backend="external", model=getattr(inner, "identity", type(inner).__name__),
                      concurrency=concurrency, stand_in=False)
-    model = CachedChatModel(spec, inner, None, key_context={})
+    if hasattr(inner, "generate"):
+        model = CachedImageGenerator(spec, inner, None)
+    else:
+        model = CachedChatModel(spec, inner, None, key_context={})
     model.identity = getattr(inner, "identity", spec.identity)
     return model

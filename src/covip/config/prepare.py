@@ -119,6 +119,11 @@ class Prepared(Layout):
             return [("chat", role) for role in self.training_roles(wildcards["run"])]
         return []
 
+    @staticmethod
+    def roles_follow_wildcards(rule: str) -> bool:
+        """Whether the models a job of `rule` runs depend on its wildcards (policy, judge, run)."""
+        return rule in MODEL_GPU_WILDCARD or rule == "train_gspo"
+
     def role_names(self, rule: str, wildcards: Mapping | None = None) -> list[str]:
         return [role for _, role in self.roles(rule, wildcards)]
 

@@ -99,8 +99,16 @@ def code_fingerprint(*modules: str) -> str:
     """A short hash of the source of `modules` and all `covip` modules they import."""
     digest = hashlib.sha256()
     for name, path in sorted(module_closure(*modules).items()):
-        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
-        data = path.with_suffix(".yaml")  # a module's own data file (covip/content/facts.yaml) is its code too
-        if data.is_file():
-            digest.update(data.read_bytes() + b"\0")
+        digest.update(name.encode() + b"\0" + _source_digest(path))
     return digest.hexdigest()[:16]
+
+
+@lru_cache(maxsize=None)
+def _source_digest(path: Path) -> bytes:
+    """A module's source, and the data file it loads as its own (covip/content/facts.yaml beside
+    facts.py), hashed once per parse however many fingerprints include the module."""
+    digest = hashlib.sha256(path.read_bytes())
+    data = path.with_suffix(".yaml")
+    if data.is_file():
+        digest.update(b"\0" + data.read_bytes())
+    return digest.digest()
