@@ -28,19 +28,23 @@ rule build_diagnostic_set:
 
 
 rule diagnose:
+    # One job per (condition, policy) answers every task in every mode, so an in-process model is
+    # loaded once for all of them; each (task, mode) keeps its own table.
     input:
-        unpack(inputs_of("diagnose", diagnostic_set=lambda wc: PREP.condition_input(wc.condition, wc.task))),
+        unpack(inputs_of("diagnose", **PREP.diagnose_inputs())),
     output:
-        out("diagnostics/responses/{condition}/{policy}/{task}.{mode}.parquet"),
+        **PREP.diagnose_outputs(),
     log:
-        log_of("diagnose", "diagnostics/{condition}/{policy}.{task}.{mode}"),
+        log_of("diagnose", "diagnostics/{condition}/{policy}"),
     benchmark:
-        benchmark_of("diagnose", "diagnostics/{condition}/{policy}.{task}.{mode}")
+        benchmark_of("diagnose", "diagnostics/{condition}/{policy}")
     params:
+        tasks=config["evaluation"]["diagnostic_tasks"],
+        modes=config["evaluation"]["diagnostic_modes"],
         settings=config["diagnostics"],
         seed=config["seed"],
         models=models_of("diagnose"),
-        prompts=lambda wc: prompts_of("caption", "diagnostic_questions", *(["lar_judge"] if wc.task == "lar" else [])),
+        prompts=prompts_of("caption", "diagnostic_questions", "lar_judge"),
         code=code_of("diagnose.py", "diagnose"),
     threads: threads_of("diagnose")
     resources:

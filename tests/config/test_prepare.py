@@ -102,7 +102,7 @@ def test_the_conda_env_follows_the_backend_the_job_runs(default_config):
     assert prep.conda_env("caption", {"policy": "tiny_vlm"}) == "../envs/train.yaml"
     assert prep.conda_env("caption", {"policy": "served"}) == "../envs/vllm.yaml"
     # A LAR job runs the policy and the judge: the heavier env serves both.
-    assert prep.conda_env("diagnose", {"policy": "served", "task": "lar"}) == "../envs/vllm.yaml"
+    assert prep.conda_env("diagnose", {"policy": "served"}) == "../envs/vllm.yaml"
     assert prep.conda_env("make_splits") == "../envs/data.yaml"
     assert prep.conda_env("train_gspo", {"run": "tiny_vlm_gspo"}) == "../envs/train.yaml"
 
@@ -121,8 +121,10 @@ def test_code_fingerprint_follows_the_workflow_script_imports_and_the_backend(de
 
 def test_lar_jobs_call_the_diagnostic_judge_too(default_config):
     prep = prepared(default_config)
-    assert prep.role_names("diagnose", {"policy": "oracle", "task": "lar"}) == ["oracle", "lexical_judge"]
-    assert prep.role_names("diagnose", {"policy": "oracle", "task": "lsd"}) == ["oracle"]
+    assert prep.role_names("diagnose", {"policy": "oracle"}) == ["oracle", "lexical_judge"]
+    config = copy.deepcopy(prep.config)
+    config["evaluation"]["diagnostic_tasks"] = ["lsd", "itr"]
+    assert prepare(config, ROOT).role_names("diagnose", {"policy": "oracle"}) == ["oracle"]  # no LAR, no judge
     assert prep.role_names("write_mcqas") == ["mcqa_writer"]
 
 

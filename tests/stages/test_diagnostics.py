@@ -197,3 +197,25 @@ def test_end_to_end_with_reference_policies_and_lexical_judge(sets, prompts):
             assert score[("oracle", task, mode)] >= score[("blind", task, mode)]
     # The oracle reads the target's most recent dialogue, so it recalls the action and the keyword.
     assert score[("oracle", "lar", "direct")] > 0 and score[("oracle", "itr", "direct")] > 0
+
+
+def test_one_job_answers_every_task_and_mode_with_one_model(sets, prompts):
+    """diagnose_policy (one workflow job per condition and policy) equals answering and scoring each
+    (task, mode) alone, and only the LAR set reaches the judge."""
+    from covip.stages.diagnostics.answering import diagnose_policy
+
+    registry = ModelRegistry({"oracle": {"backend": "reference_oracle"}, "judge": {"backend": "local_lexical_judge"}})
+    settings = DiagnosticSettings()
+    chosen = {task: sets[task][:2] for task in DIAGNOSTIC_TASKS}
+    model, judge = registry.chat("oracle"), registry.chat("judge")
+    result = diagnose_policy(chosen, DIAGNOSTIC_MODES, "oracle", model, judge, prompts, settings, 0, progress_file=QUIET)
+    assert set(result.rows) == {(task, mode) for task in DIAGNOSTIC_TASKS for mode in DIAGNOSTIC_MODES}
+    for (task, mode), rows in result.rows.items():
+        alone = answer_diagnostics(chosen[task], "oracle", model, prompts, settings, seed=0, mode=mode, progress_file=QUIET)
+        alone = score_diagnostics(alone, chosen[task], judge=judge if task == "lar" else None, prompts=prompts,
+                                  progress_file=QUIET)
+        assert rows == alone
+        assert result.failures[(task, mode)].failed == 0
+    assert judge.usage.requests == 2 * 2 * len(DIAGNOSTIC_MODES)  # each LAR item judged once per mode, twice over
+    with pytest.raises(DiagnosticError, match="no judge"):
+        diagnose_policy({"lar": chosen["lar"]}, ["direct"], "oracle", model, None, prompts, settings, 0, progress_file=QUIET)

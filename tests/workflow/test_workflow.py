@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 # (4 controls of the test split; diagnostics under intact only). What a new test split reruns
 # downstream: the training, every policy's captions and scores under every condition, and the trained
 # policy's 6 diagnostics (its model changed).
-EVALUATION_OF_SPLITS = {"train_gspo": 1, "apply_control": 4, "caption": 20, "capeval": 20, "diagnose": 6,
+EVALUATION_OF_SPLITS = {"train_gspo": 1, "apply_control": 4, "caption": 20, "capeval": 20, "diagnose": 1,
                         "collect_evaluation": 1, "summarize_controls": 1, "judge_agreement": 1, "report": 1}
 
 
@@ -152,8 +152,8 @@ def test_editing_capeval_reruns_scoring_but_not_training(run_copy):
 def test_editing_one_module_of_a_stage_package_reruns_only_its_rule(run_copy):
     assert edited(run_copy, "stages/diagnostics/summary.py") == {"collect_evaluation": 1, "report": 1, "all": 1}
     assert edited(run_copy, "stages/controls/effects.py") == {"summarize_controls": 1, "report": 1, "all": 1}
-    # Answering and scoring are the diagnose jobs' code: 4 policies x 3 tasks x 2 modes, intact only.
-    assert edited(run_copy, "stages/diagnostics/scoring.py") == {"diagnose": 24, "collect_evaluation": 1,
+    # Answering and scoring are the diagnose jobs' code: one job per policy (every task and mode), intact only.
+    assert edited(run_copy, "stages/diagnostics/scoring.py") == {"diagnose": 4, "collect_evaluation": 1,
                                                                  "summarize_controls": 1, "report": 1, "all": 1}
 
 
@@ -167,7 +167,7 @@ def test_editing_a_content_file_reruns_the_stages_that_read_it(run_copy):
         path.write_text(original)
     # The diagnostic sets are rebuilt, so every diagnose job and what reads them rerun; the benchmark
     # built from the fact lists (stages 1-7) does not.
-    assert jobs["build_diagnostic_set"] == 3 and jobs["diagnose"] == 24
+    assert jobs["build_diagnostic_set"] == 3 and jobs["diagnose"] == 4
     assert not {"write_dialogues", "make_splits", "caption", "capeval"} & set(jobs)
 
 
@@ -186,10 +186,11 @@ def test_changing_the_judge_sampling_reruns_only_scoring(run_copy):
         "models: {lexical_judge: {backend: local_lexical_judge, model: lexical-v1, options: {support_threshold: 0.7}}}\n"
     )
     jobs = planned_jobs(snakemake(run_copy, "-n", "--configfile", "tiny.yaml", "judge.yaml"))
-    # The LAR diagnostics use the same judge, so they are rescored too; the GSPO run's caption reward
+    # The LAR diagnostics use the same judge, so every policy's diagnose job reruns (its other answers
+    # come back from the response cache); the GSPO run's caption reward
     # uses it as well, so that policy is retrained, recaptioned under every condition and re-evaluated;
     # the other captions are not remade.
-    assert jobs == {"train_gspo": 1, "caption": 5, "capeval": 20, "diagnose": 3 * 2 + 6, "collect_evaluation": 1,
+    assert jobs == {"train_gspo": 1, "caption": 5, "capeval": 20, "diagnose": 4, "collect_evaluation": 1,
                     "summarize_controls": 1, "judge_agreement": 1,
                     "report": 1, "all": 1}
 
@@ -258,7 +259,7 @@ def test_diagnostics_run_under_every_control_when_switched_on(run_copy):
     jobs = planned_jobs(snakemake(run_copy, "-n", "--configfile", "tiny.yaml", "diag_controls.yaml"))
     # 4 policies x 3 tasks x 2 modes under 4 controls; each control applied to the 3 diagnostic sets,
     # and again to the test split (its job's params hold the controls settings, which changed).
-    assert jobs["diagnose"] == 4 * 3 * 2 * 4
+    assert jobs["diagnose"] == 4 * 4  # 4 policies under 4 controls, each job every task and mode
     assert jobs["apply_control"] == 4 * (3 + 1)
     targets = [f"results/diagnostics/responses/{condition}/oracle/lar.cag.parquet"
                for condition in ("swapped_context", "blank_query")]

@@ -101,6 +101,17 @@ class Layout:
             return self.out("splits/test.parquet") if dataset == "test" else self.out(f"diagnostics/sets/{dataset}.parquet")
         return self.out(f"controls/{condition}/{dataset}.parquet")
 
+    def diagnose_inputs(self) -> dict:
+        """The diagnostic set of every task, as a job of this condition reads it (set_<task>)."""
+        return {f"set_{task}": (lambda wildcards, task=task: self.condition_input(wildcards["condition"], task))
+                for task in self.config["evaluation"]["diagnostic_tasks"]}
+
+    def diagnose_outputs(self) -> dict:
+        """A diagnose job's responses, one table per task and mode (<task>_<mode>)."""
+        evaluation = self.config["evaluation"]
+        return {f"{task}_{mode}": self.out(f"diagnostics/responses/{{condition}}/{{policy}}/{task}.{mode}.parquet")
+                for task in evaluation["diagnostic_tasks"] for mode in evaluation["diagnostic_modes"]}
+
     def diagnostic_jobs(self) -> list[str]:
         evaluation = self.config["evaluation"]
         return [f"{policy}/{task}.{mode}" for policy in evaluation["policies"]

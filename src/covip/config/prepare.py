@@ -112,8 +112,9 @@ class Prepared(Layout):
             return [("chat", wildcards["policy"])]
         if rule in ("capeval", "score_released"):
             return [("chat", wildcards["judge"])]
-        if rule == "diagnose":
-            judge = [("chat", self.config["evaluation"]["diagnostic_judge"])] if wildcards["task"] == "lar" else []
+        if rule == "diagnose":  # one job per (condition, policy) answers every task; LAR needs the judge
+            lar = "lar" in self.config["evaluation"]["diagnostic_tasks"]
+            judge = [("chat", self.config["evaluation"]["diagnostic_judge"])] if lar else []
             return [("chat", wildcards["policy"]), *judge]
         if rule == "train_gspo":
             return [("chat", role) for role in self.training_roles(wildcards["run"])]

@@ -9,6 +9,7 @@ in `covip.protocol.requests`. A failed call is a row with status 'failed' and th
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from covip.clients.base import ChatResponse
 from covip.clients.cached import CachedChatModel
@@ -23,6 +24,7 @@ from covip.protocol.requests import (
     diagnostic_as_split_row,
     target_index,
 )
+from covip.stages.diagnostics.scoring import score_diagnostics
 from covip.stages.diagnostics.settings import MODES, SCORER, DiagnosticError, DiagnosticSettings
 
 
@@ -118,3 +120,27 @@ def response_failures(rows: list[dict]) -> FailureReport:
     """Failed model calls among a diagnose job's rows (see `DiagnosticSettings.max_failure_rate`). An
     answer without a readable answer is not a failure: it is scored (that is what LSD measures)."""
     return failure_report(rows, "diagnostic responses", reason=lambda row: row.get("error"))
+
+
+@dataclass
+class DiagnosticRun:
+    """What one policy gave on every (task, mode): scored rows, and the failure summary of each."""
+
+    rows: dict[tuple[str, str], list[dict]]
+    failures: dict[tuple[str, str], FailureReport]
+
+
+def diagnose_policy(sets: Mapping[str, Sequence[Mapping]], modes: Sequence[str], policy_name: str,
+                    model: CachedChatModel, judge: CachedChatModel | None, prompts: PromptBook,
+                    settings: DiagnosticSettings, seed: int, progress_file=None) -> DiagnosticRun:
+    """Answer and score every set (task -> items) in every mode with one model: an in-process model
+    is loaded once for the lot. The LAR judge is needed only when a 'lar' set is given."""
+    result = DiagnosticRun({}, {})
+    for task, items in sets.items():
+        for mode in modes:
+            rows = answer_diagnostics(items, policy_name, model, prompts, settings, seed, mode, progress_file=progress_file)
+            rows = score_diagnostics(rows, items, judge=judge if task == "lar" else None, prompts=prompts,
+                                     progress_file=progress_file)
+            result.rows[(task, mode)] = rows
+            result.failures[(task, mode)] = response_failures(rows)
+    return result
