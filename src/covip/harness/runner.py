@@ -73,6 +73,6 @@ def run_benchmark(benchmark: Benchmark, model: HarnessModel, data_dir: str | Pat
         metrics=dict(results["results"].get(task, {})),
         samples=list(results.get("samples", {}).get(task, [])),
         task_version=str(results.get("versions", {}).get(task, "")),
-        harness_version=str(results.get("lmms_eval_version") or lmms_eval_version()),
+        harness_version=lmms_eval_version(),  # its results' own field is the git state of the working directory
         n_samples=int((results.get("n-samples", {}).get(task) or {}).get("effective", 0)),
     )
