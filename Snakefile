@@ -28,6 +28,7 @@ include: "rules/capeval.smk"
 include: "rules/diagnostics.smk"
 include: "rules/controls.smk"
 include: "rules/human_eval.smk"
+include: "rules/general.smk"
 include: "rules/report.smk"
 
 

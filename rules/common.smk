@@ -6,6 +6,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from covip.config.prepare import check_rule_names as _check_rule_names, prepare
+from covip.config.general import download_entry, hub_data_names
 from covip.core.names import CONDITIONS, CONTROL_CONDITIONS, DATASETS, DIAGNOSTIC_MODES, DIAGNOSTIC_TASKS, NAME_PATTERN
 
 
@@ -29,6 +30,8 @@ wildcard_constraints:
     condition="|".join(CONDITIONS),
     dataset="|".join(DATASETS),
     shard=r"\d+",
+    benchmark="|".join(PREP.general_benchmarks) or "none",
+    hub_data="|".join(hub_data_names()),
 
 
 onstart:
@@ -117,6 +120,16 @@ def human_eval_report_outputs():
         return {}
     return {"human_eval_plot": report(out("report/human_eval.png"), category="Human evaluation",
                                       caption="../report/human_eval_plot.rst")}
+
+
+def general_download_params(data):
+    """The catalog entry a download job fetches (params: a changed repository or revision refetches)."""
+    return dict(download_entry(data).__dict__)
+
+
+def general_report_inputs():
+    """The multi-image table as an extra input of the report (none when no general benchmark is configured)."""
+    return {"general": out("report/general_summary.parquet")} if PREP.general_enabled else {}
 
 
 def shard_size(rule):

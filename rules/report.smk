@@ -45,6 +45,7 @@ rule report:
         disagreements=rules.judge_agreement.output.disagreements,
         paper=config["paper_results"],
         **human_eval_report_inputs(),  # empty unless a votes database exists (rules/human_eval.smk)
+        **general_report_inputs(),  # the multi-image table, when general benchmarks are configured (rules/general.smk)
     output:
         summary=report(out("report/summary.md"), category="Summary", caption="../report/summary.rst"),
         capeval_plot=report(out("report/capeval_by_count.png"), category="CapEval-QA", caption="../report/capeval_plot.rst"),

@@ -27,6 +27,11 @@ with StageRun(snakemake) as run:  # noqa: F821
         human.append(report.human_eval_section(pairs, run.read("human_ranking", schemas.HUMAN_EVAL_RANKING),
                                                run.read("human_agreement", schemas.HUMAN_EVAL_AGREEMENT),
                                                Path(out.human_eval_plot).name))
+    general = []  # the multi-image table, only when general benchmarks are configured (rules/general.smk)
+    if "general" in snakemake.input.keys():  # noqa: F821
+        from covip.stages.general.summary import general_section
+
+        general.append(general_section(run.read("general", schemas.GENERAL_SUMMARY), paper))
     text = report.render_summary(
         capeval, diagnostics, paper,
         run_name=snakemake.params.run_name,  # noqa: F821
@@ -34,6 +39,6 @@ with StageRun(snakemake) as run:  # noqa: F821
         capeval_plot=Path(out.capeval_plot).name,
         diagnostics_plot=Path(out.diagnostics_plot).name,
         usage=load_usage(Path(run.config["outdir"]) / "usage"),
-        extra_sections=[controls, *human],
+        extra_sections=[controls, *human, *general],
     )
     write_text_atomic(out.summary, text)

@@ -22,11 +22,14 @@ ALLOWED = {
     "content": {"content", "core"},
     "clients": {"clients", "core"},
     "local": {"local", "clients", "core", "content"},
+    # The lmms-eval adapter: benchmark catalog, model routing, task definitions, runner, downloads. Like
+    # clients for models, the one place that knows an external harness; stages and config use it.
+    "harness": {"harness", "clients", "core"},
     "protocol": {"protocol", "clients", "core", "prompts", "content"},
-    "stages": {"clients", "core", "prompts", "content", "protocol"},
+    "stages": {"clients", "core", "prompts", "content", "protocol", "harness"},
     "training": {"training", "clients", "core", "prompts", "content", "protocol"},
     "workflow": {"workflow", "clients", "core", "prompts"},
-    "config": {"config", "clients", "core", "prompts", "content", "workflow", "training"},
+    "config": {"config", "clients", "core", "prompts", "content", "workflow", "training", "harness"},
     "human_eval": {"human_eval", "core"},
     "cli": {"*"},
     "__main__": {"cli"},

@@ -18,9 +18,11 @@ pytestmark = pytest.mark.integration
 # In tests/data/tiny.yaml: 4 policies (one GSPO-trained on the train split) x 1 judge x 5 conditions
 # (4 controls of the test split; diagnostics under intact only). What a new test split reruns
 # downstream: the training, every policy's captions and scores under every condition, and the trained
-# policy's 6 diagnostics (its model changed).
+# policy's diagnostics (one job: its model changed), its general benchmark (tiny_multi_image) and the
+# multi-image table.
 EVALUATION_OF_SPLITS = {"train_gspo": 1, "apply_control": 4, "caption": 20, "capeval": 20, "diagnose": 1,
-                        "collect_evaluation": 1, "summarize_controls": 1, "judge_agreement": 1, "report": 1}
+                        "collect_evaluation": 1, "summarize_controls": 1, "judge_agreement": 1, "report": 1,
+                        "general_benchmark": 1, "collect_general": 1}
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +103,27 @@ def test_controls_move_what_they_claim_and_not_the_oracle(finished_run):
         assert changes and all(c["sha_before"] != c["sha_after"] for c in changes)
     assert "Does it look?" in (results / "report" / "summary.md").read_text()
     assert (results / "report" / "controls.png").stat().st_size > 0
+
+
+def test_general_benchmarks_run_in_process_and_reach_the_report(finished_run):
+    # The tiny VLM before and after GSPO on the tiny offline benchmark, through lmms-eval's Qwen2.5-VL class.
+    results = finished_run / "results"
+    summary = {r["policy"]: r for r in pq.read_table(results / "report" / "general_summary.parquet").to_pylist()}
+    assert set(summary) == {"tiny_vlm", "tiny_vlm_gspo"}
+    trained = summary["tiny_vlm_gspo"]
+    assert trained["base_policy"] == "tiny_vlm" and trained["harness_model"] == "qwen2_5_vl"
+    assert trained["route"] == "in_process" and trained["stand_in"] and trained["n"] == 6
+    assert trained["diff"] == pytest.approx(trained["value"] - summary["tiny_vlm"]["value"])
+    samples = pq.read_table(results / "general" / "tiny_vlm" / "tiny_multi_image.samples.parquet").to_pylist()
+    assert len(samples) == 6 and all(s["score"] in (0.0, 1.0) for s in samples)
+    text = (results / "report" / "summary.md").read_text()
+    assert "## General multi-image benchmarks" in text and "| Qwen3-VL-8B (paper) | 86.7 |" in text
+    assert "| ours: tiny_vlm_gspo − tiny_vlm †" in text
+
+
+def test_editing_a_harness_task_reruns_only_its_jobs(run_copy):
+    assert edited(run_copy, "harness/tasks/tiny_multi_image/utils.py") == {"general_benchmark": 2, "collect_general": 1,
+                                                                           "report": 1, "all": 1}
 
 
 def test_snakemake_html_report_builds(run_copy):
@@ -191,7 +214,7 @@ def test_changing_the_judge_sampling_reruns_only_scoring(run_copy):
     # uses it as well, so that policy is retrained, recaptioned under every condition and re-evaluated;
     # the other captions are not remade.
     assert jobs == {"train_gspo": 1, "caption": 5, "capeval": 20, "diagnose": 4, "collect_evaluation": 1,
-                    "summarize_controls": 1, "judge_agreement": 1,
+                    "summarize_controls": 1, "judge_agreement": 1, "general_benchmark": 1, "collect_general": 1,
                     "report": 1, "all": 1}
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from covip.clients.backends import BACKENDS, ENV_ORDER, backend_module
+from covip.config.general import ConfigError, GeneralLayout, check_general  # noqa: F401 - ConfigError is public here
 from covip.config.layout import Layout
 from covip.clients.spec import ModelSpec
 from covip.content.book import content_fingerprint
@@ -34,16 +35,13 @@ STAGE_ROLES = {
     "write_mcqas": [("chat", "mcqa_writer")],
 }
 # Rules whose GPU count is their model's `gpus:` (the wildcard that names the model).
-MODEL_GPU_WILDCARD = {"caption": "policy", "capeval": "judge", "score_released": "judge", "diagnose": "policy"}
+MODEL_GPU_WILDCARD = {"caption": "policy", "capeval": "judge", "score_released": "judge", "diagnose": "policy",
+                      "general_benchmark": "policy"}
 RESOURCE_KEYS = ("mem_mb", "runtime")
 
 
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the section, entry and key, and the choices."""
-
-
 @dataclass
-class Prepared(Layout):
+class Prepared(Layout, GeneralLayout):
     """The workflow's config after checking, with the per-rule helpers the .smk files call."""
 
     config: dict
@@ -108,7 +106,7 @@ class Prepared(Layout):
         wildcards = wildcards or {}
         if rule in STAGE_ROLES:
             return list(STAGE_ROLES[rule])
-        if rule == "caption":
+        if rule in ("caption", "general_benchmark"):
             return [("chat", wildcards["policy"])]
         if rule in ("capeval", "score_released"):
             return [("chat", wildcards["judge"])]
@@ -261,7 +259,8 @@ def check_stage_settings(config: Mapping) -> None:
 
 def check_rule_names(config: Mapping, rules: list[str]) -> None:
     """Every rule named under resources.rules exists (a misspelled name would be silently ignored)."""
-    optional = {"gather_shards", "summarize_capeval", "human_eval_summary"}  # rules that exist only in some runs
+    optional = {"gather_shards", "summarize_capeval", "human_eval_summary", "general_benchmark", "collect_general",
+                "build_tiny_benchmark", "download_benchmark_data"}  # rules that exist only in some runs
     unknown = sorted(set(config["resources"]["rules"]) - set(rules) - optional)
     if unknown:
         raise ConfigError(f"resources.rules: no rule named {unknown}; the rules are {sorted(rules)}")
@@ -296,5 +295,7 @@ def prepare(config: dict, root: str | Path) -> Prepared:
             raise ConfigError(f"human_eval: '{role}' is not an entry of the models registry (have: {sorted(models)})")
     check_stage_settings(config)
     trained = {os.path.normpath(f"{outdir}/training/{run}/model"): run for run in training.runs}
-    return Prepared(config=config, root=Path(root), models=models, training=training,
-                    prompts=PromptBook(config.get("prompts") or {}), trained_models=trained)
+    prepared = Prepared(config=config, root=Path(root), models=models, training=training,
+                        prompts=PromptBook(config.get("prompts") or {}), trained_models=trained)
+    check_general(config, models, prepared)
+    return prepared
