@@ -13,6 +13,6 @@ with StageRun(snakemake) as run:  # noqa: F821
     rows = answer_diagnostics(items, wildcards.policy, model, run.prompts, settings, run.seed, wildcards.mode,
                               progress_file=run.log_file)
     judge = run.models.chat(run.config["evaluation"]["diagnostic_judge"]) if wildcards.task == "lar" else None
-    rows = score_diagnostics(rows, items, judge=judge, prompts=run.prompts, progress_file=run.log_file)
+    rows = score_diagnostics(rows, items, judge=judge, prompts=run.prompts, progress_file=run.log_file, settings=settings)
     run.check_failures(response_failures(rows), settings.max_failure_rate)
     run.write(rows, schemas.DIAGNOSTIC_RESPONSES)

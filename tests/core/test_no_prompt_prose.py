@@ -9,7 +9,7 @@ benchmark's content loaders) is parsed with `ast` and two kinds of prompt prose 
 (b) a string constant of twelve words or more that talks to a model ('you', 'describe', 'answer',
     'reply', ...), unless it is a docstring, sits in a raise / logging / print / warnings / argparse
     call or a dataclass field's help, is SQL, is a markdown row ('|' or '#'), or is report text
-    (covip/stages/report.py). Text for people passed as a `help`, `description` or `summary` argument
+    (covip/stages/report/). Text for people passed as a `help`, `description` or `summary` argument
     (an artifact's or a backend's description), a regular expression (the pattern of a `re` call)
     and a word list (a literal that is `.split()`) are not prose either.
 """
@@ -25,7 +25,7 @@ import covip
 
 PACKAGE = Path(covip.__file__).resolve().parent
 EXCLUDED_FOLDERS = ("local", "content")
-REPORT_TEXT = ("stages/report.py",)
+REPORT_TEXT = ("stages/report/tables.py", "stages/report/sections.py", "stages/report/plots.py")
 
 MESSAGE_FACTORIES = {"user", "system", "assistant"}
 MIN_MESSAGE_WORDS = 3
