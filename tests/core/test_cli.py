@@ -52,7 +52,7 @@ def test_check_validates_a_file_against_an_artifact_schema(tmp_path, capsys):
 
 
 def test_config_schema_check_and_rewrite(tmp_path, monkeypatch, capsys):
-    from covip.workflow import config_schema
+    from covip.config import schema as config_schema
 
     assert main(["config-schema", "--check"]) == 0  # the committed schema is in step with the settings
     assert "is up to date" in capsys.readouterr().out
