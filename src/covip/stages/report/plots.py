@@ -43,7 +43,7 @@ def _save(fig, path, handles: dict) -> None:
     """One legend below the panels (never over the data), then an atomic write."""
     fig.tight_layout()
     if handles:
-        fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=min(4, len(handles)),
+        fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=min(5, len(handles)),
                    fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))
     with atomic_output(path) as tmp:  # a crash never leaves half a PNG
         fig.savefig(tmp, dpi=120, format="png", bbox_inches="tight")  # the box takes in the legend below
