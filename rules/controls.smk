@@ -47,6 +47,7 @@ rule summarize_controls:
         diagnostic_conditions=[condition for condition, _ in PREP.diagnostic_keys()],
         n_bootstrap=config["capeval"]["n_bootstrap"],
         confidence=config["capeval"]["confidence"],
+        failed_calls=config["capeval"]["failed_calls"],
         seed=config["seed"],
         code=code_of("summarize_controls.py", "summarize_controls"),
     threads: threads_of("summarize_controls")

@@ -58,6 +58,8 @@ rule report:
         benchmark_of("report")
     params:
         run_name=config["run_name"],
+        protocol=PREP.protocol.label,  # the measurement protocol of every number (docs/protocol.md)
+        comparable=PREP.protocol.comparable,  # the paper's rows beside ours only under the authors' protocol
         code=code_of("report.py", "report"),
     threads: threads_of("report")
     resources:

@@ -7,10 +7,10 @@ from covip.workflow.run import StageRun
 
 with StageRun(snakemake) as run:  # noqa: F821
     task = snakemake.wildcards.task  # noqa: F821
+    settings = run.settings(DiagnosticSettings, "diagnostics")
     if "source" in snakemake.input.keys():  # noqa: F821
-        items = load_diagnostic_set(snakemake.input.source, task, prompts=run.prompts)  # noqa: F821
+        items = load_diagnostic_set(snakemake.input.source, task, prompts=run.prompts, lsd_box=settings.lsd_box)  # noqa: F821
     else:
-        settings = run.settings(DiagnosticSettings, "diagnostics")
         concepts = run.read("concepts", schemas.CONCEPTS)
         items = build_diagnostic_set(task, concepts, settings, run.seed, progress_file=run.log_file, prompts=run.prompts,
                                      content_path=run.content_path("diagnostic_lines"))

@@ -18,5 +18,6 @@ with StageRun(snakemake) as run:  # noqa: F821
     run.write(answers, schemas.CAPEVAL_ANSWERS, "answers")
     if "summary" in run.smk.output.keys():
         summary = summarize_capeval(answers, settings.n_bootstrap, run.seed, confidence=settings.confidence,
-                                    policy_identities=policy_identities_from(captions))
+                                    policy_identities=policy_identities_from(captions),
+                                    failed_calls=settings.failed_calls)
         run.write(summary, schemas.CAPEVAL_SUMMARY, "summary")

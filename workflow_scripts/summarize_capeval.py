@@ -9,5 +9,5 @@ with StageRun(snakemake) as run:  # noqa: F821
     answers = run.read("answers", schemas.CAPEVAL_ANSWERS)
     captions = run.read("captions", schemas.CAPTIONS)
     summary = summarize_capeval(answers, settings.n_bootstrap, run.seed, confidence=settings.confidence,
-                                policy_identities=policy_identities_from(captions))
+                                policy_identities=policy_identities_from(captions), failed_calls=settings.failed_calls)
     run.write(summary, schemas.CAPEVAL_SUMMARY)

@@ -16,7 +16,8 @@ with StageRun(snakemake) as run:  # noqa: F821
         responses[condition] += read_rows(path, schemas.DIAGNOSTIC_RESPONSES)
     captions = [row for path in smk.input.captions for row in read_rows(path, schemas.CAPTIONS)]
     effects = control_effects(answers, responses, n_bootstrap=smk.params.n_bootstrap, seed=run.seed,
-                              confidence=smk.params.confidence, policy_identities=policy_identities_from(captions))
+                              confidence=smk.params.confidence, policy_identities=policy_identities_from(captions),
+                              failed_calls=smk.params.failed_calls)
     run.write(effects, schemas.CONTROL_EFFECTS, "effects")
     run.write([row for path in smk.input.changes for row in read_rows(path, schemas.CONTROL_CHANGES)],
               schemas.CONTROL_CHANGES, "changes")

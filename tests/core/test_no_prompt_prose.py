@@ -9,7 +9,7 @@ benchmark's content loaders) is parsed with `ast` and two kinds of prompt prose 
 (b) a string constant of twelve words or more that talks to a model ('you', 'describe', 'answer',
     'reply', ...), unless it is a docstring, sits in a raise / logging / print / warnings / argparse
     call or a dataclass field's help, is SQL, is a markdown row ('|' or '#'), or is report text
-    (covip/stages/report.py). Text for people passed as a `help`, `description` or `summary` argument
+    (covip/stages/report/). Text for people passed as a `help`, `description` or `summary` argument
     (an artifact's or a backend's description), a regular expression (the pattern of a `re` call)
     and a word list (a literal that is `.split()`) are not prose either.
 """
@@ -25,7 +25,7 @@ import covip
 
 PACKAGE = Path(covip.__file__).resolve().parent
 EXCLUDED_FOLDERS = ("local", "content")
-REPORT_TEXT = ("stages/report.py",)
+REPORT_TEXT = ("stages/report/tables.py", "stages/report/sections.py", "stages/report/plots.py")
 
 MESSAGE_FACTORIES = {"user", "system", "assistant"}
 MIN_MESSAGE_WORDS = 3
@@ -135,10 +135,10 @@ def _parameters(tree: ast.AST) -> dict[str, list[str]]:
     return found
 
 
-def _not_prose(tree: ast.AST, imported: dict[str, list[str]] | None = None) -> set[int]:
+def _not_prose(tree: ast.AST, known: dict[str, list[str]] | None = None) -> set[int]:
     """ids of literals that are text for people or data, by where they stand (see the module docstring).
-    `imported`: parameter names of the package's other functions, for those a module imports by name."""
-    parameters = {**(imported or {}), **_parameters(tree)}
+    `known`: parameters of functions the module imports (e.g. a schema's `description`)."""
+    parameters = {**(known or {}), **_parameters(tree)}
     found = set()
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call):
@@ -159,7 +159,7 @@ def _not_prose(tree: ast.AST, imported: dict[str, list[str]] | None = None) -> s
     return found
 
 
-def scan_source(source: str, path: str, imported: dict[str, list[str]] | None = None) -> list[Finding]:
+def scan_source(source: str, path: str, known: dict[str, list[str]] | None = None) -> list[Finding]:
     tree = ast.parse(source)
     findings: list[Finding] = []
     # (a) messages built from literal words
@@ -173,7 +173,7 @@ def scan_source(source: str, path: str, imported: dict[str, list[str]] | None = 
     if any(path.endswith(report) for report in REPORT_TEXT):
         return findings
     # (b) long literals that address a model, outside the places where prose is for people
-    docstrings = _docstring_nodes(tree) | _not_prose(tree, imported)
+    docstrings = _docstring_nodes(tree) | _not_prose(tree, known)
     flagged = {(f.line, f.text) for f in findings}
 
     def visit(node: ast.AST, quiet: bool) -> None:
@@ -228,10 +228,11 @@ REVIEWED = {
 
 def package_findings() -> list[Finding]:
     sources = {path: path.read_text(encoding="utf-8") for path in package_sources()}
-    # A function called by name in one module may be defined in another (schemas' `_schema`).
-    parameters = {name: names for source in sources.values() for name, names in _parameters(ast.parse(source)).items()}
+    # Module-level functions of the whole package, so a description passed positionally to an imported
+    # helper (`_schema(name, description, ...)` of covip.core.schemas) is recognised as text for people.
+    known = {name: params for source in sources.values() for name, params in _parameters(ast.parse(source)).items()}
     return [finding for path, source in sources.items()
-            for finding in scan_source(source, path.relative_to(PACKAGE.parent).as_posix(), parameters)]
+            for finding in scan_source(source, path.relative_to(PACKAGE.parent).as_posix(), known)]
 
 
 def test_no_prompt_prose_in_the_package():

@@ -2,7 +2,7 @@
 
 from PIL import Image
 
-from covip.stages import report
+from covip.stages.report import plots, sections
 from covip.stages.human_eval import summarize_human_eval
 
 
@@ -25,7 +25,7 @@ def test_the_section_shows_pairs_ranking_and_agreement(tmp_path):
     answers = [answer(p, s, positive, p == "oracle" or not positive)
                for p in ("oracle", "blind") for s in ("s1", "s2") for positive in (True, False)]
     pairs, ranking, agreement = summarize_human_eval(votes, answers)
-    text = report.human_eval_section(pairs, ranking, agreement, "human_eval.png")
+    text = sections.human_eval_section(pairs, ranking, agreement, "human_eval.png")
     assert "## Human evaluation: pairwise caption preference" in text
     # blind vs oracle on context: 0 blind wins, 1 tie, 3 oracle wins of 4 votes, with Wilson intervals.
     assert "| blind vs oracle | 4 | 0.0 (0.0–49.0) | 25.0 (4.6–69.9) | 75.0 (30.1–95.4) | 2 |" in text
@@ -33,6 +33,6 @@ def test_the_section_shows_pairs_ranking_and_agreement(tmp_path):
     assert "| context | preferred caption has the higher Acc+ | lexical_judge | 100.0 (" in text
     assert "![Human preference per pair](human_eval.png)" in text
     path = tmp_path / "human_eval.png"
-    report.plot_human_eval(pairs, path)
+    plots.plot_human_eval(pairs, path)
     with Image.open(path) as image:
         assert image.format == "PNG" and image.width > 600

@@ -11,11 +11,11 @@ from covip.local.lar_judge import lar_coverage, lexical_lar_verdict
 @pytest.mark.parametrize(
     "response, expected",
     [
-        ("You said you needed to go to the post office to return a package.", "correct"),
-        ("You were returning the packages at the post office.", "correct"),
-        ("You had to pick up your dry cleaning.", "wrong"),
-        ("I don't know.", "wrong"),
-        (None, "wrong"),
+        ("You said you needed to go to the post office to return a package.", "Correct"),
+        ("You were returning the packages at the post office.", "Correct"),
+        ("You had to pick up your dry cleaning.", "Wrong"),
+        ("I don't know.", "Wrong"),
+        (None, "Wrong"),
     ],
 )
 def test_lexical_lar_verdict(response, expected):

@@ -84,13 +84,17 @@ def test_dates_in_other_formats_count():
                           options, 0.6) == "C"
 
 
-def test_judge_answers_letters_deterministically():
+def test_judge_answers_in_the_prompts_format_deterministically():
+    """A short reason, then `Answer: \\boxed{X}` on its own line, as the judge prompt asks (and the
+    authors' judge answers)."""
     lexical = judge()
     request = capeval_request("Seth loves the cherry blossom trees.", "Which trees does Seth love?", OPTIONS)
     first = lexical.complete(request)
-    assert first.ok and first.text == "B"
-    assert lexical.complete(request).text == "B"
-    assert lexical.complete(capeval_request("A dog on a couch.", "Which trees does Seth love?", OPTIONS)).text == "D"
+    assert first.ok and first.text.endswith("\nAnswer: \\boxed{B}") and parse_judge_letter(first.text) == "B"
+    assert lexical.complete(request).text == first.text
+    dog = lexical.complete(capeval_request("A dog on a couch.", "Which trees does Seth love?", OPTIONS)).text
+    assert dog.endswith("Answer: \\boxed{D}")
+    assert judge(answer_style="letter").complete(request).text == "B"  # for a prompt that asks for one letter
 
 
 def test_varied_style_uses_several_forms_that_the_parser_reads():
@@ -151,4 +155,4 @@ def test_lar_judging_uses_the_shared_lexical_verdict():
         reply = lexical.complete(ChatRequest((Message.user("x"),), task=task, seed=3))
         assert reply.ok and reply.text == lar.lexical_lar_verdict(question, reference, response)
         verdicts.append(reply.text)
-    assert verdicts == ["correct", "wrong"]
+    assert verdicts == ["Correct", "Wrong"]

@@ -38,7 +38,7 @@ def test_serves_capeval_requests_through_the_registry():
     judge = ModelRegistry({"ngram": {"backend": "local_ngram_judge"}}).chat("ngram")
     request = ChatRequest((Message.user("prompt"),), task={"kind": "capeval", "caption": "You met Ottilie in the botanical garden.",
                                                            "question": QUESTION, "options": OPTIONS})
-    assert judge.complete(request).text == "B"
+    assert judge.complete(request).text == "Answer: \\boxed{B}"  # the judge prompt's answer line
     refused = judge.complete(ChatRequest((Message.user("x"),), task={"kind": "lar_judge"}))
     assert not refused.ok and "capeval" in refused.error  # recorded as a failed call, never a letter
     with pytest.raises(ValueError, match="threshold"):

@@ -13,12 +13,17 @@ from covip.protocol.judging import (
     ask_with_repair,
     build_judge_request,
     build_lar_judge_request,
+    JudgeReading,
     judge_seed,
     lar_judge_seed,
+    lenient_letter,
     parse_judge_letter,
     parse_lar_verdict,
+    read_judge_reply,
+    read_lar_verdict,
     reasked,
     repaired,
+    score_reading,
 )
 from support.fakes import scripted
 from support.questions import options, question
@@ -30,29 +35,21 @@ QUIET = io.StringIO()
 # CapEval-QA: the judge request and the letter it names
 
 
-EXPECTED_PROMPT = '''You will read a description of a photo and answer one multiple-choice question about it.
-
-Description:
-"""
-Seth loves cherry blossom trees.
-"""
-
-Question: Which trees does Seth love?
-A. Oak trees
-B. Cherry blossom trees
-C. Maple trees
-D. The answer cannot be determined
-
-Answer from the description alone. Do not use general knowledge, and do not guess what is likely. Choose A, B or C only if the description clearly states that answer for the person, animal, object or place the question names. If it does not, choose D.
-
-Reply with one letter only: A, B, C or D.'''
-
-
 def test_judge_request_shows_caption_and_question_only(prompts):
     q = question("Which trees does Seth love?", "B", options("Oak trees", "Cherry blossom trees", "Maple trees"))
     request = build_judge_request("Seth loves cherry blossom trees.", q, prompts, seed=5)
     assert len(request.messages) == 1 and request.messages[0].role == "user" and not request.images
-    assert request.messages[0].text == EXPECTED_PROMPT  # pinned: a prompt edit shows up here
+    text = request.messages[0].text
+    # The authors' order: every instruction first (a prefix shared by all requests), then the
+    # description, then the question with its options; the answer line asked for is a box.
+    instructions, rest = text.split("[Description]\n")
+    caption, question_part = rest.split("\n\n[Question]\n")
+    assert "Seth" not in instructions and "Answer: \\boxed{X}" in instructions
+    assert caption == "Seth loves cherry blossom trees."
+    assert question_part == ("Question: Which trees does Seth love?\nA. Oak trees\nB. Cherry blossom trees\n"
+                             "C. Maple trees\nD. The answer cannot be determined")
+    other = build_judge_request("Another caption.", q, prompts, seed=5).messages[0].text
+    assert other.startswith(instructions)
     assert request.seed == 5
     assert request.task == {"kind": "capeval", "caption": "Seth loves cherry blossom trees.",
                             "question": "Which trees does Seth love?", "options": q["options"]}
@@ -69,6 +66,81 @@ def test_judge_seed_is_per_question_and_31_bit():
 
 
 TREES = options("Oak trees", "Cherry blossom trees", "Maple trees")
+
+# Replies in the form the judge prompt asks for (and the authors' judge writes): a short reason, then
+# `Answer: \boxed{X}`. Every one is read by the default rule.
+AUTHORS_STYLE = [
+    ("The description says Seth loves cherry blossom trees.\nAnswer: \\boxed{B}", "B"),
+    ("Nothing about trees is said.\n\nAnswer: \\boxed{D}", "D"),
+    ("Reasoning: the caption names maple trees.\nAnswer: \\boxed{C}", "C"),
+    ("Answer: \\boxed{A}", "A"),
+    ("**Answer:** \\boxed{B}", "B"),
+    ("The text supports option B.\n\nAnswer: $\\boxed{B}$", "B"),
+    ("Answer: \\boxed{ D }", "D"),
+    ("Answer: \\boxed{\\text{A}}", "A"),
+    ("Option C is stated.\nAnswer: \\boxed{C}.", "C"),
+]
+
+
+@pytest.mark.parametrize("text, expected", AUTHORS_STYLE)
+def test_authors_style_replies_are_read(text, expected):
+    assert parse_judge_letter(text, TREES) == expected
+    assert parse_judge_letter(text, TREES, "substring") in (expected, None)  # \\text{A} is not one letter there
+
+
+@pytest.mark.parametrize(
+    "text, exact, substring, lenient",
+    [
+        # one box, one letter: every rule agrees
+        ("Answer: \\boxed{B}", "B", "B", "B"),
+        ("**\\boxed{(A)}**", "A", "A", "A"),
+        # the FIRST box counts, as in the authors' code
+        ("First \\boxed{A}, then on second thought \\boxed{C}", "A", "A", "A"),
+        # a box that holds more than one letter: no letter (D); 'substring' scores it by its text (below)
+        ("Answer: \\boxed{B. Dog}", None, None, None),
+        ("Answer: \\boxed{A or B}", None, None, None),
+        ("Answer: \\boxed{b}", None, None, None),
+        # no box: D, except that the lenient rule reads a bare letter
+        ("B", None, None, "B"),
+        ("The answer is C.", None, None, "C"),
+        ("I cannot tell.", None, None, None),
+        # reasoning blocks: skipped by 'exact', read raw by the authors' code
+        ("<think>\\boxed{A}</think>Answer: \\boxed{C}", "C", "A", "C"),
+        ("<think>maybe \\boxed{A}", None, "A", None),
+        ("", None, None, None),
+        (None, None, None, None),
+    ],
+)
+def test_read_judge_reply_by_rule(text, exact, substring, lenient):
+    assert parse_judge_letter(text, TREES) == exact
+    assert parse_judge_letter(text, TREES, "substring") == substring
+    assert parse_judge_letter(text, TREES, "lenient") == lenient
+
+
+@pytest.mark.parametrize(
+    "reading, target, rule, expected",
+    [
+        (JudgeReading("B", "B"), "B", "exact", ("B", True)),
+        (JudgeReading("B", "B"), "D", "exact", ("B", False)),
+        (JudgeReading(None, None), "D", "exact", ("D", True)),  # no answer counts as D (helps Acc-)
+        (JudgeReading(None, None), "B", "exact", ("D", False)),
+        (JudgeReading(None, "B. Dog"), "D", "exact", ("D", True)),
+        (JudgeReading(None, "B. Dog"), "B", "exact", ("D", False)),
+        # the authors' `a in pred`: the expected letter anywhere in the box's text
+        (JudgeReading(None, "B. Dog"), "B", "substring", ("B. Dog", True)),
+        (JudgeReading(None, "B. Dog"), "D", "substring", ("B. Dog", True)),  # the 'D' of 'Dog'
+        (JudgeReading(None, "A or B"), "A", "substring", ("A or B", True)),
+        (JudgeReading(None, "Paris"), "D", "substring", ("Paris", False)),
+        (JudgeReading(None, None), "D", "substring", ("D", True)),
+    ],
+)
+def test_score_reading(reading, target, rule, expected):
+    assert score_reading(reading, target, rule) == expected
+
+
+def test_unknown_letter_rule_is_named():
+    with pytest.raises(ValueError, match="letter rule must be one of"):
+        read_judge_reply("B", rule="fuzzy")
 
 
 @pytest.mark.parametrize(
@@ -87,13 +159,14 @@ TREES = options("Oak trees", "Cherry blossom trees", "Maple trees")
         ("I am not sure.", None), ("<think>it could be A", None), ("trees", None),
     ],
 )
-def test_parse_judge_letter(text, expected):
-    assert parse_judge_letter(text, TREES) == expected
+def test_lenient_letter(text, expected):
+    """The 'lenient' rule's reading of a reply without a box (a judge prompt that asks for one letter)."""
+    assert lenient_letter(text, TREES) == expected
 
 
 def test_option_text_needs_the_options():
-    assert parse_judge_letter("Cherry blossom trees") is None
-    assert parse_judge_letter("Cherry blossom trees", TREES) == "B"
+    assert lenient_letter("Cherry blossom trees") is None
+    assert lenient_letter("Cherry blossom trees", TREES) == "B"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -123,21 +196,31 @@ def test_parse_lar_verdict(text, expected):
     assert parse_lar_verdict(text) is expected
 
 
-PINNED_JUDGE = (
-    "You are grading an assistant's reply. The user asked a question about something they had told the assistant "
-    "earlier. A reference answer gives the correct information.\n\nQuestion: Q?\n\nReference answer: go home\n\n"
-    "Assistant's reply: You went home.\n\nDecide whether the reply gives the same action or plan as the reference "
-    "answer. Different wording is fine; extra details are fine as long as they do not contradict the reference. A "
-    "reply that names a different action, hedges between several, or says it does not know is wrong.\n\n"
-    "Reply with exactly one word: correct or wrong."
+@pytest.mark.parametrize(
+    "text, strict, substring",
+    [
+        ("Correct", True, True),
+        ("Wrong", False, False),
+        ("Incorrect", False, True),  # the authors' `"correct" in eval.lower()`
+        ("The response is not correct.", False, True),
+        ("maybe", None, False),  # unreadable: both score it 0 (the authors count it wrong)
+        (None, None, None),
+    ],
 )
+def test_read_lar_verdict_by_rule(text, strict, substring):
+    assert read_lar_verdict(text) is strict
+    assert read_lar_verdict(text, "substring") is substring
 
 
 def test_lar_judge_request_shows_question_reference_and_response(prompts):
-    request = build_lar_judge_request("Q?", "go home", "You went home.", prompts, seed=9)
+    request = build_lar_judge_request("Q?", "I need to go home.", "You went home.", prompts, seed=9)
     assert len(request.messages) == 1 and request.messages[0].role == "user" and not request.images
-    assert request.messages[0].text == PINNED_JUDGE  # pinned: a prompt edit shows up here
-    assert request.task == {"kind": "lar_judge", "question": "Q?", "reference": "go home", "response": "You went home."}
+    text = request.messages[0].text
+    instructions, tail = text.split("Question:\n")
+    assert "Correct or Wrong" in instructions and "Q?" not in instructions
+    assert tail == 'Q?\n\nReference answer:\nThe user said "I need to go home."\n\nModel\'s reply:\nYou went home.'
+    assert request.task == {"kind": "lar_judge", "question": "Q?", "reference": "I need to go home.",
+                            "response": "You went home."}
     assert request.seed == 9
 
 

@@ -15,12 +15,14 @@ from covip.core.io import BadImageError, encode_png
 from covip.prompts import PromptBook
 from covip.protocol.requests import (
     ANSWER_SAMPLING,
+    DIAGNOSTIC_SYSTEM,
     GREEDY,
     RequestError,
     build_cag_request,
     build_caption_request,
     build_direct_request,
     diagnostic_as_split_row,
+    diagnostic_system,
     image_part,
     parse_facts,
     target_index,
@@ -45,28 +47,40 @@ def one_user_turn(request):
 
 
 def test_layout_interleaves_header_image_dialogue_then_query_and_instruction(row, prompts):
+    """The authors' layout: per dialogue a header line, 'Picture k: ' and the image (the vision id
+    their chat template adds), the dialogue and a blank line; then the new image's header and picture,
+    and the instruction last."""
     request = build_caption_request(row, prompts)
     parts, kinds = one_user_turn(request)
     n = len(row["context_dialogues"])
-    assert kinds == ["text", "image", "text"] * n + ["text", "image", "text"]
-    sections = prompts.sections("caption")
+    assert kinds == ["text", "text", "image", "text"] * n + ["text", "text", "image", "text"]
     for k in range(n):
-        header, image, dialogue = parts[3 * k : 3 * k + 3]
-        assert header.text == sections["context"].substitute(index=k + 1, num_contexts=n).strip()
-        assert f"Memory {k + 1} of {n}" in header.text
+        header, label, image, dialogue = parts[4 * k : 4 * k + 4]
+        assert header.text == f"=== Dialogue {k + 1} ===\n"
+        assert label.text == f"Picture {k + 1}: "
         assert image.data == row["context_images"][k]["bytes"]
         assert image.mime == "image/png"
-        assert dialogue.text == row["context_dialogues"][k]
-    assert parts[-3].text == sections["query"].template.strip()
+        assert dialogue.text == row["context_dialogues"][k] + "\n\n"
+    assert parts[-4].text == "=== New Image ===\n" and parts[-3].text == f"Picture {n + 1}: "
     assert parts[-2].data == row["query_image"]["bytes"]  # the query image comes last
-    assert parts[-1].text == sections["instruction"].template.strip()
+    assert parts[-1].text == prompts.sections("caption")["instruction"].template.strip()
     assert len(request.images) == n + 1
-    # The instruction states the SPEC's four requirements; no name leaks into the fixed text.
+    # The instruction states the SPEC's requirements; no name leaks into the fixed text.
     instruction = parts[-1].text.lower()
-    for phrase in ("single paragraph", "name the user gave", "can actually be seen", "left out entirely"):
+    for phrase in ("same name", "what is actually visible", "paragraph form, not a dialogue", "leave it out completely"):
         assert phrase in instruction
     for name in row["context_names"]:
         assert name not in parts[-1].text and name not in parts[0].text
+
+
+def test_test_notebook_layout_numbers_from_zero_without_blank_lines(row, prompts):
+    """captioning.layout 'test_notebook' (the authors' test-set notebook): dialogues numbered from 0 and no
+    blank line after a dialogue; the pictures are still numbered from 1."""
+    parts, _ = one_user_turn(build_caption_request(row, prompts, layout="test_notebook"))
+    assert parts[0].text == "=== Dialogue 0 ===\n" and parts[1].text == "Picture 1: "
+    assert parts[3].text == row["context_dialogues"][0] and parts[4].text == "=== Dialogue 1 ===\n"
+    with pytest.raises(ValueError, match="unknown caption layout"):
+        build_caption_request(row, prompts, layout="other")
 
 
 def test_greedy_by_default_and_sampling_override(row, prompts):
@@ -110,7 +124,7 @@ def test_diagnostic_style_row_without_names_facts_or_positives(row, prompts):
     request = build_caption_request(minimal, prompts)
     assert len(request.images) == 3
     assert request.task["context_facts"] == [] and request.task["positive_indices"] == []
-    assert "Memory 2 of 2" in request.messages[0].parts[3].text
+    assert request.messages[0].parts[4].text == "=== Dialogue 2 ===\n"
 
 
 def test_image_read_from_path_when_bytes_are_absent(row, prompts, tmp_path):
@@ -152,21 +166,28 @@ def test_corrupt_image_names_the_field(row, prompts):
 
 
 def test_cag_request_golden_structure(row, prompts):
+    """The authors' CAG layout: the instruction as the system message, the context and query without it,
+    the caption as the assistant's turn, then the question."""
     caption_request = build_caption_request(row, prompts, seed=42)
     question = "Where did I last see this person? Put the place in \\boxed{}."
-    cag = build_cag_request(caption_request, "Megan is at the flea market.", question, prompts=prompts)
-    assert [m.role for m in cag.messages] == ["user", "assistant", "user"]
-    assert cag.messages[0] == caption_request.messages[0]  # the caption turn, unchanged
-    assert cag.messages[1].parts == (TextPart("Megan is at the flea market."),)
-    assert cag.messages[2].parts == (TextPart(question),)  # the default wrapper is the question itself
+    system = prompts.render_section("caption", "instruction")
+    cag = build_cag_request(caption_request, "Megan is at the flea market.", question, system=system, prompts=prompts)
+    assert [m.role for m in cag.messages] == ["system", "user", "assistant", "user"]
+    assert cag.messages[0].text == system
+    assert cag.messages[1].parts == caption_request.messages[0].parts[:-1]  # the caption turn minus its instruction
+    assert caption_request.messages[0].parts[-1].text == system
+    assert cag.messages[2].parts == (TextPart("Megan is at the flea market."),)
+    assert cag.messages[3].parts == (TextPart(question),)  # the default wrapper is the question itself
     n = len(row["context_dialogues"])
     image_positions = [(m, i) for m, message in enumerate(cag.messages) for i, p in enumerate(message.parts) if isinstance(p, ImagePart)]
-    assert image_positions == [(0, 3 * k + 1) for k in range(n)] + [(0, 3 * n + 1)]
+    assert image_positions == [(1, 4 * k + 2) for k in range(n)] + [(1, 4 * n + 2)]
     assert cag.sampling == ANSWER_SAMPLING == {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "presence_penalty": 1.5}
     assert cag.seed == 42
     assert cag.task == {**caption_request.task, "kind": "cag_answer", "caption": "Megan is at the flea market.", "question": question}
     # The caption request itself stays greedy.
     assert caption_request.sampling == {"temperature": 0.0}
+    # Without a system message the context turn comes first.
+    assert [m.role for m in build_cag_request(caption_request, "c", "q?").messages] == ["user", "assistant", "user"]
 
 
 def test_cag_request_options(row, prompts, tmp_path):
@@ -197,32 +218,49 @@ def diagnostic_item(task="lsd", n=3, images=True):
         "images_context": [{"bytes": png((40 * k, 0, 0)), "path": None} for k in range(n)] if images else [],
         "dialogues_context": [f"User: line {k}\nModel: reply {k}" for k in range(n)],
         "query_image": {"bytes": png((0, 0, 200)), "path": None},
-        "question": book.render_section("diagnostic_questions", task), "answer": "X", "target_index": n - 1,
+        "question": book.render_section("diagnostic_questions", task, box="\\boxed"), "answer": "X", "target_index": n - 1,
     }
 
 
 def test_direct_request_layout(prompts):
     item = diagnostic_item(n=4)
     request = build_direct_request(item, prompts, seed=3)
-    parts, kinds = one_user_turn(request)
+    parts, kinds = one_user_turn(request)  # LSD asked directly: no system message, as the authors
     n = len(item["images_context"])
-    assert kinds == ["text", "image", "text"] * n + ["text", "image", "text"]
-    assert parts[1].data == item["images_context"][0]["bytes"]
-    assert parts[2].text == item["dialogues_context"][0]
+    assert kinds == ["text", "text", "image", "text"] * n + ["text", "text", "image", "text"]
+    assert parts[2].data == item["images_context"][0]["bytes"]
+    assert parts[3].text == item["dialogues_context"][0] + "\n\n"
     assert parts[-2].data == item["query_image"]["bytes"]
     assert parts[-1].text == item["question"]
     assert request.sampling == ANSWER_SAMPLING  # sampled like the authors' answers unless told otherwise
     assert build_direct_request(item, prompts, sampling={"temperature": 0.0}).sampling == {"temperature": 0.0}
     assert request.task["kind"] == "diagnostic" and request.task["task"] == "lsd"
     assert request.task["dialogues"] == item["dialogues_context"]
-    assert request.task["target_index"] == item["target_index"]
+    assert request.task["target_index"] == item["target_index"] and request.task["answer"] == "X"
     assert request.seed == build_direct_request(item, prompts, seed=3).seed != build_direct_request(item, prompts, seed=4).seed
 
 
+@pytest.mark.parametrize("task", ["lar", "itr"])
+def test_direct_lar_and_itr_carry_the_personalization_instruction_as_system(prompts, task):
+    request = build_direct_request(diagnostic_item(task), prompts)
+    assert [m.role for m in request.messages] == ["system", "user"]
+    assert request.messages[0].text == prompts.render_section("diagnostic_questions", "personalization")
+
+
+def test_system_message_per_task_and_mode_as_the_authors(prompts):
+    assert DIAGNOSTIC_SYSTEM[("lsd", "direct")] is None and diagnostic_system("lsd", "direct", prompts) is None
+    assert diagnostic_system("lsd", "cag", prompts) == prompts.render_section("caption", "instruction")
+    for task in ("lar", "itr"):
+        for mode in ("direct", "cag"):
+            assert diagnostic_system(task, mode, prompts) == prompts.render_section("diagnostic_questions", "personalization")
+
+
 def test_direct_request_without_context_images_places_the_dialogues_alone(prompts):
-    """The text-only control empties the context images: headers and dialogues stay, the query image stays."""
-    _, kinds = one_user_turn(build_direct_request(diagnostic_item(n=2, images=False), prompts))
-    assert kinds == ["text", "text"] * 2 + ["text", "image", "text"]
+    """The text-only control empties the context images: headers and dialogues stay, the query image
+    stays and is picture 1."""
+    parts, kinds = one_user_turn(build_direct_request(diagnostic_item(n=2, images=False), prompts))
+    assert kinds == ["text", "text"] * 2 + ["text", "text", "image", "text"]
+    assert parts[5].text == "Picture 1: "
 
 
 def test_direct_request_names_an_undecodable_image(prompts):
@@ -234,11 +272,11 @@ def test_direct_request_names_an_undecodable_image(prompts):
 
 # Rendered prompts, pinned (an accidental wording change shows up here).
 PINNED_DIRECT = [
-    "Conversation 1. The person we talked about:", "<image>", "User: a\nModel: b",
-    "Conversation 2. The person we talked about:", "<image>", "User: c\nModel: d",
-    "Here is a new photo I just took:", "<image>",
-    "Where did I see the person in this new photo the last time? Look at the dates of our earlier conversations "
-    "to find the most recent time, then give only the place inside \\boxed{}, for example \\boxed{Springfield}.",
+    "=== Dialogue 1 ===\n", "Picture 1: ", "<image>", "User: a\nModel: b\n\n",
+    "=== Dialogue 2 ===\n", "Picture 2: ", "<image>", "User: c\nModel: d\n\n",
+    "=== New Image ===\n", "Picture 3: ", "<image>",
+    "Where did I see the one in the new image the last time? Work it out step by step, then give your final "
+    "answer inside \\boxed{your_answer}.",
 ]
 
 
@@ -246,12 +284,14 @@ def test_rendered_direct_prompt_is_pinned(prompts):
     image = {"bytes": png((1, 2, 3)), "path": None}
     item = {"sample_id": "lsd0000", "task": "lsd", "images_context": [image] * 2,
             "dialogues_context": ["User: a\nModel: b", "User: c\nModel: d"], "query_image": image,
-            "question": prompts.render_section("diagnostic_questions", "lsd"), "answer": "X", "target_index": 1}
+            "question": prompts.render_section("diagnostic_questions", "lsd", box="\\boxed"), "answer": "X",
+            "target_index": 1}
     request = build_direct_request(item, prompts)
     assert ["<image>" if isinstance(p, ImagePart) else p.text for p in request.messages[0].parts] == PINNED_DIRECT
+    assert prompts.render_section("diagnostic_questions", "lsd", box="//boxed").endswith("inside //boxed{your_answer}.")
     assert prompts.render_section("diagnostic_questions", "lar") == (
-        "The last time I saw the person in this new photo, what did I say I had to do afterwards?")
-    assert prompts.render_section("diagnostic_questions", "itr") == "What do you see in this photo?"
+        "The last time I told you about my most recent experience with the one in the new image, what was I doing?")
+    assert prompts.render_section("diagnostic_questions", "itr") == "Where did I see the one in the new image most recently?"
 
 
 @pytest.mark.parametrize("target, expected", [(2, 2), (0, 0), (None, -1), (-1, -1)])

@@ -70,14 +70,14 @@ def hand_split():
     ]
 
 
-HAND_REPLIES = {
-    "Where did Ann go?": "A",  # positive, right
-    "When did Ann go?": "Answer: C",  # positive, wrong
-    "What does Bob eat?": "D",  # negative, right
+HAND_REPLIES = {  # in the form the judge prompt asks for: the letter in the first \\boxed{}
+    "Where did Ann go?": "Ann went there.\nAnswer: \\boxed{A}",  # positive, right
+    "When did Ann go?": "Answer: \\boxed{C}",  # positive, wrong
+    "What does Bob eat?": "\\boxed{D}",  # negative, right
     "What does Bob drink?": "no idea",  # negative, unparseable -> D -> right
     "Where is Cid?": None,  # positive, judge call failed -> D -> wrong
-    "What is Dee doing?": "B",  # negative, wrong
-    "Who owns Eve?": "(A)",  # positive, right
+    "What is Dee doing?": "Answer: \\boxed{B}",  # negative, wrong
+    "Who owns Eve?": "Answer: \\boxed{(A)}",  # positive, right
 }
 
 

@@ -103,7 +103,7 @@ def test_requests_carry_settings_sampling_and_per_sample_seeds(test_rows, prompt
     caption_samples(test_rows, "p", first_model, prompts, CaptioningSettings(concurrency=1), seed=5, progress_file=QUIET)
     caption_samples(list(reversed(test_rows)), "p", second_model, prompts, CaptioningSettings(concurrency=1), seed=5,
                     progress_file=QUIET)
-    assert all(r.sampling == {"temperature": 0.0, "max_tokens": 512} for r in first.requests)
+    assert all(r.sampling == {"temperature": 0.0, "max_tokens": 1024} for r in first.requests)  # the authors' cap
     seeds = {r.task["sample_id"]: r.seed for r in first.requests}
     assert seeds == {r.task["sample_id"]: r.seed for r in second.requests}  # order does not matter
     assert len(set(seeds.values())) == len(seeds)
@@ -165,7 +165,7 @@ def test_settings_validation_names_the_field(kwargs, field):
 
 
 def test_settings_sampling_is_greedy_unless_set_and_caps_the_tokens():
-    assert CaptioningSettings().request_sampling() == {"temperature": 0.0, "max_tokens": 512}
+    assert CaptioningSettings().request_sampling() == {"temperature": 0.0, "max_tokens": 1024}
     assert CaptioningSettings(sampling={"temperature": 1.0, "max_tokens": 64}).request_sampling() == {"temperature": 1.0, "max_tokens": 64}
     assert CaptioningSettings(max_tokens=None).request_sampling() == {"temperature": 0.0}
 

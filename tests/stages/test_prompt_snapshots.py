@@ -16,7 +16,7 @@ from covip.core.io import encode_png
 from covip.core.names import DIAGNOSTIC_TASKS
 from covip.prompts import PromptBook, available_prompts
 from covip.protocol.judging import build_judge_request, build_lar_judge_request
-from covip.protocol.requests import build_cag_request, build_caption_request, build_direct_request
+from covip.protocol.requests import build_cag_request, build_caption_request, build_direct_request, diagnostic_system
 from covip.stages.capeval import CapEvalSettings, judge_captions
 from covip.stages.dialogues import DialogueSettings, write_dialogues
 from covip.stages.filtering import build_fidelity_request
@@ -85,8 +85,9 @@ def test_caption_and_cag_prompts(benchmark_splits):
     sample = benchmark_splits[1][0]
     request = build_caption_request(sample, PromptBook())
     check("caption", show(request))
-    cag = build_cag_request(request, "A caption.", "Where did I last see this person?", prompts=PromptBook())
-    assert [m.role for m in cag.messages] == ["user", "assistant", "user"]
+    cag = build_cag_request(request, "A caption.", "Where did I last see this person?",
+                            system=diagnostic_system("lsd", "cag", PromptBook()), prompts=PromptBook())
+    assert [m.role for m in cag.messages] == ["system", "user", "assistant", "user"]
     check("cag_question", show(cag).split("--- assistant", 1)[1])
 
 
@@ -121,12 +122,12 @@ DIAGNOSTIC_ITEM = {
 @pytest.mark.parametrize("task", DIAGNOSTIC_TASKS)
 def test_diagnostic_question_prompts(task):
     book = PromptBook()
-    item = {**DIAGNOSTIC_ITEM, "task": task, "question": book.render_section("diagnostic_questions", task)}
+    item = {**DIAGNOSTIC_ITEM, "task": task, "question": book.render_section("diagnostic_questions", task, box="\\boxed")}
     check(f"diagnostic_{task}", show(build_direct_request(item, book)))
 
 
 def test_lar_judge_prompt():
-    request = build_lar_judge_request("What did I say I had to do afterwards?", "return the library books",
+    request = build_lar_judge_request("What was I doing the last time?", "After that I need to return the library books.",
                                       "You said you had to take the books back to the library.", PromptBook())
     check("lar_judge", show(request))
 

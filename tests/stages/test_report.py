@@ -1,10 +1,11 @@
-"""The report: the paper's tables with our rows beside them, provenance, and the plots."""
+"""The report: the paper's tables with our rows beside them (only under the authors' protocol), the
+protocol of every number, provenance, and the plots."""
 
 from pathlib import Path
 
 import pytest
 
-from covip.stages import report
+from covip.stages.report import plots, sections, tables
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER = ROOT / "reference" / "paper_results.csv"
@@ -44,46 +45,85 @@ def test_reference_copy_of_paper_results_matches_shared():
 
 def test_capeval_table_has_paper_rows_and_ours(rows):
     capeval, _ = rows
-    paper = report.load_paper_results(PAPER)
-    table = report.capeval_table(capeval, paper)
+    paper = tables.load_paper_results(PAPER)
+    table = tables.capeval_table(capeval, paper, "authors-code")
     lines = table.splitlines()
     gpt4o = next(line for line in lines if line.startswith("| GPT-4o (paper)"))
-    assert "| 34.2 | 98.2 | 21.6 | 98.6 | 20.4 | 99.3 | 15.3 | 99.2 |" in gpt4o
+    assert "| paper | 34.2 | 98.2 | 21.6 | 98.6 | 20.4 | 99.3 | 15.3 | 99.2 |" in gpt4o
     oracle = next(line for line in lines if "ours: oracle" in line)
-    assert report.STAND_IN_MARK in oracle and "| 89.0 | 99.0 | 88.0 |" in oracle
+    assert tables.STAND_IN_MARK in oracle and "| authors-code | 89.0 | 99.0 | 88.0 |" in oracle
     assert len(lines) == 2 + paper[paper.table == "capeval"].system.nunique() + 2
 
 
-def test_downstream_table_and_provenance(rows):
+def test_downstream_table_and_provenance_name_the_protocol(rows):
     capeval, diagnostics = rows
-    paper = report.load_paper_results(PAPER)
-    table = report.downstream_table(diagnostics, paper)
-    assert "| Gemini-3.0-Pro (paper) | 76.2 | 89.3 | 9.4 | 44.0 | 89.4 | 19.0 |" in table
-    assert "ours: oracle" in table
-    provenance = report.provenance_table(capeval, diagnostics)
+    paper = tables.load_paper_results(PAPER)
+    table = tables.downstream_table(diagnostics, paper, "default")
+    assert "| Gemini-3.0-Pro (paper) | paper | 76.2 | 89.3 | 9.4 | 44.0 | 89.4 | 19.0 |" in table
+    assert "ours: oracle" in table and "| default | 50.0 |" in table
+    provenance = tables.provenance_table(capeval, diagnostics, "default")
     assert "`oracle:reference_oracle`" in provenance and "`lexical_judge:local_lexical_judge`" in provenance
+    assert "| protocol |" in provenance and all("| default |" in line for line in provenance.splitlines()[2:])
+
+
+def test_paper_rows_only_under_the_authors_protocol(rows):
+    """A run that departs from a named protocol (a switch flipped, a measurement prompt replaced) shows
+    its own rows only, each naming the custom protocol."""
+    capeval, diagnostics = rows
+    paper = tables.load_paper_results(PAPER)
+    label = "custom (default with capeval.letter_match='lenient')"
+    for table in (tables.capeval_table(capeval, paper, label, comparable=False),
+                  tables.downstream_table(diagnostics, paper, label, comparable=False)):
+        assert "(paper)" not in table and f"| {label} |" in table
+    text = tables.render_summary(capeval, diagnostics, paper, run_name="t", stand_in_note="", capeval_plot="a.png",
+                                 diagnostics_plot="b.png", protocol=label, comparable=False)
+    assert f"## Measurement protocol: `{label}`" in text and "not printed beside ours" in text
+    assert "(paper)" not in text
+    text = tables.render_summary(capeval, diagnostics, paper, run_name="t", stand_in_note="", capeval_plot="a.png",
+                                 diagnostics_plot="b.png", protocol="authors-code")
+    assert "## Measurement protocol: `authors-code`" in text and text.count("(paper)") >= 18
 
 
 def test_summary_and_plots_are_written(rows, tmp_path):
     capeval, diagnostics = rows
-    paper = report.load_paper_results(PAPER)
-    report.plot_capeval_by_count(capeval, tmp_path / "a.png")
-    report.plot_direct_vs_cag(diagnostics, tmp_path / "b.png")
-    for name in ("a.png", "b.png"):
+    paper = tables.load_paper_results(PAPER)
+    plots.plot_capeval_by_count(capeval, tmp_path / "a.png", paper)
+    plots.plot_direct_vs_cag(diagnostics, tmp_path / "b.png", paper)
+    plots.plot_capeval_by_count(capeval, tmp_path / "c.png")  # no paper reference (a custom protocol)
+    for name in ("a.png", "b.png", "c.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     config = {"models": {"judge": {"backend": "local_lexical_judge"}, "p": {"backend": "openai", "model": "gpt-4o"}}}
-    text = report.render_summary(capeval, diagnostics, paper, run_name="t", stand_in_note=report.backends_note(config),
+    text = tables.render_summary(capeval, diagnostics, paper, run_name="t", stand_in_note=tables.backends_note(config),
                                  capeval_plot="a.png", diagnostics_plot="b.png")
     assert "| judge | local_lexical_judge |" in text and "| p | openai | gpt-4o | no |" in text
     assert "not estimates of the paper's numbers" in text
     assert "![Acc+ and Acc- against the number of concepts](a.png)" in text
 
 
+def test_capeval_plot_has_a_panel_per_judge_and_a_style_per_policy(rows, tmp_path, monkeypatch):
+    """Readable at a glance: a row of panels per judge, every policy its own colour and marker (the same
+    in every panel), and the legend outside the panels."""
+    import matplotlib.figure
+
+    capeval, _ = rows
+    capeval = capeval + [{**row, "judge": "ngram_judge"} for row in capeval]
+    saved = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: saved.append(fig))
+    plots.plot_capeval_by_count(capeval, tmp_path / "a.png", tables.load_paper_results(PAPER))
+    fig = saved[0]
+    assert len(fig.axes) == 4 and {ax.get_title().split("judge: ")[1] for ax in fig.axes} == {"lexical_judge", "ngram_judge"}
+    assert all(not ax.get_legend() for ax in fig.axes) and fig.legends
+    styles = plots.policy_styles(["oracle", "blind"])
+    assert styles["oracle"][0] != styles["blind"][0] and styles["oracle"][1] != styles["blind"][1]
+    labels = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert any(label.startswith("paper:") for label in labels) and any(label.startswith("oracle") for label in labels)
+
+
 def test_bad_paper_csv_is_named(tmp_path):
     bad = tmp_path / "p.csv"
     bad.write_text("system,value\nx,1\n")
     with pytest.raises(ValueError, match="p.csv: expected columns"):
-        report.load_paper_results(bad)
+        tables.load_paper_results(bad)
 
 
 def effect_row(policy, condition, value, intact, metric="acc_pos", mode="", judge="lexical_judge"):
@@ -107,7 +147,7 @@ def test_does_it_look_section_states_drops_backends_and_agreement(tmp_path):
                   "agreement": 0.9, "kappa": None, "acc_pos_a": 90.0, "acc_neg_a": 95.0, "acc_pos_b": 85.0,
                   "acc_neg_b": 90.0, "unparseable_a": 0.0, "unparseable_b": 2.5, "judge_a_identity": "lexical_judge:x",
                   "judge_b_identity": "ngram_judge:y", "stand_in": True}]
-    text = report.controls_section(effects, changes, agreement, [{}] * 4, "controls.png")
+    text = sections.controls_section(effects, changes, agreement, [{}] * 4, "controls.png")
     assert "Does it look?" in text and "| swapped_context | test | swapped | 1 |" in text
     looking = next(line for line in text.splitlines() if line.startswith("| looking"))
     assert "`looking:reference_looking`" in looking and "`lexical_judge:local_lexical_judge`" in looking
@@ -115,5 +155,5 @@ def test_does_it_look_section_states_drops_backends_and_agreement(tmp_path):
     assert "| undefined | 90.0% |" in text and "2.5" in text and "4 questions" in text
     assert "90.0 (+20.0 [16.0, 24.0])" in text  # a rise, with its interval as a rise
     assert "### LSD direct" in text
-    report.plot_controls(effects, tmp_path / "controls.png")
+    plots.plot_controls(effects, tmp_path / "controls.png")
     assert (tmp_path / "controls.png").stat().st_size > 1000

@@ -19,6 +19,7 @@ from typing import Any
 from covip.clients.backends import BACKENDS, ENV_ORDER, backend_module
 from covip.config.general import ConfigError, GeneralLayout, check_general  # noqa: F401 - ConfigError is public here
 from covip.config.layout import Layout
+from covip.config.protocol import ProtocolChoice, apply_protocol
 from covip.clients.spec import ModelSpec
 from covip.content.book import content_fingerprint
 from covip.core.fingerprint import code_fingerprint, imported_modules
@@ -50,6 +51,7 @@ class Prepared(Layout, GeneralLayout):
     training: TrainingSettings
     prompts: PromptBook
     trained_models: dict[str, str] = field(default_factory=dict)  # <outdir>/training/<run>/model -> run
+    protocol: ProtocolChoice = field(default_factory=lambda: ProtocolChoice("default", ()))  # the measurement protocol
 
     # -- paths --------------------------------------------------------------------------------------
     @property
@@ -271,7 +273,8 @@ def prepare(config: dict, root: str | Path) -> Prepared:
 
     Resolves "{outdir}" in registry entries (a GSPO-trained policy lives under the run's outdir),
     builds every registry entry (unknown keys and backends are errors), checks that every role the
-    evaluation and training name is an entry, and reads the training settings.
+    evaluation and training name is an entry, reads the training settings, and fills the measurement
+    protocol's switches (`covip.config.protocol`) before checking every stage's settings.
     """
     outdir = config["outdir"].rstrip("/")
     for entry in config["models"].values():
@@ -293,9 +296,10 @@ def prepare(config: dict, root: str | Path) -> Prepared:
     for role in [*(config["human_eval"].get("policies") or []), *(config["human_eval"].get("judges") or [])]:
         if role not in models:
             raise ConfigError(f"human_eval: '{role}' is not an entry of the models registry (have: {sorted(models)})")
+    protocol = apply_protocol(config)  # fills the null protocol switches before the settings are checked
     check_stage_settings(config)
     trained = {os.path.normpath(f"{outdir}/training/{run}/model"): run for run in training.runs}
     prepared = Prepared(config=config, root=Path(root), models=models, training=training,
-                        prompts=PromptBook(config.get("prompts") or {}), trained_models=trained)
+                        prompts=PromptBook(config.get("prompts") or {}), trained_models=trained, protocol=protocol)
     check_general(config, models, prepared)
     return prepared

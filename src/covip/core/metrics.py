@@ -1,7 +1,10 @@
 """Per-item scores, as plain functions of a prediction and its truth (table-driven tests in tests/core).
 
-- `token_set_f1`: LSD, the F1 of the word sets of a predicted and a true place.
-- `keyword_present`: ITR, whether a reminder keyword occurs as a whole word.
+- `lsd_prediction`, `lsd_score`: LSD, the boxed place of a response (the authors' `//boxed` reading
+  or ours) and its token-set F1 against the true place (`whitespace_f1`, the authors' lower-cased
+  whitespace split, or `token_set_f1`, punctuation-insensitive words without articles).
+- `keyword_found`: ITR, whether the reminder keyword occurs (the authors' case-sensitive substring,
+  or `keyword_present`, a whole word in any case).
 - `set_f1` / `boxed_index_f1`: the `multi_vision` reward, the F1 of predicted and true concept indices.
 - `caption_score` / `joint_caption_score`: the caption rewards from a judge's letters.
 - `capeval_sample_tallies`: per-sample counts of CapEval-QA answers, from which Acc+/Acc- and their
@@ -16,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
 from covip.core.schemas import NONE_LETTER
-from covip.core.text import ARTICLES, boxed_spans, words
+from covip.core.text import ARTICLES, boxed_spans, unwrap_latex_text, words
 
 # The authors' caption reward counts each correct positive answer as 1/3 (three questions per concept).
 POSITIVE_WEIGHT = 1.0 / 3.0
@@ -44,6 +47,64 @@ def keyword_present(text: str | None, keyword: str) -> bool:
         return False
     pattern = r"(?<![A-Za-z0-9])" + re.escape(keyword.strip()) + r"(?![A-Za-z0-9])"
     return re.search(pattern, text, re.IGNORECASE) is not None
+
+
+LSD_BOX_STYLES = ("latex", "slashes")
+LSD_TOKENS = ("whitespace", "words")
+ITR_MATCHES = ("substring", "word")
+_SLASHES_BOX = re.compile(r"//boxed\{([^}]*)\}")
+
+
+def lsd_prediction(response: str | None, style: str = "latex") -> str:
+    """The place an LSD response gives ('' for none).
+
+    'latex': the content of the last complete `\\boxed{...}` or `//boxed{...}` (balanced braces, LaTeX
+    text wrappers unwrapped). 'slashes': the authors' reading: the last `//boxed{...}` (up to the first
+    `}`), else the text after the last '//' (the one before when that is empty), else ''.
+    """
+    if style not in LSD_BOX_STYLES:
+        raise ValueError(f"LSD box style must be one of {list(LSD_BOX_STYLES)}, got {style!r}")
+    text = response or ""
+    if style == "latex":
+        spans = boxed_spans(text, ("\\boxed", "//boxed"))
+        return unwrap_latex_text(spans[-1][2]) if spans else ""
+    boxes = _SLASHES_BOX.findall(text)
+    if boxes:
+        return boxes[-1].strip()
+    if "//" in text:
+        pieces = text.split("//")
+        return pieces[-1].strip() or pieces[-2].strip()
+    return ""
+
+
+def whitespace_f1(prediction: str | None, reference: str) -> float:
+    """The authors' LSD F1: sets of lower-cased whitespace-separated tokens (punctuation stays on the
+    token); 1.0 when both are empty, 0.0 when one is."""
+    predicted, truth = set((prediction or "").lower().split()), set(reference.lower().split())
+    if not predicted and not truth:
+        return 1.0
+    common = len(predicted & truth)
+    if not predicted or not truth or not common:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(truth)
+    return 2 * precision * recall / (precision + recall)
+
+
+def lsd_score(prediction: str | None, answer: str, tokens: str = "whitespace") -> float:
+    """LSD F1 of a prediction against the true place, by `tokens` (LSD_TOKENS)."""
+    if tokens not in LSD_TOKENS:
+        raise ValueError(f"LSD tokens must be one of {list(LSD_TOKENS)}, got {tokens!r}")
+    return whitespace_f1(prediction, answer) if tokens == "whitespace" else token_set_f1(prediction or None, answer)
+
+
+def keyword_found(text: str | None, keyword: str, match: str = "substring") -> bool:
+    """ITR: 'substring' is the authors' test (the keyword, case-sensitive, anywhere in the text);
+    'word' is `keyword_present` (a whole word, any case)."""
+    if match not in ITR_MATCHES:
+        raise ValueError(f"ITR match must be one of {list(ITR_MATCHES)}, got {match!r}")
+    if match == "word":
+        return keyword_present(text, keyword)
+    return bool(text) and bool(keyword.strip()) and keyword.strip() in text
 
 
 def set_f1(predicted: set[int], truth: set[int]) -> float:
@@ -104,9 +165,13 @@ class TallyError(ValueError):
     """CapEval-QA answer rows that disagree about a sample; the message names the row and field."""
 
 
-def capeval_sample_tallies(answer_rows: Iterable[Mapping]) -> dict[tuple[str, str], dict[str, list[int]]]:
+def capeval_sample_tallies(answer_rows: Iterable[Mapping], *, drop_failed_samples: bool = False
+                           ) -> dict[tuple[str, str], dict[str, list[int]]]:
     """(policy, judge) -> sample_id -> [num_positives, positives correct, positives, negatives correct,
-    negatives, unparseable, judge failed]: the per-sample counts every Acc+/Acc- number is pooled from."""
+    negatives, unparseable, judge failed]: the per-sample counts every Acc+/Acc- number is pooled from.
+
+    `drop_failed_samples` (capeval.failed_calls 'drop_sample', the authors' code): a sample with a
+    failed judge call counts no question at all; its unparseable and failed counts stay reported."""
     groups: dict[tuple[str, str], dict[str, list[int]]] = defaultdict(dict)
     for position, row in enumerate(answer_rows):
         sample = groups[(row["policy"], row["judge"])].setdefault(row["sample_id"], [row["num_positives"], 0, 0, 0, 0, 0, 0])
@@ -124,6 +189,11 @@ def capeval_sample_tallies(answer_rows: Iterable[Mapping]) -> dict[tuple[str, st
             sample[4] += 1
         sample[5] += int(bool(row["unparseable"]))
         sample[6] += int(row.get("raw_answer") is None)
+    if drop_failed_samples:
+        for samples in groups.values():
+            for stats in samples.values():
+                if stats[6]:
+                    stats[1:5] = [0, 0, 0, 0]
     return groups
 
 

@@ -97,16 +97,18 @@ _BOXED = "\\boxed"
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textit|mathrm|mbox|operatorname)\s*\{([^{}]*)\}")
 
 
-def boxed_spans(text: str | None) -> list[tuple[int, int, str]]:
+def boxed_spans(text: str | None, markers: tuple[str, ...] = (_BOXED,)) -> list[tuple[int, int, str]]:
     """Every complete `\\boxed{...}` of `text` with balanced braces, in order: (start, end, content).
 
-    `start:end` covers the whole box; an unclosed box is skipped."""
+    `start:end` covers the whole box; an unclosed box is skipped. `markers` are the commands that open
+    a box (default `\\boxed`; LSD also reads the `//boxed` its authors' question asks for)."""
     if not text:
         return []
     spans = []
-    start = text.find(_BOXED)
-    while start != -1:
-        brace = start + len(_BOXED)
+    starts = sorted({m.start() for marker in markers for m in re.finditer(re.escape(marker), text)})
+    for start in starts:
+        marker = next(m for m in markers if text.startswith(m, start))
+        brace = start + len(marker)
         while brace < len(text) and text[brace].isspace():
             brace += 1
         end = None
@@ -122,7 +124,6 @@ def boxed_spans(text: str | None) -> list[tuple[int, int, str]]:
                         break
         if end is not None:
             spans.append((start, end + 1, text[brace + 1 : end]))
-        start = text.find(_BOXED, start + 1)
     return spans
 
 

@@ -7,7 +7,8 @@ backend answers task kind 'lar_judge' with `lexical_lar_verdict`, a purely lexic
    function words and generic verbs of intention ("need", "have", "going", ...) dropped, and a light
    suffix strip so "packages"/"package" and "returning"/"return" match.
 2. Coverage = the share of the reference's content tokens found in the reply.
-3. 'correct' when coverage reaches `threshold` (default 0.6), else 'wrong'.
+3. 'Correct' when coverage reaches `threshold` (default 0.6), else 'Wrong' (the one word the
+   `lar_judge` prompt asks for).
 
 It cannot tell a reply that lists several actions from one that commits to the right one, so it is
 more lenient than an LLM judge on hedged replies; the report marks its numbers as a stand-in's.
@@ -59,7 +60,7 @@ def lar_coverage(reference: str, response: str | None) -> float:
 
 
 def lexical_lar_verdict(question: str, reference: str, response: str | None, threshold: float = DEFAULT_THRESHOLD) -> str:
-    """'correct' when the response covers at least `threshold` of the reference action's content words.
+    """'Correct' when the response covers at least `threshold` of the reference action's content words, else 'Wrong'.
 
     `question` is accepted for interface parity with the LLM judge (it sees question, reference and
     response) but a lexical rule has no use for it.
@@ -67,4 +68,4 @@ def lexical_lar_verdict(question: str, reference: str, response: str | None, thr
     del question
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"lexical_lar_verdict: threshold must be in (0, 1], got {threshold}")
-    return "correct" if lar_coverage(reference, response) >= threshold else "wrong"
+    return "Correct" if lar_coverage(reference, response) >= threshold else "Wrong"

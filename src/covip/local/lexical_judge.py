@@ -19,15 +19,20 @@ answers as a careful reader of the caption would, by this rule:
    caption may say 'he' after the name). A tie for best, or no option reaching the threshold, in
    both gives D (the caption does not single out one answer).
 
+It replies the way the CapEval-QA prompt asks (the authors' format): a short reason, then
+`Answer: \\boxed{X}` on a line of its own.
+
 For an LAR diagnostic (`task['kind'] == 'lar_judge'`: `question`, `reference`, `response`) it
-answers 'correct' or 'wrong' with `covip.local.lar_judge.lexical_lar_verdict`, so one registry
+answers 'Correct' or 'Wrong' with `covip.local.lar_judge.lexical_lar_verdict`, so one registry
 entry can judge both.
 
 `spec.options` (all optional):
 
     support_threshold: minimum content-word share for an option to count as supported (0.6)
-    answer_style:      'letter' ('B') or 'varied' ('Answer: B', '(B)', '**B**', 'B) Oak trees', ...,
-                       chosen per request, to exercise the answer parser) ('letter')
+    answer_style:      'boxed' (a reason, then 'Answer: \\boxed{B}'), 'varied' (other boxed forms:
+                       '\\boxed{ B }', '**Answer:** \\boxed{\\text{B}}', '$\\boxed{B}$', ..., chosen per
+                       request, to exercise the reader) or 'letter' (a bare 'B', for the 'lenient'
+                       rule of a judge prompt that asks for one letter) ('boxed')
     garble_rate:       share of CapEval replies that name no letter at all (0.0)
     error_rate:        share of calls that fail as a backend error would (0.0)
 
@@ -43,8 +48,8 @@ from covip.clients.base import ChatRequest, ChatResponse, Usage
 from covip.core.seeding import pyrandom_for
 from covip.core.text import content_tokens
 
-_OPTIONS = {"support_threshold": 0.6, "answer_style": "letter", "garble_rate": 0.0, "error_rate": 0.0}
-ANSWER_STYLES = ("letter", "varied")
+_OPTIONS = {"support_threshold": 0.6, "answer_style": "boxed", "garble_rate": 0.0, "error_rate": 0.0}
+ANSWER_STYLES = ("boxed", "varied", "letter")
 CHOICES = ("A", "B", "C")
 
 # Words that open a question with a capital letter without being a name.
@@ -59,15 +64,17 @@ _CALENDAR = frozenset(
 )
 _CAPITALISED = re.compile(r"(?<![\w'’])([A-Z][\w-]*)(?:['’]s?)?")
 
-# Surface forms of a letter answer for answer_style 'varied'; all must be read by parse_judge_letter.
+# The reason the 'boxed' style gives before its answer line.
+_REASON = {"D": "The description does not say which of A, B or C is right.",
+           "option": "The description supports option {letter}."}
+# Boxed surface forms for answer_style 'varied'; every one must be read by the 'exact' letter rule.
 _VARIED = (
-    "{letter}",
-    "{letter}.",
-    "Answer: {letter}",
-    "({letter})",
-    "**{letter}**",
-    "{letter}) {text}",
-    "The answer is {letter}.",
+    "\\boxed{{{letter}}}",
+    "Answer: \\boxed{{ {letter} }}",
+    "**Answer:** \\boxed{{\\text{{{letter}}}}}",
+    "The caption points to {letter}) {text}.\n\nAnswer: $\\boxed{{{letter}}}$",
+    "Answer: \\boxed{{({letter})}}",
+    "Final answer: \\boxed{{{letter}.}}",
 )
 _GARBLED = (
     "I cannot tell from the description.",
@@ -173,8 +180,12 @@ class LexicalJudge:
             letter = lexical_choice(
                 task.get("caption") or "", task.get("question") or "", options, float(self.options["support_threshold"])
             )
-            text = letter
-            if self.options["answer_style"] == "varied":
+            if self.options["answer_style"] == "letter":
+                text = letter
+            elif self.options["answer_style"] == "varied":
                 text = style.choice(_VARIED).format(letter=letter, text=options.get(letter, ""))
+            else:
+                reason = _REASON["D" if letter == "D" else "option"].format(letter=letter)
+                text = f"{reason}\nAnswer: \\boxed{{{letter}}}"
         prompt_words = sum(len(message.text.split()) for message in request.messages)
         return ChatResponse(text, self.model, Usage(prompt_words, len(text.split())))

@@ -13,9 +13,10 @@ controls can detect looking at all. `LookingPolicy` (backend 'reference_looking'
   answers CAG and diagnostic questions from the evidence of the concept(s) it found (for one-person
   diagnostic items: the best-scoring context entry, if any reaches the threshold).
 
-It never reads `positive_indices` or `target_index`. With the right images it approaches the
-oracle; with no context images (text_only), another sample's images (swapped_context) or a blank
-query (blank_query) it finds nothing or the wrong concepts, and its Acc+ must fall. Like the
+It never reads `positive_indices`, `target_index` or a diagnostic item's answer. With the right
+images it approaches the oracle; with no context images (text_only), another sample's images
+(swapped_context) or a blank query (blank_query) it finds nothing or the wrong concepts, and its
+Acc+ must fall. Like the
 verifier it cannot tell the builtin pool's low-resolution faces apart reliably.
 
 Options: those of the pixel verifier (threshold, work_size, ...).
@@ -46,7 +47,8 @@ class LookingPolicy(OraclePolicy):
             raise ReferencePolicyError("LookingPolicy works from request.task and the request's images; this request has no task")
         found, _ = self.find(request, task)
         seen = dict(task)
-        seen.pop("target_index", None)
+        for truth in ("target_index", "answer", "last_action"):  # it answers from what it found, never the truth
+            seen.pop(truth, None)
         seen["positive_indices"] = found
         text = self.caption(seen) if task["kind"] == "caption" else None
         if task["kind"] in ("cag_answer", "diagnostic"):

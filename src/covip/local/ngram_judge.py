@@ -21,7 +21,8 @@ inflections and names all count as shared character n-grams. The two therefore d
 metric is fragile (a fact stated about another concept, a paraphrase), which is what the agreement
 table is for.
 
-`spec.options`: threshold (0.3), margin (0.05). Deterministic.
+It replies with the prompt's answer line only, `Answer: \\boxed{X}`. `spec.options`: threshold (0.3),
+margin (0.05). Deterministic.
 """
 
 from __future__ import annotations
@@ -80,4 +81,5 @@ class NgramJudge:
         letter = ngram_choice(task.get("caption") or "", task.get("question") or "", dict(task.get("options") or {}),
                               float(self.options["threshold"]), float(self.options["margin"]))
         prompt_words = sum(len(message.text.split()) for message in request.messages)
-        return ChatResponse(letter, self.model, Usage(prompt_words, 1))
+        text = f"Answer: \\boxed{{{letter}}}"  # the CapEval-QA prompt's answer line
+        return ChatResponse(text, self.model, Usage(prompt_words, 2))

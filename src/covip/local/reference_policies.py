@@ -14,13 +14,16 @@ blind policy near-zero Acc+, is not measuring personalization.
 
 Other task kinds, answered from what each holds:
 
-- 'cag_answer' (a follow-up question after a caption) and 'diagnostic' (a direct question):
-  the oracle answers with the evidence about the positive concepts (`positive_indices`, or
-  `target_index` when the task names one): the fact sentences, or the user's lines of their
-  dialogues when the task has no facts; the line sharing most content words with the question comes
-  first. The dump answers with the single best-matching user line of ALL dialogues. The blind policy
-  answers "I don't know." When the question asks for a `\\boxed{}` answer, the best line is also
-  given boxed. With no evidence the oracle, too, says "I don't know."
+- 'cag_answer' (a follow-up question after a caption) and 'diagnostic' (a direct question): when
+  the task carries a diagnostic item's truth (`answer`, and `last_action` for LAR), the oracle
+  answers exactly that, in the form its metric reads: the place in the box the LSD question asks
+  for (`\\boxed{}` or `//boxed{}`), the user's own words for LAR, the keyword for ITR; so it scores
+  100 on every diagnostic and bounds the metric. Otherwise it answers with the evidence about the
+  positive concepts (`positive_indices`, or `target_index` when the task names one): the fact
+  sentences, or the user's lines of their dialogues when the task has no facts; the line sharing most
+  content words with the question comes first. The dump answers with the single best-matching user
+  line of ALL dialogues. The blind policy answers "I don't know." When the question asks for a boxed
+  answer, the best line is also given boxed. With no evidence the oracle, too, says "I don't know."
 - anything else is an error (recorded on the row by the client layer).
 
 Every reply is a pure function of the task: no randomness, no state.
@@ -101,6 +104,9 @@ class OraclePolicy(_ReferencePolicy):
         return " ".join(sentences)
 
     def answer(self, task: Mapping) -> str:
+        truth = _diagnostic_truth(task)
+        if truth is not None:
+            return truth
         evidence = [line for k in _positive_indices(task) for line in _evidence(task, k)]
         if not evidence:
             return DONT_KNOW
@@ -208,10 +214,30 @@ def _rank(lines: Sequence[str], question: str) -> list[str]:
     return [lines[i] for i in order]
 
 
+def _box_marker(question: str) -> str | None:
+    """The box command a question asks for ('//boxed' as the authors' LSD question, else '\\boxed')."""
+    if "//boxed" in question:
+        return "//boxed"
+    return "\\boxed" if "boxed" in question else None
+
+
 def _with_box(text: str, best: str, task: Mapping) -> str:
-    if "boxed" in str(task.get("question", "")):
-        return f"{text} \\boxed{{{best.rstrip('.')}}}"
-    return text
+    marker = _box_marker(str(task.get("question", "")))
+    return f"{text} {marker}{{{best.rstrip('.')}}}" if marker else text
+
+
+def _diagnostic_truth(task: Mapping) -> str | None:
+    """The oracle's answer to an LSD / LAR / ITR item from its truth, or None when the task has none."""
+    name = task.get("diagnostic_task") or (task.get("task") if task.get("kind") == "diagnostic" else None)
+    answer = task.get("answer")
+    if not answer or name not in ("lsd", "lar", "itr"):
+        return None
+    if name == "lsd":
+        marker = _box_marker(str(task.get("question", ""))) or "\\boxed"
+        return f"You last saw them at {answer}. {marker}{{{answer}}}"
+    if name == "lar":
+        return f'You told me: "{task.get("last_action") or answer}"'
+    return f"Reminder: {answer}."
 
 
 def _count_sentence(n: int, names: list[str]) -> str:

@@ -1,9 +1,14 @@
 """Asking a judge and reading its reply, plus the repair loop every model-calling stage uses.
 
 - CapEval-QA (SPEC §3): `build_judge_request` shows the judge one caption and one question with
-  options A-D, nothing else; `parse_judge_letter` reads the letter it chose (None: no single letter).
+  options A-D, nothing else (instructions first, then the caption, then the question, as the
+  authors' prompt). `read_judge_reply` reads the reply by one of `LETTER_RULES` and `score_reading`
+  turns it into the scored letter: 'exact' (default) takes the letter from the FIRST `\\boxed{}`,
+  which must hold one letter; 'substring' is the authors' code (the expected letter occurs in the
+  first box's text); 'lenient' also reads replies without a box (a prompt that asks for a bare
+  letter). No box, or no single letter, scores as D.
 - LAR (SPEC §5): `build_lar_judge_request` shows question, reference and response;
-  `parse_lar_verdict` reads correct / wrong.
+  `read_lar_verdict` reads Correct / Wrong by one of `VERDICT_RULES`.
 - Seeds: every judge request carries a seed derived from what it judges, so a sampled judge is
   reproducible and its answers cacheable.
 - `ask_with_repair`: send requests; while a reply fails its check, send the problem back and ask
@@ -18,14 +23,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from covip.clients.base import ChatRequest, ChatResponse, Message
-from covip.core.schemas import OPTION_LETTERS
+from covip.core.schemas import NONE_LETTER, OPTION_LETTERS
 from covip.core.seeding import derive_seed
-from covip.core.text import normalize_text, strip_think, unfinished_think, without_closed_think
+from covip.core.text import boxed_spans, normalize_text, strip_think, unfinished_think, unwrap_latex_text, without_closed_think
 from covip.prompts import PromptBook
 
 CAPEVAL_PROMPT = "capeval_judge"
 CAPEVAL_REPAIR_PROMPT = "capeval_repair"
 LAR_PROMPT = "lar_judge"
+LETTER_RULES = ("exact", "substring", "lenient")
+VERDICT_RULES = ("strict", "substring")
 
 
 def judge_seed(seed: int, *keys: object) -> int:
@@ -72,8 +79,8 @@ _LETTER_LIST = re.compile(r"(?<![\w'’])[\(\[]?[A-D][\)\]]?\s*(?:\bor\b|\band\b
 _STANDALONE = re.compile(r"(?<![\w'’])[\(\[]?([A-D])[\)\]]?(?![\w'’-])")
 
 
-def parse_judge_letter(text: str | None, options: Mapping[str, str] | None = None) -> str | None:
-    """The letter A-D a judge's reply names, or None when it names none or more than one.
+def lenient_letter(text: str | None, options: Mapping[str, str] | None = None) -> str | None:
+    """The letter A-D a reply without a box names (rule 'lenient'), or None when it names none or more than one.
 
     Read, in this order: a bare letter ('B', 'b', '(B)', '**B**', 'B.'); two letters offered as
     alternatives ('A or B') -> None; a reply that starts with a labelled option ('B) Oak trees');
@@ -114,9 +121,77 @@ def parse_judge_letter(text: str | None, options: Mapping[str, str] | None = Non
     return standalone.pop() if len(standalone) == 1 else None
 
 
+_AUTHORS_BOX = re.compile(r"\\boxed\{(.*?)\}", re.DOTALL)
+_BOX_DECORATION = re.compile(r"^[\s*_`(\[]*(.*?)[\s*_`)\].]*$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class JudgeReading:
+    """What a CapEval-QA judge reply says: the one letter it gives (None: none) and its first box's text."""
+
+    letter: str | None
+    box: str | None  # the first box's content as read (None: the reply has no box)
+
+
+def box_letter(content: str | None) -> str | None:
+    """The letter a box holds when it holds exactly one capital A-D (spaces, markdown, brackets, a
+    final full stop and `\\text{}` around it allowed), else None."""
+    if content is None:
+        return None
+    inner = _BOX_DECORATION.fullmatch(unwrap_latex_text(content))
+    letter = inner[1].strip() if inner else ""
+    return letter if letter in OPTION_LETTERS else None
+
+
+def read_judge_reply(text: str | None, options: Mapping[str, str] | None = None, rule: str = "exact") -> JudgeReading:
+    """Read a judge's reply by `rule` (one of LETTER_RULES; module docstring).
+
+    'exact': closed <think> blocks are skipped (an unclosed one reads as no answer); the first
+    complete `\\boxed{...}` (balanced braces) is the answer and must hold one letter. 'substring':
+    the authors' reading, on the raw reply: the text of the first `\\boxed{` up to the next `}`.
+    'lenient': the first box's letter if it has one, else the rules of `lenient_letter`.
+    """
+    if rule not in LETTER_RULES:
+        raise ValueError(f"letter rule must be one of {list(LETTER_RULES)}, got {rule!r}")
+    if text is None:
+        return JudgeReading(None, None)
+    if rule == "substring":
+        boxes = _AUTHORS_BOX.findall(text)
+        return JudgeReading(box_letter(boxes[0]), boxes[0]) if boxes else JudgeReading(None, None)
+    if unfinished_think(text):
+        return JudgeReading(None, None)  # the model ran out of tokens while still reasoning
+    spans = boxed_spans(without_closed_think(text))
+    box = spans[0][2] if spans else None
+    letter = box_letter(box)
+    if letter is None and rule == "lenient" and box is None:
+        letter = lenient_letter(text, options)
+    return JudgeReading(letter, box)
+
+
+def parse_judge_letter(text: str | None, options: Mapping[str, str] | None = None, rule: str = "exact") -> str | None:
+    """The letter a judge's reply gives under `rule`, or None (see `read_judge_reply`)."""
+    return read_judge_reply(text, options, rule).letter
+
+
+def score_reading(reading: JudgeReading, target: str, rule: str = "exact") -> tuple[str, bool]:
+    """(the scored answer, whether it scores) for a question whose scoring letter is `target` (the
+    correct letter of a positive question, D for a negative one).
+
+    With no readable letter the answer is D, as in the authors' code. Under 'substring' a box whose
+    text is not a single letter scores when `target` occurs in it (the authors' `a in pred`), and the
+    scored answer is the box's text.
+    """
+    if reading.letter is not None:
+        return reading.letter, reading.letter == target
+    if rule == "substring" and reading.box is not None:
+        return reading.box.strip(), target in reading.box
+    return NONE_LETTER, target == NONE_LETTER
+
+
 def build_lar_judge_request(question: str, reference: str, response: str, prompts: PromptBook, *,
                             seed: int = 0) -> ChatRequest:
-    """The LAR judge's request: prompt `lar_judge` (question, reference, response -> correct/wrong)."""
+    """The LAR judge's request: prompt `lar_judge` (question, reference, response -> Correct/Wrong).
+    `reference` is the item's `last_action` (the user's own words) when the set has it, else its answer."""
     text = prompts.render(LAR_PROMPT, question=question, reference=reference, response=response)
     task = {"kind": "lar_judge", "question": question, "reference": reference, "response": response}
     return ChatRequest(messages=(Message.user(text),), task=task, seed=seed)
@@ -144,6 +219,17 @@ def parse_lar_verdict(text: str | None) -> bool | None:
         return lead.group(1).lower() == "correct"
     found = {m.group(1).lower() == "correct" for m in _VERDICT.finditer(body)}
     return found.pop() if len(found) == 1 else None
+
+
+def read_lar_verdict(text: str | None, rule: str = "strict") -> bool | None:
+    """The LAR verdict under `rule` (VERDICT_RULES): 'strict' is `parse_lar_verdict` (None when absent
+    or contradictory); 'substring' is the authors' reading, True when 'correct' occurs anywhere in the
+    lower-cased reply (so 'Incorrect' is True). None only for no reply, or an unreadable strict one."""
+    if rule not in VERDICT_RULES:
+        raise ValueError(f"verdict rule must be one of {list(VERDICT_RULES)}, got {rule!r}")
+    if rule == "substring":
+        return None if text is None else "correct" in text.lower()
+    return parse_lar_verdict(text)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,20 +1,28 @@
 """Requests whose prompt interleaves images and dialogues: captioning, caption-augmented generation
-(CAG) and the direct diagnostic question.
+(CAG) and the direct diagnostic question, laid out as the authors' code lays them out.
 
-Caption prompt (SPEC §2, from the authors' code), all in ONE user turn:
+Caption prompt (SPEC §2; the authors' captioning notebook and training script), ONE user turn:
 
     for every context concept k, in context order:
-        [[context]] header for memory k   (text)
-        the concept's reference image      (image; absent under the text-only control)
-        the dialogue about it              (text)
-    [[query]] header for the new image     (text)
-    the query image                        (image)
-    [[instruction]] the captioning request (text)
+        [[context]] header for dialogue k, a line break   (text)
+        [[image_label]] 'Picture N: '                     (text; the vision id the authors' chat
+        the concept's reference image                      template adds; both absent under the
+                                                           text-only control)
+        the dialogue about it, then a blank line           (text)
+    [[query]] header for the new image, a line break       (text)
+    [[image_label]] and the query image
+    [[instruction]] the captioning instruction             (text)
 
-Every word lives in the sectioned prompt files (`caption`, `diagnostic_questions`); this module only
-places sections, images and dialogues. CAG (SPEC §4): the caption request, the caption as the
-assistant's previous turn, then a user turn with the question ([[cag_question]]). A direct
-diagnostic request has the same layout with the diagnostic headers and the question last.
+`layout` 'training' numbers the dialogues from 1 and ends each with a blank line, as the authors'
+training and diagnostic scripts do; 'test_notebook' numbers from 0 with no blank line, as their
+test-set captioning notebook does (switch `captioning.layout`, docs/protocol.md). Pictures are
+numbered from 1 across the conversation either way.
+
+Diagnostic answers (the authors' downstream scripts): `direct` is one user turn with the same context
+and query and the question last; `cag` is the context and query (no instruction), the caption as the
+assistant's turn, then the question as a user turn. Which instruction rides along as a system message
+depends on task and mode (`DIAGNOSTIC_SYSTEM`). Every word lives in the sectioned prompt files
+(`caption`, `diagnostic_questions`); this module only places sections, images and dialogues.
 
 `ChatRequest.task` carries the structured facts the prompt was built from (kind 'caption',
 'cag_answer' or 'diagnostic'); production backends ignore it, the reference policies answer from it.
@@ -34,13 +42,24 @@ from covip.core.io import as_list, decode_image
 from covip.prompts import PromptBook, fill_section
 
 CAPTION_PROMPT = "caption"
-CAPTION_SECTIONS = ("context", "query", "instruction", "cag_question")
+CAPTION_SECTIONS = ("context", "image_label", "query", "instruction", "cag_question")
 DIAGNOSTIC_PROMPT = "diagnostic_questions"
-DIAGNOSTIC_LAYOUT_SECTIONS = ("context", "query")
+LAYOUTS = ("training", "test_notebook")
 
 GREEDY = {"temperature": 0.0}
 # How the authors sample a downstream answer, direct or after a caption (SPEC §4); captions stay greedy.
 ANSWER_SAMPLING = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "presence_penalty": 1.5}
+
+# The system message of a diagnostic answer per (task, mode), as in the authors' downstream scripts:
+# (prompt, section), or None for no system message (LSD asked directly has none).
+DIAGNOSTIC_SYSTEM: dict[tuple[str, str], tuple[str, str] | None] = {
+    ("lsd", "direct"): None,
+    ("lar", "direct"): (DIAGNOSTIC_PROMPT, "personalization"),
+    ("itr", "direct"): (DIAGNOSTIC_PROMPT, "personalization"),
+    ("lsd", "cag"): (CAPTION_PROMPT, "instruction"),
+    ("lar", "cag"): (DIAGNOSTIC_PROMPT, "personalization"),
+    ("itr", "cag"): (DIAGNOSTIC_PROMPT, "personalization"),
+}
 
 
 class RequestError(ValueError):
@@ -65,15 +84,38 @@ def image_part(image, where: str) -> ImagePart:
 
 
 def _interleaved(headers: Sequence[str], images: Sequence, dialogues: Sequence[str], query_header: str, query_image,
-                 closing: str, where: str) -> tuple[TextPart | ImagePart, ...]:
-    """Per context entry its header, its image (when there are images) and its dialogue; then the query
-    header, the query image and the closing text."""
+                 image_label, layout: str, where: str) -> list[TextPart | ImagePart]:
+    """Per context entry its header, its labelled image (when there are images) and its dialogue; then
+    the query header and the labelled query image. `image_label(n)` is the label of picture n."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"{where}: unknown caption layout {layout!r}; choose from {list(LAYOUTS)}")
+    after_dialogue = "\n\n" if layout == "training" else ""
     parts: list[TextPart | ImagePart] = []
+    number = 0
     for k, (header, dialogue) in enumerate(zip(headers, dialogues)):
-        image = [image_part(images[k], f"{where} field 'context_images'[{k}]")] if images else []
-        parts += [TextPart(header), *image, TextPart(dialogue)]
-    parts += [TextPart(query_header), image_part(query_image, f"{where} field 'query_image'"), TextPart(closing)]
-    return tuple(parts)
+        parts.append(TextPart(header + "\n"))
+        if images:
+            number += 1
+            parts += [TextPart(image_label(number) + " "), image_part(images[k], f"{where} field 'context_images'[{k}]")]
+        parts.append(TextPart(dialogue + after_dialogue))
+    number += 1
+    parts += [TextPart(query_header + "\n"), TextPart(image_label(number) + " "),
+              image_part(query_image, f"{where} field 'query_image'")]
+    return parts
+
+
+def _context_turn(prompts: PromptBook, images: Sequence, dialogues: Sequence[str], query_image, layout: str,
+                  where: str) -> list[TextPart | ImagePart]:
+    """The interleaved context and query of the caption prompt's sections (no instruction)."""
+    sections = prompts.sections(CAPTION_PROMPT, CAPTION_SECTIONS)
+    n = len(dialogues)
+    first = 1 if layout == "training" else 0
+    headers = [fill_section(sections["context"], CAPTION_PROMPT, "context", index=k + first, num_contexts=n)
+               for k in range(n)]
+    query = fill_section(sections["query"], CAPTION_PROMPT, "query", num_contexts=n)
+    return _interleaved(headers, images, dialogues, query, query_image,
+                        lambda number: fill_section(sections["image_label"], CAPTION_PROMPT, "image_label", number=number),
+                        layout, where)
 
 
 def parse_facts(value, n: int, here: str) -> list[list[dict]]:
@@ -99,14 +141,15 @@ def parse_facts(value, n: int, here: str) -> list[list[dict]]:
 
 
 def build_caption_request(sample_row: Mapping, prompts: PromptBook, *, sampling: dict[str, Any] | None = None,
-                          seed: int | None = None, where: str = "split row") -> ChatRequest:
+                          seed: int | None = None, where: str = "split row", layout: str = "training") -> ChatRequest:
     """The captioning request for one split-style row (one user turn, the layout above).
 
     `sample_row` needs sample_id, context_images ({'bytes','path'} dicts; an empty list places the
     dialogues without images, the text-only control), context_dialogues, query_image, and may carry
     context_names, context_categories, context_facts (JSON text) and positive_indices (empty for rows,
     such as diagnostic items, that lack them). `where` prefixes error messages (e.g.
-    "results/splits/test.parquet row 3"). Greedy unless `sampling` is given.
+    "results/splits/test.parquet row 3"). Greedy unless `sampling` is given. `layout` is 'training'
+    (the default) or 'test_notebook' (module docstring).
     """
     sample_id = str(sample_row.get("sample_id", "?"))
     here = f"{where} (sample_id={sample_id})"
@@ -128,13 +171,8 @@ def build_caption_request(sample_row: Mapping, prompts: PromptBook, *, sampling:
     if bad:
         raise RequestError(f"{here} field 'positive_indices': {bad} out of range for {n} context concepts")
 
-    sections = prompts.sections(CAPTION_PROMPT, CAPTION_SECTIONS)
-    headers = [fill_section(sections["context"], CAPTION_PROMPT, "context", index=k + 1, num_contexts=n) for k in range(n)]
-    parts = _interleaved(
-        headers, images, dialogues,
-        fill_section(sections["query"], CAPTION_PROMPT, "query", num_contexts=n), sample_row.get("query_image"),
-        fill_section(sections["instruction"], CAPTION_PROMPT, "instruction", num_contexts=n), here,
-    )
+    parts = _context_turn(prompts, images, dialogues, sample_row.get("query_image"), layout, here)
+    parts.append(TextPart(prompts.render_section(CAPTION_PROMPT, "instruction", num_contexts=n)))
     task = {
         "kind": "caption",
         "sample_id": sample_id,
@@ -144,20 +182,27 @@ def build_caption_request(sample_row: Mapping, prompts: PromptBook, *, sampling:
         "context_facts": facts,
         "positive_indices": positives,
     }
-    return ChatRequest(messages=(Message("user", parts),), sampling=dict(GREEDY) if sampling is None else dict(sampling),
-                       task=task, seed=seed)
+    return ChatRequest(messages=(Message("user", tuple(parts)),),
+                       sampling=dict(GREEDY) if sampling is None else dict(sampling), task=task, seed=seed)
 
 
-def build_cag_request(caption_request: ChatRequest, caption: str, question: str, *, sampling: dict[str, Any] | None = None,
-                      seed: int | None = None, prompts: PromptBook | None = None,
-                      task_extra: Mapping[str, Any] | None = None) -> ChatRequest:
-    """Caption-augmented generation: the caption request's turn(s), the caption as the assistant's
-    previous turn, then a user turn with `question` (wrapped by the prompt section [[cag_question]]).
+def diagnostic_system(task: str, mode: str, prompts: PromptBook) -> str | None:
+    """The system message of a diagnostic answer (`DIAGNOSTIC_SYSTEM`), rendered; None for none."""
+    where = DIAGNOSTIC_SYSTEM[(task, mode)]
+    return None if where is None else prompts.render_section(*where)
+
+
+def build_cag_request(caption_request: ChatRequest, caption: str, question: str, *, system: str | None = None,
+                      sampling: dict[str, Any] | None = None, seed: int | None = None,
+                      prompts: PromptBook | None = None, task_extra: Mapping[str, Any] | None = None) -> ChatRequest:
+    """Caption-augmented generation, laid out as the authors' CAG scripts: `system` (if any) as the
+    system message, the caption request's context and query WITHOUT its instruction as the user turn,
+    the caption as the assistant's turn, then a user turn with `question` (section [[cag_question]]).
 
     Sampled as in the authors' code unless `sampling` is given; `seed` defaults to the caption
     request's seed. The task is the caption task with kind 'cag_answer', the caption, the question
-    and `task_extra` (e.g. the diagnostic task's name) merged in. `prompts` defaults to the built-in
-    prompt book; pass the run's book so config overrides apply.
+    and `task_extra` (e.g. the diagnostic task's name and truth) merged in. `prompts` defaults to the
+    built-in prompt book; pass the run's book so config overrides apply.
     """
     if caption_request.task is None or caption_request.task.get("kind") != "caption":
         raise ValueError("build_cag_request needs a request built by build_caption_request (task kind 'caption')")
@@ -165,9 +210,13 @@ def build_cag_request(caption_request: ChatRequest, caption: str, question: str,
         raise ValueError(f"sample {caption_request.task.get('sample_id')}: no caption to build a CAG request from")
     book = prompts if prompts is not None else PromptBook()
     follow_up = book.render_section(CAPTION_PROMPT, "cag_question", question=question)
+    context = caption_request.messages[-1]
+    turns = (Message("user", context.parts[:-1]),)  # the caption request's last part is its instruction
+    if system:
+        turns = (Message.system(system),) + turns
     task = {**caption_request.task, "kind": "cag_answer", "caption": caption, "question": question, **(task_extra or {})}
     return ChatRequest(
-        messages=caption_request.messages + (Message.assistant(caption), Message.user(follow_up)),
+        messages=turns + (Message.assistant(caption), Message.user(follow_up)),
         sampling=dict(ANSWER_SAMPLING) if sampling is None else dict(sampling),
         task=task,
         seed=caption_request.seed if seed is None else seed,
@@ -178,6 +227,11 @@ def target_index(item: Mapping) -> int:
     """The context entry a diagnostic item's answer comes from (-1 when the set does not say)."""
     target = item.get("target_index")
     return -1 if target is None else int(target)
+
+
+def diagnostic_truth(item: Mapping) -> dict:
+    """What a diagnostic item's answer is, for the reference policies' task (never shown to a model)."""
+    return {"target_index": target_index(item), "answer": item.get("answer"), "last_action": item.get("last_action")}
 
 
 def diagnostic_as_split_row(item: Mapping) -> dict:
@@ -199,24 +253,23 @@ def diagnostic_as_split_row(item: Mapping) -> dict:
 
 
 def build_direct_request(item: Mapping, prompts: PromptBook, *, sampling: dict | None = None, seed: int = 0) -> ChatRequest:
-    """A diagnostic question asked directly: per context entry a header, its image and its dialogue;
-    then the query header, the query image and the question (one user turn)."""
-    sections = prompts.sections(DIAGNOSTIC_PROMPT, DIAGNOSTIC_LAYOUT_SECTIONS)
+    """A diagnostic question asked directly: the system message of the task (`DIAGNOSTIC_SYSTEM`), then
+    one user turn with the context, the query and the question last (the caption prompt's layout)."""
     dialogues = list(item["dialogues_context"])
-    n = len(dialogues)
-    headers = [fill_section(sections["context"], DIAGNOSTIC_PROMPT, "context", index=k + 1, num_context=n) for k in range(n)]
-    parts = _interleaved(
-        headers, list(item["images_context"]), dialogues,
-        fill_section(sections["query"], DIAGNOSTIC_PROMPT, "query", num_context=n), item["query_image"],
-        item["question"], f"diagnostic set {item['task']} item {item['sample_id']}",
-    )
+    where = f"diagnostic set {item['task']} item {item['sample_id']}"
+    parts = _context_turn(prompts, list(item["images_context"]), dialogues, item["query_image"], "training", where)
+    parts.append(TextPart(item["question"]))
+    system = diagnostic_system(item["task"], "direct", prompts)
+    turns = (Message("user", tuple(parts)),)
+    if system:
+        turns = (Message.system(system),) + turns
     task = {
         "kind": "diagnostic",
         "task": item["task"],
         "sample_id": item["sample_id"],
         "question": item["question"],
         "dialogues": dialogues,
-        "target_index": target_index(item),
+        **diagnostic_truth(item),
     }
-    return ChatRequest(messages=(Message("user", parts),),
-                       sampling=dict(ANSWER_SAMPLING) if sampling is None else dict(sampling), task=task, seed=seed)
+    return ChatRequest(messages=turns, sampling=dict(ANSWER_SAMPLING) if sampling is None else dict(sampling),
+                       task=task, seed=seed)

@@ -9,11 +9,15 @@ concepts.
 
 Decisions, recorded on every row so the summary can count them:
 
-- A judge reply with no readable letter counts as 'D', as in the authors' code, with
-  `unparseable=True`. It helps Acc- and hurts Acc+, so the summary reports how many there were.
-- A judge call that failed (after the client layer's retries) is also counted as 'D', as the
-  authors' code would, but it keeps `raw_answer=None` and `unparseable=True`, and the summary counts
-  it again in `n_judge_failed`: such a number is a judging problem, not a property of the policy.
+- The reply is read by `letter_match` (docs/protocol.md): the letter in the FIRST `\\boxed{}`
+  (default 'exact': the box holds one letter; 'substring', the authors' code: the expected letter
+  occurs in the box's text; 'lenient': replies without a box are read too). A reply with no readable
+  letter counts as 'D', as in the authors' code, with `unparseable=True`. It helps Acc- and hurts
+  Acc+, so the summary reports how many there were.
+- A judge call that failed (after the client layer's retries) keeps `raw_answer=None` and
+  `unparseable=True` and is counted again in `n_judge_failed`: such a number is a judging problem,
+  not a property of the policy. By `failed_calls` it counts as 'D' (default), or its sample is left
+  out of every accuracy ('drop_sample', the authors' try/except around a sample).
 - With `max_attempts` > 1 (default 1, the authors' protocol) unreadable replies are repaired and
   failed calls repeated (`covip.protocol.judging.ask_with_repair`); only what is still unreadable
   after that counts as D. Above `max_failure_rate` unreadable or failed answers the job fails.
@@ -40,6 +44,7 @@ from covip.clients.spec import is_stand_in
 from covip.core.formats import load_qas_gt
 from covip.core.io import as_list
 from covip.core.metrics import TallyError, capeval_sample_tallies
+from covip.core.presets import resolve, switch_help
 from covip.core.reliability import FailureReport, failure_report
 from covip.core.schemas import NONE_LETTER, OPTION_LETTERS
 from covip.core.seeding import rng_for
@@ -49,14 +54,17 @@ from covip.prompts import PromptBook
 from covip.protocol.judging import (
     CAPEVAL_REPAIR_PROMPT,
     ask_with_repair,
+    LETTER_RULES,
     build_judge_request,
     judge_seed,
-    parse_judge_letter,
+    read_judge_reply,
     reasked,
     repaired,
+    score_reading,
 )
 
 MISSING_CAPTION_MODES = ("error", "ignore")
+FAILED_CALL_MODES = ("as_d", "drop_sample")
 
 
 class CapEvalInputError(ValueError):
@@ -86,8 +94,22 @@ class CapEvalSettings(IntervalSettings, ModelStageSettings):
                           "'ignore' to score only the captioned samples.", "enum": list(MISSING_CAPTION_MODES)},
     )
 
+    letter_match: str | None = field(default=None, metadata={"enum": [*LETTER_RULES, None], "help": switch_help(
+        "capeval", "letter_match", "How a judge reply's letter is read: 'exact' (the first \\boxed{} holds one letter "
+        "A-D), 'substring' (the authors' code: the expected letter occurs in the first box's text) or 'lenient' (also "
+        "replies without a box, for a judge prompt that asks for a bare letter).")})
+    failed_calls: str | None = field(default=None, metadata={"enum": [*FAILED_CALL_MODES, None], "help": switch_help(
+        "capeval", "failed_calls", "A judge call that failed after its retries: 'as_d' (counted as D) or 'drop_sample' "
+        "(the authors' code: its sample is left out of every accuracy); both are reported in n_judge_failed.")})
+
     def __post_init__(self):
         super().__post_init__()
+        self.letter_match = resolve(self.letter_match, "capeval", "letter_match")
+        self.failed_calls = resolve(self.failed_calls, "capeval", "failed_calls")
+        if self.letter_match not in LETTER_RULES:
+            raise ValueError(f"capeval.letter_match must be one of {list(LETTER_RULES)}, got {self.letter_match!r}")
+        if self.failed_calls not in FAILED_CALL_MODES:
+            raise ValueError(f"capeval.failed_calls must be one of {list(FAILED_CALL_MODES)}, got {self.failed_calls!r}")
         if self.missing_captions not in MISSING_CAPTION_MODES:
             raise ValueError(
                 f"capeval.missing_captions must be one of {list(MISSING_CAPTION_MODES)}, got {self.missing_captions!r}"
@@ -238,9 +260,12 @@ def _judge_pairs(pairs, judge: CachedChatModel, prompts: PromptBook, settings: C
                 requests.append(build_judge_request(caption, q, prompts, seed=request_seed))
                 slots.append((caption_row, item, ci, q))
 
+    rule = settings.letter_match
+
     def check(index: int, text: str):
-        letter = parse_judge_letter(text, slots[index][3]["options"])
-        return letter, [] if letter is not None else ["reply names no option"]
+        reading = read_judge_reply(text, slots[index][3]["options"], rule)
+        readable = reading.letter is not None or (rule == "substring" and reading.box is not None)
+        return reading, [] if readable else ["reply names no option"]
 
     def next_request(index: int, attempt: int, previous, response, problems):
         caption_row, item, ci, q = slots[index]
@@ -255,9 +280,10 @@ def _judge_pairs(pairs, judge: CachedChatModel, prompts: PromptBook, settings: C
                                progress_file=progress_file, concurrency=settings.concurrency)
     rows = []
     for (caption_row, item, ci, q), outcome in zip(slots, outcomes):
-        letter = outcome.value
-        parsed = letter or NONE_LETTER  # the authors' rule: no readable letter counts as D
+        reading = outcome.value or read_judge_reply(outcome.raw, q["options"], rule)  # kept even when unreadable
         positive = ci in item.positive_indices
+        # The authors' rule: no readable letter counts as D.
+        parsed, correct = score_reading(reading, q["answer"] if positive else NONE_LETTER, rule)
         rows.append(
             {
                 "policy": caption_row["policy"],
@@ -270,8 +296,8 @@ def _judge_pairs(pairs, judge: CachedChatModel, prompts: PromptBook, settings: C
                 "answer": q["answer"],
                 "raw_answer": outcome.raw,
                 "parsed": parsed,
-                "unparseable": letter is None,
-                "correct": parsed == q["answer"] if positive else parsed == NONE_LETTER,
+                "unparseable": reading.letter is None,
+                "correct": correct,
                 "judge_identity": judge.identity,
                 "stand_in": judge_stand_in or bool(caption_row.get("stand_in", False)),
             }
@@ -353,6 +379,7 @@ def summarize_capeval(
     *,
     confidence: float = 0.95,
     policy_identities: Mapping[str, str] | None = None,
+    failed_calls: str = "as_d",
 ) -> list[dict]:
     """Acc+ / Acc- in percent per (policy, judge, number of positives), plus a pooled row (0).
 
@@ -361,7 +388,8 @@ def summarize_capeval(
     `confidence` percentile intervals of a cluster bootstrap: samples are drawn with replacement,
     each bringing all its questions, because the questions of one caption are not independent.
     Seeded per (seed, policy, judge, count), numpy only. `policy_identities` maps a policy to what
-    produced its captions (see `policy_identities_from`); by default the policy name.
+    produced its captions (see `policy_identities_from`); by default the policy name. `failed_calls`
+    'drop_sample' leaves a sample with a failed judge call out of the accuracies (CapEvalSettings).
     """
     if n_bootstrap < 0:
         raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
@@ -376,7 +404,7 @@ def summarize_capeval(
             )
         info["stand_in"] |= bool(row["stand_in"])
     try:
-        groups = capeval_sample_tallies(answer_rows)
+        groups = capeval_sample_tallies(answer_rows, drop_failed_samples=failed_calls == "drop_sample")
     except TallyError as error:
         raise CapEvalInputError(str(error)) from None
     summary = []
@@ -439,7 +467,8 @@ def score_released_captions(
     pairs = _pair_captions(rows, items, settings, "captions")
     answers = _judge_pairs(pairs, judge, prompts, settings, seed, judge_name, progress_file)
     summary = summarize_capeval(
-        answers, settings.n_bootstrap, seed, confidence=settings.confidence, policy_identities={policy_name: identity}
+        answers, settings.n_bootstrap, seed, confidence=settings.confidence, policy_identities={policy_name: identity},
+        failed_calls=settings.failed_calls,
     )
     return answers, summary
 

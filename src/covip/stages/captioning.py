@@ -1,7 +1,9 @@
 """Stage 9: one personalized caption per test sample (of this job's shard), with one policy.
 
 The request layout lives in `covip.protocol.requests` (shared with the diagnostics and the GSPO
-records, so a policy is trained and scored on the same prompt). The caption is greedy by default.
+records, so a policy is trained and scored on the same prompt; `layout` picks the authors' training
+numbering or their test notebook's, docs/protocol.md). The caption is greedy, up to 1024 tokens, by
+default, as in the authors' code.
 A call that failed is a row with status 'failed' and the error, never an empty caption.
 """
 
@@ -17,11 +19,12 @@ from covip.clients.cached import CachedChatModel
 from covip.clients.spec import is_stand_in
 from covip.core.reliability import FailureReport, failure_report
 from covip.core.seeding import derive_seed
+from covip.core.presets import resolve, switch_help
 from covip.core.settings import ModelStageSettings
 from covip.core.sharding import Shard
 from covip.core.text import strip_think
 from covip.prompts import PromptBook
-from covip.protocol.requests import GREEDY, RequestError, build_caption_request
+from covip.protocol.requests import GREEDY, LAYOUTS, RequestError, build_caption_request
 
 
 @dataclass
@@ -33,11 +36,16 @@ class CaptioningSettings(ModelStageSettings):
     max_samples: int | None = field(default=None, metadata={"help": "Caption only the first N rows of the split, in file order (null: all); for quick runs."})
     chunk_size: int = field(default=256, metadata={"help": "Split rows read and sent to the model at a time: bounds the images held in memory; a batching backend (vLLM) batches within a chunk."})
     sampling: dict[str, Any] | None = field(default=None, metadata={"help": "Sampling of the caption request (null: greedy, {'temperature': 0.0}, as in the authors' code)."})
-    max_tokens: int | None = field(default=512, metadata={"help": "Longest caption in tokens, sent as sampling 'max_tokens' unless `sampling` sets it (the authors' limit is 512; null: the backend's default)."})
-    strip_thinking: bool = field(default=True, metadata={"help": "Remove <think>...</think> blocks from the model's reply before storing the caption (reasoning models)."})
+    max_tokens: int | None = field(default=1024, metadata={"help": "Longest caption in tokens, sent as sampling 'max_tokens' unless `sampling` sets it (the authors' captioning limit is 1024; null: the backend's default)."})
+    strip_thinking: bool | None = field(default=None, metadata={"help": switch_help("captioning", "strip_thinking", "Remove <think>...</think> blocks from the model's reply before storing the caption (reasoning models); the authors keep the reply as it is.")})
+    layout: str | None = field(default=None, metadata={"enum": [*LAYOUTS, None], "help": switch_help("captioning", "layout", "The caption prompt's layout: 'training' (dialogues numbered from 1, a blank line after each, as the authors train and run the diagnostics) or 'test_notebook' (numbered from 0, no blank line, as the authors' test-set captioning notebook).")})
 
     def __post_init__(self):
         super().__post_init__()
+        self.strip_thinking = resolve(self.strip_thinking, "captioning", "strip_thinking")
+        self.layout = resolve(self.layout, "captioning", "layout")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"captioning.layout must be one of {list(LAYOUTS)}, got {self.layout!r}")
         if self.chunk_size < 1:
             raise ValueError(f"captioning.chunk_size must be >= 1, got {self.chunk_size}")
         if self.max_samples is not None and self.max_samples < 1:
@@ -100,7 +108,7 @@ def caption_samples(
             seen[sample_id] = index
             requests.append(build_caption_request(
                 row, prompts, sampling=sampling, seed=derive_seed(seed, "caption", row.get("sample_id")),
-                where=f"{where} row {index}"))
+                where=f"{where} row {index}", layout=settings.layout))
         responses = model.complete_many(requests, desc=f"captions {policy_name}", progress_file=progress_file,
                                         concurrency=settings.concurrency)
         captions += [

@@ -41,7 +41,9 @@ CAPEVAL_ANSWERS = _schema(
         ("is_positive", pa.bool_()),  # the question's concept is in the query image
         ("answer", pa.string()),  # the correct letter
         ("raw_answer", pa.string()),  # the judge's text (null if the call failed)
-        ("parsed", pa.string()),  # A-D; an unparseable answer counts as 'D', as in the authors' code
+        # A-D; an unparseable answer counts as 'D', as in the authors' code. Under capeval.letter_match
+        # 'substring', a first box that holds more than one letter keeps its text here (it scored by substring).
+        ("parsed", pa.string()),
         ("unparseable", pa.bool_()),
         ("correct", pa.bool_()),  # positive: parsed == answer; negative: parsed == 'D'
         ("judge_identity", pa.string()),
@@ -88,6 +90,7 @@ def _diagnostic_features_metadata() -> str:
         "question": value,
         "answer": value,
         "target_index": {"dtype": "int32", "_type": "Value"},
+        "last_action": value,
     }
     return json.dumps({"info": {"features": features}})
 
@@ -104,6 +107,7 @@ DIAGNOSTIC_SET = _schema(
         ("question", pa.string()),  # what the user asks about the new image
         ("answer", pa.string()),  # LSD: place; LAR: action; ITR: keyword
         ("target_index", pa.int32()),  # index of the context entry the answer comes from (-1 unknown)
+        ("last_action", pa.string()),  # LAR: the user's words about the action (the judge's reference); else null
     ],
     ["sample_id", "task", "images_context", "dialogues_context", "query_image", "question", "answer"],
     metadata=(("huggingface", _diagnostic_features_metadata()),),

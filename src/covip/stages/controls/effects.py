@@ -21,6 +21,7 @@ def control_effects(
     seed: int = 0,
     confidence: float = 0.95,
     policy_identities: Mapping[str, str] | None = None,
+    failed_calls: str = "as_d",
 ) -> list[dict]:
     """Rows of schemas.CONTROL_EFFECTS from CapEval-QA answers and diagnostic responses per condition.
 
@@ -29,7 +30,8 @@ def control_effects(
     condition, over the samples present in both, and its interval comes from a PAIRED cluster
     bootstrap: one set of sample draws serves both conditions (`paired_difference_interval`), so the
     interval is about the change, not about which samples were drawn. Intact rows carry drop 0 and
-    no interval.
+    no interval. `failed_calls` is `capeval.failed_calls` ('drop_sample': a sample with a failed judge
+    call counts no question, as in the CapEval-QA summary).
     """
     if INTACT not in capeval_answers:
         raise ControlError("control effects need the 'intact' CapEval-QA answers to measure drops against")
@@ -42,7 +44,9 @@ def control_effects(
         draws = bootstrap_draws(rng_for(seed, "controls-bootstrap", *keys), len(base_c), n_bootstrap)
         return paired_difference_interval(base_c, base_t, c, t, draws, confidence)
 
-    tallies = {condition: capeval_sample_tallies(answers) for condition, answers in capeval_answers.items()}
+    drop = failed_calls == "drop_sample"
+    tallies = {condition: capeval_sample_tallies(answers, drop_failed_samples=drop)
+               for condition, answers in capeval_answers.items()}
     meta = {}
     for condition, answers in capeval_answers.items():
         for row in answers:

@@ -1,9 +1,12 @@
 """A policy's responses to a diagnostic set: asked directly, or after its own caption (CAG).
 
-`direct`: one user turn with, per context entry, a header, the image and the dialogue, then a header,
-the query image and the question (sampled like the authors' CAG answers). `cag`: caption every item
-first (greedy), then ask with the caption as the assistant's previous turn. The request layouts live
-in `covip.protocol.requests`. A failed call is a row with status 'failed' and the error.
+As the authors' downstream scripts: `direct` is one user turn with, per context entry, a header, the
+image and the dialogue, then a header, the query image and the question, with the personalization
+instruction as a system message for LAR and ITR (none for LSD). `cag` captions every item first
+(greedy, the caption instruction last in the user turn), then asks with a system message (the caption
+instruction for LSD, the personalization instruction for LAR and ITR), the context and query, the
+caption as the assistant's turn and the question. The request layouts live in
+`covip.protocol.requests`. A failed call is a row with status 'failed' and the error.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from covip.protocol.requests import (
     build_caption_request,
     build_direct_request,
     diagnostic_as_split_row,
-    target_index,
+    diagnostic_system,
+    diagnostic_truth,
 )
 from covip.stages.diagnostics.scoring import score_diagnostics
 from covip.stages.diagnostics.settings import MODES, SCORER, DiagnosticError, DiagnosticSettings
@@ -82,9 +86,9 @@ def answer_diagnostics(
                 continue
             captions[k] = response.text
             answer_requests.append(build_cag_request(
-                request, response.text, item["question"], sampling=dict(settings.answer_sampling),
-                seed=_answer_seed(seed, item, "cag"), prompts=prompts,
-                task_extra={"diagnostic_task": item["task"], "target_index": target_index(item)},
+                request, response.text, item["question"], system=diagnostic_system(item["task"], "cag", prompts),
+                sampling=dict(settings.answer_sampling), seed=_answer_seed(seed, item, "cag"), prompts=prompts,
+                task_extra={"diagnostic_task": item["task"], **diagnostic_truth(item)},
             ))
             pending.append(k)
         answered = model.complete_many(answer_requests, desc=f"{policy_name} diagnostics CAG answers",
@@ -140,7 +144,7 @@ def diagnose_policy(sets: Mapping[str, Sequence[Mapping]], modes: Sequence[str],
         for mode in modes:
             rows = answer_diagnostics(items, policy_name, model, prompts, settings, seed, mode, progress_file=progress_file)
             rows = score_diagnostics(rows, items, judge=judge if task == "lar" else None, prompts=prompts,
-                                     progress_file=progress_file)
+                                     progress_file=progress_file, settings=settings)
             result.rows[(task, mode)] = rows
             result.failures[(task, mode)] = response_failures(rows)
     return result

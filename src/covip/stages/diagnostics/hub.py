@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from covip.core.io import BadImageError, decode_image
 from covip.prompts import PromptBook
-from covip.stages.diagnostics.settings import HUB_COLUMNS, QUESTIONS_PROMPT, TASKS, DiagnosticError
+from covip.stages.diagnostics.settings import BOX_MARKER, HUB_COLUMNS, QUESTIONS_PROMPT, TASKS, DiagnosticError
 
 
 def _image_cell(value, where: str, base: Path) -> dict:
@@ -33,12 +33,14 @@ def _image_cell(value, where: str, base: Path) -> dict:
     return {"bytes": bytes(data), "path": path}
 
 
-def load_diagnostic_set(path, task: str, prompts: PromptBook | None = None) -> list[dict]:
+def load_diagnostic_set(path, task: str, prompts: PromptBook | None = None, lsd_box: str = "latex") -> list[dict]:
     """Read a diagnostic set in the hub layout (images_context, dialogues_context, query_image, answer).
 
     Other columns are optional: a missing `sample_id` becomes '<task><row>', a missing `question` the
-    task's question from the prompt file, a missing `target_index` -1. A `task` column must agree with
-    `task`. Returns rows of schemas.DIAGNOSTIC_SET; bad cells raise naming file, row and field.
+    task's question from the prompt file (LSD's asking for the box `lsd_box` names), a missing
+    `target_index` -1, a missing `last_action` (the LAR set's reference for the judge) null. A `task`
+    column must agree with `task`. Returns rows of schemas.DIAGNOSTIC_SET; bad cells raise naming file,
+    row and field.
     """
     if task not in TASKS:
         raise DiagnosticError(f"diagnostics: unknown task {task!r}; choose from {list(TASKS)}")
@@ -72,7 +74,7 @@ def load_diagnostic_set(path, task: str, prompts: PromptBook | None = None) -> l
         question = raw.get("question")
         if not question:
             if default_question is None:
-                default_question = (prompts or PromptBook()).render_section(QUESTIONS_PROMPT, task)
+                default_question = (prompts or PromptBook()).render_section(QUESTIONS_PROMPT, task, box=BOX_MARKER[lsd_box])
             question = default_question
         target = raw.get("target_index")
         target = -1 if target is None else int(target)
@@ -87,6 +89,7 @@ def load_diagnostic_set(path, task: str, prompts: PromptBook | None = None) -> l
             "question": str(question),
             "answer": str(answer).strip(),
             "target_index": target,
+            "last_action": str(raw["last_action"]).strip() if raw.get("last_action") else None,
         })
     ids = [row["sample_id"] for row in rows]
     if len(set(ids)) != len(ids):

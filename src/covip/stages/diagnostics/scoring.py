@@ -1,6 +1,8 @@
-"""Per-row scores of diagnostic responses: LSD by token-set F1 of the boxed place, ITR by keyword
-presence, LAR by a judge's verdict. A row without a score (failed response, failed or unreadable
-judging) keeps score None and says why; it is never a silent 0."""
+"""Per-row scores of diagnostic responses, as the authors score them (docs/protocol.md): LSD by token-set
+F1 of the boxed place, ITR by keyword presence, LAR by a judge's verdict against the set's
+`last_action` (else its answer). A failed response or a failed judge call leaves the row unscored
+(score None, the reason in `error`), never a silent 0; an unreadable verdict scores 0, as the authors
+count it, and says so in `error`."""
 
 from __future__ import annotations
 
@@ -9,11 +11,10 @@ from collections.abc import Mapping, Sequence
 from covip.clients.base import ChatResponse
 from covip.clients.cached import CachedChatModel
 from covip.clients.spec import is_stand_in
-from covip.core.metrics import keyword_present, token_set_f1
-from covip.core.text import extract_boxed
+from covip.core.metrics import keyword_found, lsd_prediction, lsd_score
 from covip.prompts import PromptBook
-from covip.protocol.judging import build_lar_judge_request, lar_judge_seed, parse_lar_verdict
-from covip.stages.diagnostics.settings import SCORER, DiagnosticError
+from covip.protocol.judging import build_lar_judge_request, lar_judge_seed, read_lar_verdict
+from covip.stages.diagnostics.settings import SCORER, DiagnosticError, DiagnosticSettings
 
 
 def _failure(response: ChatResponse, what: str) -> str:
@@ -26,14 +27,17 @@ def score_diagnostics(
     judge: CachedChatModel | None = None,
     prompts: PromptBook | None = None,
     progress_file=None,
+    settings: DiagnosticSettings | None = None,
 ) -> list[dict]:
     """Fill `score`, `extracted` and `scorer` of every response row (new dicts, input order).
 
-    LSD: token-set F1 of the last boxed answer (no box: 0). ITR: 1/0 keyword presence. LAR: the judge's
-    verdict (1 correct / 0 wrong); an unparseable verdict or a failed judge call leaves score None and
-    says why in `error`. A failed response keeps score None. A LAR row's `stand_in` is also set when
-    the judge is a stand-in, since its score then comes from one.
+    LSD: F1 of the boxed place (`settings.lsd_box`, `settings.lsd_tokens`; no box: 0). ITR: 1/0 keyword
+    presence (`settings.itr_match`). LAR: the judge's verdict (`settings.lar_verdict`; 1 correct, 0
+    wrong or unreadable); a failed judge call leaves score None and says why in `error`. A failed
+    response keeps score None. A LAR row's `stand_in` is also set when the judge is a stand-in, since
+    its score then comes from one.
     """
+    settings = settings or DiagnosticSettings()
     by_key = {(item["task"], item["sample_id"]): item for item in items}
     rows = [dict(row) for row in response_rows]
     lar_pending: list[int] = []
@@ -46,10 +50,10 @@ def score_diagnostics(
             row["score"], row["extracted"] = None, None
             continue
         if row["task"] == "lsd":
-            row["extracted"] = extract_boxed(row["response"])
-            row["score"] = token_set_f1(row["extracted"], item["answer"])
+            row["extracted"] = lsd_prediction(row["response"], settings.lsd_box) or None
+            row["score"] = lsd_score(row["extracted"], item["answer"], settings.lsd_tokens)
         elif row["task"] == "itr":
-            found = keyword_present(row["response"], item["answer"])
+            found = keyword_found(row["response"], item["answer"], settings.itr_match)
             row["extracted"] = item["answer"] if found else None
             row["score"] = float(found)
         else:
@@ -66,7 +70,8 @@ def score_diagnostics(
         row = rows[index]
         item = by_key[(row["task"], row["sample_id"])]
         seed = lar_judge_seed(row["policy"], row["mode"], row["sample_id"])
-        requests.append(build_lar_judge_request(item["question"], item["answer"], row["response"], prompts, seed=seed))
+        reference = item.get("last_action") or item["answer"]  # the authors judge against last_action
+        requests.append(build_lar_judge_request(item["question"], reference, row["response"], prompts, seed=seed))
     for index, verdict in zip(lar_pending, judge.complete_many(requests, desc="LAR judge", progress_file=progress_file)):
         row = rows[index]
         row["scorer"] = identity
@@ -75,10 +80,10 @@ def score_diagnostics(
             row["score"], row["extracted"] = None, None
             row["error"] = _failure(verdict, "judge failed")
             continue
-        parsed = parse_lar_verdict(verdict.text)
-        if parsed is None:
-            row["score"], row["extracted"] = None, None
-            row["error"] = f"judge answer unparseable: {verdict.text[:200]!r}"
+        parsed = read_lar_verdict(verdict.text, settings.lar_verdict)
+        if parsed is None:  # counted as wrong, as the authors count it, and said
+            row["score"], row["extracted"] = 0.0, None
+            row["error"] = f"judge verdict unreadable, scored wrong: {verdict.text[:200]!r}"
         else:
             row["score"] = float(parsed)
             row["extracted"] = "correct" if parsed else "wrong"

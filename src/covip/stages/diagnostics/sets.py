@@ -18,7 +18,7 @@ from covip.content.scenes import SceneComposer
 from covip.core.seeding import derive_seed, pyrandom_for
 from covip.core.text import ARTICLES, words
 from covip.prompts import PromptBook
-from covip.stages.diagnostics.settings import QUESTIONS_PROMPT, TASKS, DiagnosticError, DiagnosticSettings
+from covip.stages.diagnostics.settings import BOX_MARKER, QUESTIONS_PROMPT, TASKS, DiagnosticError, DiagnosticSettings
 
 DATE_STYLES = ("iso", "long")
 
@@ -121,8 +121,9 @@ def _dialogue(rng, lines: DialogueLines, name: str, place: str, date: str, extra
     return "\n".join(turns)
 
 
-def _question(prompts: PromptBook, task: str) -> str:
-    return prompts.render_section(QUESTIONS_PROMPT, task)
+def task_question(prompts: PromptBook, task: str, lsd_box: str) -> str:
+    """The question of `task` (prompt `diagnostic_questions`); LSD's asks for the box `lsd_box` names."""
+    return prompts.render_section(QUESTIONS_PROMPT, task, box=BOX_MARKER[lsd_box])
 
 
 def build_diagnostic_set(
@@ -141,7 +142,7 @@ def build_diagnostic_set(
     if task not in TASKS:
         raise DiagnosticError(f"diagnostics: unknown task {task!r}; choose from {list(TASKS)}")
     prompts = prompts or PromptBook()
-    question = _question(prompts, task)
+    question = task_question(prompts, task, settings.lsd_box)
     pool = _people_pool(concepts_rows, settings)
     composer = SceneComposer({"defect_rate": 0.0, "image_size": settings.image_size}, where="diagnostic scenes")
     lines = DialogueLines.load(content_path)
@@ -199,11 +200,15 @@ def _build_item(task, sample_id, pool, settings, seed, question, composer, lines
     order = list(range(n))
     rng.shuffle(order)
     images, dialogues = [], []
+    last_action = None  # LAR: the user's own words about the action, the authors' judge reference
     for position, k in enumerate(order):
         entry = entries[k]
         concept = entry["concept"]
         date = _format_date(entry["date"], rng.choice(DATE_STYLES))
-        dialogues.append(_dialogue(rng, lines, name_of[concept["concept_id"]], entry["place"], date, entry["extra"]))
+        name = name_of[concept["concept_id"]]
+        dialogues.append(_dialogue(rng, lines, name, entry["place"], date, entry["extra"]))
+        if task == "lar" and entry is latest:
+            last_action = entry["extra"][0].format(name=name, place=entry["place"], date=date)
         images.append(_composite(composer, concept, derive_seed(seed, "diagnostics-context", task, sample_id, position), settings))
     query = _composite(composer, target, derive_seed(seed, "diagnostics-query", task, sample_id), settings)
     return {
@@ -215,6 +220,7 @@ def _build_item(task, sample_id, pool, settings, seed, question, composer, lines
         "question": question,
         "answer": answer,
         "target_index": order.index(mentions - 1),
+        "last_action": last_action,
     }
 
 
