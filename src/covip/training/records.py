@@ -10,9 +10,10 @@ and swap the final instruction; `vision` shows one context concept's photo and t
 task types and their truth:
 
 - caption      {"sample_id", "positive_indices", "questions"} (questions per context concept, A-D)
-- multi_vision {"indices"}: the 1-based memory numbers of the concepts in the query image
+- multi_vision {"indices"}: the context indices (from 0, as the authors number concepts) of the
+               concepts in the query image
+- joint        caption truth plus "indices": the 1-based memory numbers its prompt shows
 - vision       {"present"}: whether the named concept (image 1) is in the query (image 2)
-- joint        caption truth plus "indices" (the paper's r_vis + r_caps)
 
 Which task a sample gets is drawn per sample from the run seed, in the configured proportions.
 """
@@ -94,7 +95,9 @@ def build_record(row: Mapping, task: str, prompts: PromptBook, *, seed: int, whe
         # Same context and query layout as the caption prompt; only the final instruction differs.
         parts = message.parts[:-1] + (TextPart(sections[task].substitute().strip()),)
         request = ChatRequest((Message("user", parts),))
-        truth: dict = {"indices": [i + 1 for i in positives]}
+        # multi_vision counts from 0, as the authors' task and its instruction do; joint asks for the
+        # memory numbers the caption layout shows (1-based).
+        truth: dict = {"indices": list(positives) if task == "multi_vision" else [i + 1 for i in positives]}
         if task == "joint":
             truth.update(sample_id=sample_id, positive_indices=positives, questions=_questions(row, here))
         return _record(request, task, truth, sample_id)
