@@ -88,6 +88,7 @@ def _diagnostic_features_metadata() -> str:
         "question": value,
         "answer": value,
         "target_index": {"dtype": "int32", "_type": "Value"},
+        "last_action": value,
     }
     return json.dumps({"info": {"features": features}})
 
@@ -104,6 +105,7 @@ DIAGNOSTIC_SET = _schema(
         ("question", pa.string()),  # what the user asks about the new image
         ("answer", pa.string()),  # LSD: place; LAR: action; ITR: keyword
         ("target_index", pa.int32()),  # index of the context entry the answer comes from (-1 unknown)
+        ("last_action", pa.string()),  # LAR: the action the judge compares the response with (hub column); else null
     ],
     ["sample_id", "task", "images_context", "dialogues_context", "query_image", "question", "answer"],
     metadata=(("huggingface", _diagnostic_features_metadata()),),

@@ -215,6 +215,7 @@ def _build_item(task, sample_id, pool, settings, seed, question, composer, lines
         "question": question,
         "answer": answer,
         "target_index": order.index(mentions - 1),
+        "last_action": answer if task == "lar" else None,  # the hub's LAR column; here the action is the answer
     }
 
 
