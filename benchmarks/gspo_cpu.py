@@ -53,9 +53,9 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base = str(build_tiny_vlm(Path(tmp) / "tiny", architecture=args.architecture, seed=0))
-        for preset in ("paper-code", "default"):
+        for preset in ("authors", "clip-active"):
             settings = TrainingSettings(base_model=base, preset=preset, max_steps=args.steps, num_generations=4,
-                                        prompts_per_device=2, max_completion_length=8, learning_rate=3e-2, lora_r=8,
+                                        per_device_train_batch_size=8, max_completion_length=8, learning_rate=3e-2, lora_r=8,
                                         lora_alpha=16, lora_dropout=0.0, modules_to_save=["lm_head"],
                                         gradient_checkpointing=False, save_steps=10_000)
             logs = Logs()

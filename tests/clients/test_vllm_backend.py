@@ -134,6 +134,11 @@ class FakeLLM:
         return outputs
 
 
+class FakeLoRARequest:
+    def __init__(self, lora_name, lora_int_id, lora_path):
+        self.lora_name, self.lora_int_id, self.lora_path = lora_name, lora_int_id, lora_path
+
+
 @pytest.fixture
 def fake_vllm(monkeypatch):
     FakeLLM.instances = []
@@ -141,8 +146,13 @@ def fake_vllm(monkeypatch):
     sampling_module.StructuredOutputsParams = FakeStructuredOutputsParams
     module = types.ModuleType("vllm")
     module.LLM, module.SamplingParams, module.sampling_params = FakeLLM, FakeSamplingParams, sampling_module
+    lora_module, request_module = types.ModuleType("vllm.lora"), types.ModuleType("vllm.lora.request")
+    request_module.LoRARequest = FakeLoRARequest
+    lora_module.request = request_module
     monkeypatch.setitem(sys.modules, "vllm", module)
     monkeypatch.setitem(sys.modules, "vllm.sampling_params", sampling_module)
+    monkeypatch.setitem(sys.modules, "vllm.lora", lora_module)
+    monkeypatch.setitem(sys.modules, "vllm.lora.request", request_module)
     return module
 
 
@@ -246,3 +256,43 @@ def test_missing_vllm_names_the_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(BackendUnavailableError, match="needs the package vllm"):
         VLLMChatModel(_spec())
+
+
+# -- a LoRA adapter on the base model ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tmp_path_factory):
+    """A real peft LoRA adapter (rank 4, lm_head included, as the authors target it) on the tiny VLM."""
+    from support.adapters import build_tiny_adapter
+
+    return build_tiny_adapter(tmp_path_factory.mktemp("vllm_adapter"))
+
+
+def test_an_adapter_reaches_every_generate_call_as_a_lora_request(fake_vllm, tiny_adapter):
+    backend = VLLMChatModel(_spec(model=str(tiny_adapter["base"]), options={"adapter": str(tiny_adapter["adapter"])}))
+    llm = FakeLLM.instances[-1]
+    assert llm.model == str(tiny_adapter["base"])  # the engine holds the base; the adapter rides on each call
+    assert (llm.kwargs["enable_lora"], llm.kwargs["max_lora_rank"], llm.kwargs["max_loras"]) == (True, 8, 1)  # r=4 -> 8
+    requests = [ChatRequest((Message.user(f"q{i}"),), seed=i) for i in range(3)]
+    backend.complete_batch(requests)
+    backend.complete(requests[0])
+    assert len(llm.calls) == 2
+    for call in llm.calls:
+        lora = call["lora_request"]
+        assert isinstance(lora, FakeLoRARequest)
+        assert (lora.lora_name, lora.lora_int_id, lora.lora_path) == ("policy-adapter", 1, str(tiny_adapter["adapter"]))
+    assert backend.identity == f"policy:vllm:{tiny_adapter['base']}+lora:{tiny_adapter['adapter']}"
+    # Without an adapter, no LoRA anywhere.
+    VLLMChatModel(_spec()).complete(requests[0])
+    assert "enable_lora" not in FakeLLM.instances[-1].kwargs and "lora_request" not in FakeLLM.instances[-1].calls[0]
+    VLLMChatModel(_spec(options={"adapter": str(tiny_adapter["adapter"]), "max_lora_rank": 64}))
+    assert FakeLLM.instances[-1].kwargs["max_lora_rank"] == 64
+
+
+def test_adapters_vllm_cannot_serve_fail_when_built(fake_vllm, tiny_adapter, tmp_path):
+    with pytest.raises(BackendUnavailableError, match="neither a local folder nor a hub id in the local cache"):
+        VLLMChatModel(_spec(options={"adapter": "org/not-downloaded-adapter"}))
+    with pytest.raises(BackendUnavailableError, match="not a peft LoRA adapter"):
+        VLLMChatModel(_spec(options={"adapter": str(tmp_path)}))
+    with pytest.raises(BackendUnavailableError, match=r"trains \['lm_head'\] in full \(modules_to_save\)"):
+        VLLMChatModel(_spec(options={"adapter": str(tiny_adapter["adapter_modules_to_save"])}))

@@ -130,7 +130,7 @@ def test_lar_jobs_call_the_diagnostic_judge_too(default_config):
 
 def test_training_job_config_holds_only_its_run_and_roles(default_config):
     config = copy.deepcopy(default_config)
-    config["training"]["runs"]["other"] = {"base_model": "somewhere"}
+    config["training"]["runs"]["other"] = {"base_model": "somewhere", "per_device_train_batch_size": 4}  # 4 rollouts a step on 1 device
     prep = prepare(config, ROOT)
     job = yaml.safe_load(prep.training_job_config("tiny_vlm_gspo"))
     assert list(job["training"]["runs"]) == ["tiny_vlm_gspo"]
@@ -150,3 +150,64 @@ def test_sharded_layout_and_control_keys(default_config):
     assert prep.diagnostic_conditions == ["intact"]  # controls.diagnostics is off in the default
     assert prep.condition_input("intact", "lar") == "results/diagnostics/sets/lar.parquet"
     assert prep.condition_input("text_only", "test") == "results/controls/text_only/test.parquet"
+
+
+def test_the_test_source_switch_moves_every_test_reader(default_config, tmp_path):
+    built = prepared(default_config)
+    assert built.test_source == "built" and built.condition_input("intact", "test").endswith("results/splits/test.parquet")
+    with pytest.raises(ConfigError, match=r"released_test.meta, released_test.qas_gt, released_test.image_root is not set"):
+        prepared(default_config, evaluation__test_source="released")
+    paths = {"meta": str(tmp_path / "meta.jsonl"), "qas_gt": str(tmp_path / "QAS_GT_test.json"), "image_root": str(tmp_path)}
+    config = copy.deepcopy(default_config)
+    config["evaluation"]["test_source"] = "released"
+    config["released_test"] = paths
+    prep = prepare(config, ROOT)
+    released = "results/released_test/test.parquet"
+    # Captioning and CapEval-QA read it under intact; every control rewrites it (apply_control's source).
+    assert prep.condition_input("intact", "test") == released
+    assert prep.condition_input("text_only", "test") == "results/controls/text_only/test.parquet"
+    assert prep.released_test_inputs() == {"meta": paths["meta"], "qas_gt": paths["qas_gt"]}
+    assert prep.released_test_image_root() == paths["image_root"]
+    assert prep.condition_input("intact", "lsd") == "results/diagnostics/sets/lsd.parquet"  # diagnostics unchanged
+
+
+def test_backend_options_are_checked_at_parse_time(default_config, tmp_path):
+    config = copy.deepcopy(default_config)
+    config["models"]["tiny_vlm"]["options"] = {"batch_size": 8, "limit_images": 8}
+    with pytest.raises(ConfigError, match=r"models.tiny_vlm.options: unknown key\(s\) \['limit_images'\] for backend "
+                                          r"'transformers'; known: .*'adapter'"):
+        prepare(config, ROOT)
+    not_an_adapter = tmp_path / "merged"
+    not_an_adapter.mkdir()
+    config["models"]["tiny_vlm"]["options"] = {"adapter": str(not_an_adapter)}
+    with pytest.raises(ConfigError, match="models.tiny_vlm.options.adapter: .* has no adapter_config.json"):
+        prepare(config, ROOT)
+    (not_an_adapter / "adapter_config.json").write_text("{}")
+    prepare(config, ROOT)  # a folder with an adapter config, or a hub id, is accepted
+    config["models"]["tiny_vlm"]["options"] = {"adapter": "org/some-adapter"}
+    prepare(config, ROOT)
+
+
+def test_the_paper_config_parses(tmp_path):
+    from snakemake.utils import validate
+
+    config = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    validate(config, str(ROOT / "config" / "schemas" / "config.schema.yaml"))
+    prep = prepare(config, ROOT)
+    assert prep.spec("covip_authors").model == "Yeongtak/CoViP-Qwen3-VL-8B-GSPO"
+    assert "covip_authors" in config["evaluation"]["policies"]
+    assert config["negatives"]["per_positive"] == 2
+
+
+def test_an_adapter_vllm_cannot_serve_fails_at_parse_time(default_config, tmp_path):
+    import json
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8, "modules_to_save": ["lm_head"]}))
+    config = copy.deepcopy(default_config)
+    config["models"]["served"] = {"backend": "vllm", "model": "base", "options": {"adapter": str(adapter)}}
+    with pytest.raises(ConfigError, match=r"models.served.options.adapter: .* trains \['lm_head'\] in full"):
+        prepare(config, ROOT)
+    config["models"]["served"]["backend"] = "transformers"  # peft applies modules_to_save too
+    prepare(config, ROOT)

@@ -77,7 +77,10 @@ def test_keyword_present(text, keyword, expected):
         (r"\boxed{2,4}", {2, 4}),
         (r"\boxed{[]}", set()),  # an explicit empty list is a readable answer
         (r"\boxed{[ ]}", set()),
-        (r"first \boxed{[1]} then \boxed{[2, 3]}", {2, 3}),  # the last box counts
+        (r"first \boxed{[1]} then \boxed{[2, 3]}", {1}),  # the FIRST box counts (the authors' reward)
+        (r"\boxed{[x]} then \boxed{[2, 3]}", None),  # an unreadable first box is not rescued by a later one
+        (r"\boxed{0}", {0}),  # index 0 is the first concept
+        (r"Answer: \boxed{[0, 2]}", {0, 2}),
         (r"\boxed{[-1, +2]}", {-1, 2}),
         (r"\boxed{}", None),  # empty box: unreadable
         (r"\boxed{[1, x]}", None),  # malformed list
@@ -120,6 +123,8 @@ def test_set_f1(predicted, truth, expected):
         (None, [], 0.0),
         (r"\boxed{[]}", [], 1.0),
         (r"\boxed{[3]}", [1, 2], 0.0),
+        (r"\boxed{[0]} and later \boxed{[0, 1]}", [0, 1], 2 / 3),  # first box only
+        (r"\boxed{[0, 2]}", [0, 2], 1.0),
     ],
 )
 def test_boxed_index_f1(completion, truth, expected):

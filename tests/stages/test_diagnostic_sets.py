@@ -322,3 +322,95 @@ def test_load_hub_format_reads_last_action(sets, tmp_path, prompts):
     assert [r["last_action"] for r in rows] == [items[0]["last_action"], None]
     lsd = load_diagnostic_set(path, "lsd", prompts, lsd_box="slashes")
     assert lsd[0]["question"].endswith("//boxed{your_answer}.")
+
+
+# ----- the hub's diagnostic sets as `datasets` writes them: Parquet, hub folders, save_to_disk, last_action
+
+
+def _hub_dataset(items, with_last_action: bool):
+    """A `datasets.Dataset` with the hub's columns and Image features (what `load_dataset('Yeongtak/lar')`
+    holds), built from our generated items."""
+    datasets = pytest.importorskip("datasets")
+    features = {
+        "images_context": datasets.List(datasets.Image()),
+        "dialogues_context": datasets.List(datasets.Value("string")),
+        "query_image": datasets.Image(),
+        "answer": datasets.Value("string"),
+    }
+    data = {
+        "images_context": [[{"bytes": im["bytes"], "path": None} for im in item["images_context"]] for item in items],
+        "dialogues_context": [item["dialogues_context"] for item in items],
+        "query_image": [{"bytes": item["query_image"]["bytes"], "path": None} for item in items],
+        "answer": [f"the place of item {i}" for i in range(len(items))],
+    }
+    if with_last_action:
+        features["last_action"] = datasets.Value("string")
+        data["last_action"] = [item["answer"] for item in items]
+    return datasets.Dataset.from_dict(data, features=datasets.Features(features))
+
+
+@pytest.mark.parametrize("layout", ["parquet_file", "hub_folder", "save_to_disk", "dataset_dict"])
+def test_hub_layouts_load_whole_with_last_action(sets, tmp_path, layout):
+    datasets = pytest.importorskip("datasets")
+    items = sets["lar"]
+    dataset = _hub_dataset(items, with_last_action=True)
+    if layout == "parquet_file":
+        source = tmp_path / "lar.parquet"
+        dataset.to_parquet(str(source))
+    elif layout == "hub_folder":  # a hub repository snapshot: data/train-0000k-of-0000n.parquet
+        source = tmp_path / "lar_repo"
+        (source / "data").mkdir(parents=True)
+        half = len(dataset) // 2
+        dataset.select(range(half)).to_parquet(str(source / "data" / "train-00000-of-00002.parquet"))
+        dataset.select(range(half, len(dataset))).to_parquet(str(source / "data" / "train-00001-of-00002.parquet"))
+        (source / "README.md").write_text("---\nlicense: cc\n---\n")
+    elif layout == "save_to_disk":  # what the authors' scripts read with load_from_disk
+        source = tmp_path / "lar_disk"
+        dataset.save_to_disk(str(source), max_shard_size="2KB")  # several Arrow shards
+        assert len(list(source.glob("*.arrow"))) > 1
+    else:
+        source = tmp_path / "lar_dict"
+        datasets.DatasetDict({"train": dataset}).save_to_disk(str(source))
+    rows = load_diagnostic_set(source, "lar")
+    assert len(rows) == len(items)  # every row, in order: no items_per_task cap on a sourced set
+    assert [r["last_action"] for r in rows] == [item["answer"] for item in items]
+    assert [r["answer"] for r in rows] == [f"the place of item {i}" for i in range(len(items))]
+    for row, item in zip(rows, items):
+        assert [c["bytes"] for c in row["images_context"]] == [c["bytes"] for c in item["images_context"]]
+        assert row["query_image"]["bytes"] == item["query_image"]["bytes"]
+    table = to_table(rows, schemas.DIAGNOSTIC_SET, "loaded")
+    assert table.column("last_action").to_pylist() == [item["answer"] for item in items]
+
+
+def test_sets_without_last_action_and_the_generated_lar_set(sets, tmp_path):
+    path = tmp_path / "lsd.parquet"
+    _hub_dataset(sets["lsd"], with_last_action=False).to_parquet(str(path))
+    assert {r["last_action"] for r in load_diagnostic_set(path, "lsd")} == {None}
+    assert all(item["answer"] in item["last_action"] for item in sets["lar"])  # generated LAR: the user's words
+    assert {item["last_action"] for item in sets["lsd"] + sets["itr"]} == {None}
+
+
+def test_hub_layout_errors_name_the_path(sets, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    dataset = _hub_dataset(sets["lsd"][:2], with_last_action=False)
+    two = tmp_path / "two_splits"
+    datasets.DatasetDict({"train": dataset, "test": dataset}).save_to_disk(str(two))
+    with pytest.raises(DiagnosticError, match=r"splits \['train', 'test'\]; point at one"):
+        load_diagnostic_set(two, "lsd")
+    assert len(load_diagnostic_set(two / "test", "lsd")) == 2
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    dataset.to_parquet(str(mixed / "train-00000-of-00001.parquet"))
+    dataset.to_parquet(str(mixed / "test-00000-of-00001.parquet"))
+    with pytest.raises(DiagnosticError, match=r"several splits \['test', 'train'\]"):
+        load_diagnostic_set(mixed, "lsd")
+    with pytest.raises(DiagnosticError, match="no such file or folder"):
+        load_diagnostic_set(tmp_path / "nowhere", "lsd")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DiagnosticError, match="no Parquet files and no datasets state.json"):
+        load_diagnostic_set(tmp_path / "empty", "lsd")
+    bad = tmp_path / "bad.parquet"
+    png = sets["lar"][0]["query_image"]["bytes"]
+    pq.write_table(_hub_table([[png]], [["d"]], [png], ["a"], extra={"last_action": pa.array([3])}), bad)
+    with pytest.raises(DiagnosticError, match="field 'last_action': expected text"):
+        load_diagnostic_set(bad, "lar")

@@ -121,6 +121,11 @@ def settings(**overrides) -> NegativeSettings:
     return NegativeSettings(**{"exclude_same_name": False, **overrides})
 
 
+def ranged(**overrides) -> NegativeSettings:
+    """The count drawn in [min_negatives, max_negatives] per sample (per_positive: null)."""
+    return settings(**{"per_positive": None, **overrides})
+
+
 def test_embeddings_fit_schema_and_are_unit(tmp_path, shape_pool, shape_embeddings, embedder):
     rows, _ = shape_pool
     write_artifact(shape_embeddings, tmp_path / "emb.parquet", schemas.CONCEPT_EMBEDDINGS)
@@ -155,7 +160,7 @@ def test_embed_concepts_names_the_bad_row(shape_pool, embedder):
 def test_context_invariants(shape_pool, shape_embeddings):
     concepts, _ = shape_pool
     queries, decisions = make_queries([c["concept_id"] for c in concepts], 160)
-    s = settings(min_negatives=2, max_negatives=4, candidate_pool=8)
+    s = ranged(min_negatives=2, max_negatives=4, candidate_pool=8)
     contexts = build_contexts(queries, decisions, shape_embeddings, s, SEED)
 
     kept = [d["sample_id"] for d in decisions if d["kept"]]
@@ -184,18 +189,36 @@ def test_context_invariants(shape_pool, shape_embeddings):
     assert positives_first < 0.5 * len(contexts)
 
 
+@pytest.mark.parametrize("per_positive", [2, 1, 3])
+def test_negatives_per_positive_match_the_released_ratio(shape_pool, shape_embeddings, per_positive):
+    """The default: 2 negatives per positive, so 1, 2, 3 (4) positives give 3, 6, 9 (12) context concepts."""
+    concepts, _ = shape_pool
+    queries, decisions = make_queries([c["concept_id"] for c in concepts], 120)
+    assert NegativeSettings().per_positive == 2
+    contexts = build_contexts(queries, decisions, shape_embeddings, settings(per_positive=per_positive), SEED)
+    by_sample = {q["sample_id"]: q for q in queries}
+    sizes = {}
+    for context in contexts:
+        positives = len(by_sample[context["sample_id"]]["positive_concept_ids"])
+        assert len(context["negative_concept_ids"]) == per_positive * positives
+        sizes.setdefault(positives, set()).add(len(context["context_concept_ids"]))
+    assert sizes == {n: {(per_positive + 1) * n} for n in (1, 2, 3, 4)}
+
+
 def test_negatives_come_from_the_most_similar_candidates(shape_pool, shape_embeddings):
     concepts, _ = shape_pool
     queries, decisions = make_queries([c["concept_id"] for c in concepts], 40)
     matrix = {r["concept_id"]: np.array(r["embedding"]) for r in shape_embeddings}
-    contexts = build_contexts(queries, decisions, shape_embeddings, settings(candidate_pool=6), SEED)
     by_sample = {q["sample_id"]: q for q in queries}
-    for context in contexts:
-        positives = by_sample[context["sample_id"]]["positive_concept_ids"]
-        scores = sorted(
-            (max(float(v @ matrix[p]) for p in positives) for c, v in matrix.items() if c not in positives), reverse=True
-        )
-        assert min(context["negative_similarity"]) >= scores[5] - 1e-6
+    for s in (ranged(candidate_pool=6), settings(candidate_pool=6)):
+        for context in build_contexts(queries, decisions, shape_embeddings, s, SEED):
+            positives = by_sample[context["sample_id"]]["positive_concept_ids"]
+            scores = sorted(
+                (max(float(v @ matrix[p]) for p in positives) for c, v in matrix.items() if c not in positives), reverse=True
+            )
+            # From the 6 most similar, or from as many as the sample needs (2 per positive) when that is more.
+            pool = max(6, len(context["negative_concept_ids"]))
+            assert min(context["negative_similarity"]) >= scores[pool - 1] - 1e-6
 
 
 def test_reproducible_and_independent_of_other_samples(shape_pool, shape_embeddings):
@@ -283,7 +306,7 @@ def test_photo_crops_retrieve_crops_of_the_same_photo(embedder):
     queries, decisions = make_queries(ids, 80, seed=9, drop_every=1000)
     for query in queries:  # one positive each, so 'same photo' has a single meaning
         query["positive_concept_ids"], query["num_positives"] = query["positive_concept_ids"][:1], 1
-    contexts = build_contexts(queries, decisions, embeddings, settings(min_negatives=3, max_negatives=3, candidate_pool=3), SEED)
+    contexts = build_contexts(queries, decisions, embeddings, ranged(min_negatives=3, max_negatives=3, candidate_pool=3), SEED)
     rate, base = _share_rate(contexts, {q["sample_id"]: q for q in queries}, source_of, ids)
     assert base < 0.15
     assert rate > 0.8, rate
@@ -324,6 +347,8 @@ def test_bad_inputs_fail_clearly(shape_pool, shape_embeddings):
     for query in queries:  # two positives leave one candidate, fewer than min_negatives = 2
         query["positive_concept_ids"], query["num_positives"] = ["c0000", "c0001"], 2
     with pytest.raises(NegativesError, match="min_negatives"):
+        build_contexts(queries, decisions, tiny_pool, ranged(), SEED)
+    with pytest.raises(NegativesError, match=r"sample s0001: 2 positive\(s\) x negatives.per_positive 2 need 4"):
         build_contexts(queries, decisions, tiny_pool, settings(), SEED)
 
 
@@ -332,7 +357,10 @@ def test_bad_inputs_fail_clearly(shape_pool, shape_embeddings):
     [
         ({"min_negatives": -1}, "min_negatives"),
         ({"min_negatives": 3, "max_negatives": 2}, "max_negatives"),
-        ({"candidate_pool": 3}, "candidate_pool"),
+        ({"candidate_pool": 3, "per_positive": None}, "candidate_pool"),
+        ({"candidate_pool": -1}, "candidate_pool"),
+        ({"per_positive": -1}, "per_positive"),
+        ({"per_positive": 1.5}, "per_positive"),
     ],
 )
 def test_settings_reject_bad_values(overrides, field_name):

@@ -102,17 +102,47 @@ def test_duplicate_ngrams_needs_twenty_words():
     assert "duplicate_5grams" in degeneration_reasons(short + " e")
 
 
-@pytest.mark.parametrize("size", [10, 20, 30])
-def test_repeated_chunks_threshold(size):
-    # 5 chunks of `size` words: one repeat -> 0.2 (fires), none -> 0 (does not).
-    distinct = [_words(size, start=1000 * j) for j in range(5)]
-    repeated = distinct[:4] + [distinct[0]]
-    assert repeated_chunk_ratio(" ".join(sum(repeated, [])), size) == pytest.approx(0.2)
-    assert f"repeated_{size}_word_chunks" in degeneration_reasons(" ".join(sum(repeated, [])))
-    assert repeated_chunk_ratio(" ".join(sum(distinct, [])), size) == 0.0
-    # 6 chunks with one repeat -> 1/6 < 0.2: below the threshold.
-    six = [_words(size, start=1000 * j) for j in range(5)] + [distinct[0]]
-    assert repeated_chunk_ratio(" ".join(sum(six, [])), size) == pytest.approx(1 / 6)
+def _doubled(size: int, lead: int) -> str:
+    """`lead` distinct words, then a segment of size + 5 distinct words, twice: 12 of the sliding
+    windows of `size` words repeat (6 in each copy), out of lead + size + 11 windows."""
+    segment = _words(size + 5, start=5000)
+    return " ".join(_words(lead) + segment + segment)
+
+
+# Sliding windows, stride 1, as the authors' test (SPEC section 4): (text, window size, expected ratio).
+SLIDING_CHUNK_CASES = [
+    # A repeat that starts off any multiple of the window size: the non-overlapping chunks of the old rule
+    # saw none of it; the sliding windows find 12 of 60 windows repeated -> 0.2, the threshold.
+    pytest.param(_doubled(10, 39), 10, 12 / 60, id="misaligned-repeat-at-threshold-10"),
+    pytest.param(_doubled(10, 40), 10, 12 / 61, id="one-word-more-below-threshold-10"),
+    pytest.param(_doubled(20, 29), 20, 12 / 60, id="misaligned-repeat-at-threshold-20"),
+    pytest.param(_doubled(30, 19), 30, 12 / 60, id="misaligned-repeat-at-threshold-30"),
+    pytest.param(_doubled(30, 20), 30, 12 / 61, id="one-word-more-below-threshold-30"),
+    # X X with |X| = the window: only the two windows equal to X repeat, 2 of size + 1.
+    pytest.param(" ".join(_words(10) * 2), 10, 2 / 11, id="exact-double-10"),
+    pytest.param(" ".join(_words(20) * 2), 20, 2 / 21, id="exact-double-20"),
+    # A short loop: every window occurs again.
+    pytest.param(" ".join(["a b c"] * 20), 10, 1.0, id="loop-60-words"),
+    pytest.param(" ".join(["a b c"] * 20), 30, 1.0, id="loop-60-words-window-30"),
+    # Fewer than 2 x window words: no chunk of that size can repeat without overlapping itself.
+    pytest.param(" ".join(["a b c"] * 6 + ["a"]), 10, 0.0, id="loop-19-words"),
+    pytest.param(" ".join(["a b c"] * 19), 30, 0.0, id="loop-57-words-window-30"),
+    pytest.param(" ".join(_words(100)), 10, 0.0, id="no-repeat"),
+    pytest.param("", 10, 0.0, id="empty"),
+]
+
+
+@pytest.mark.parametrize("text, size, expected", SLIDING_CHUNK_CASES)
+def test_repeated_chunk_ratio_uses_sliding_windows(text, size, expected):
+    assert repeated_chunk_ratio(text, size) == pytest.approx(expected)
+    fires = f"repeated_{size}_word_chunks" in degeneration_reasons(text)
+    assert fires == (expected >= 0.2 - 1e-12)
+
+
+def test_a_misaligned_repeat_alone_makes_a_caption_degenerate():
+    # 69 words, no punctuation, duplicate 5-gram ratio 11/65 < 0.3: only the 10-word windows fire.
+    assert degeneration_reasons(_doubled(10, 39)) == ["repeated_10_word_chunks"]
+    assert degeneration_reasons(_doubled(10, 40)) == []
 
 
 def test_normal_prose_is_not_degenerate():
@@ -128,7 +158,7 @@ def test_normal_prose_is_not_degenerate():
 def _caption_truth():
     q = lambda text, answer: {"question": text, "options": {"A": "green tea", "B": "coffee", "C": "milk",  # noqa: E731
                                                           "D": "The answer cannot be determined"}, "answer": answer}
-    return {"sample_id": "s1", "positive_indices": [0], "indices": [1],
+    return {"sample_id": "s1", "positive_indices": [0], "indices": [1],  # joint: 1-based memory numbers
             "questions": [[q("What does Jeffrey drink?", "A")] * 3, [q("What does Mara drink?", "B")] * 3]}
 
 
@@ -167,11 +197,29 @@ def test_joint_reward_adds_vision_and_caption_terms(tmp_path):
 
 def test_task_rewards_skip_other_rows():
     suite = RewardSuite()
-    mv = json.dumps({"indices": [1, 2]})
+    mv = json.dumps({"indices": [0, 2]})
     vis = json.dumps({"present": False})
-    assert suite.multi_vision(None, [r"\boxed{[1,2]}", "No"], ["multi_vision", "vision"], [mv, vis]) == [1.0, None]
-    assert suite.vision(None, [r"\boxed{[1,2]}", "No"], ["multi_vision", "vision"], [mv, vis]) == [None, 1.0]
+    assert suite.multi_vision(None, [r"\boxed{[0,2]}", "No"], ["multi_vision", "vision"], [mv, vis]) == [1.0, None]
+    assert suite.vision(None, [r"\boxed{[0,2]}", "No"], ["multi_vision", "vision"], [mv, vis]) == [None, 1.0]
     # Conversational completions (lists of messages) are read too.
     assert suite.vision(None, [[{"role": "assistant", "content": "yes"}]], ["vision"], [vis]) == [0.0]
     with pytest.raises(ValueError, match="unknown task"):
         suite.functions(["captions"])
+
+
+# multi_vision as the authors read it: the FIRST box, concept indices counted from 0.
+MULTI_VISION_CASES = [
+    pytest.param(r"Answer: \boxed{[0, 2]}", [0, 2], 1.0, id="zero-based-exact"),
+    pytest.param(r"\boxed{[1, 3]}", [0, 2], 0.0, id="one-based-answer-to-zero-based-truth"),
+    pytest.param(r"\boxed{0}", [0], 1.0, id="single-index-first-concept"),
+    pytest.param(r"\boxed{[0]} on reflection \boxed{[0, 2]}", [0, 2], 2 / 3, id="first-box-counts-not-last"),
+    pytest.param(r"\boxed{[x]} then \boxed{[0, 2]}", [0, 2], 0.0, id="unreadable-first-box-not-rescued"),
+    pytest.param(r"\boxed{[0, 1, 2]}", [0, 2], 0.8, id="one-extra"),
+    pytest.param("no box", [0], 0.0, id="no-box"),
+]
+
+
+@pytest.mark.parametrize("completion, indices, expected", MULTI_VISION_CASES)
+def test_multi_vision_reward_reads_the_first_box_from_zero(completion, indices, expected):
+    [reward] = RewardSuite().multi_vision(None, [completion], ["multi_vision"], [json.dumps({"indices": indices})])
+    assert reward == pytest.approx(expected)

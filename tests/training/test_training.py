@@ -3,6 +3,7 @@ configuration against a hand computation, a learning test through generation -> 
 -> loss -> optimiser, the clip ratio under both presets, resume after a kill, the merged model, the
 records layout and the launch set-up."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def tiny_models(tmp_path_factory):
 
 
 def _tiny_settings(base: str, **overrides) -> TrainingSettings:
-    values = dict(base_model=base, num_generations=4, prompts_per_device=2, max_completion_length=8,
+    values = dict(base_model=base, num_generations=4, per_device_train_batch_size=8, max_completion_length=8,
                   learning_rate=3e-2, lora_r=8, lora_alpha=16, lora_dropout=0.0, modules_to_save=["lm_head"],
                   gradient_checkpointing=False, save_steps=1000)
     values.update(overrides)
@@ -126,7 +127,7 @@ def test_trl_loss_equals_hand_computed_gspo_loss(tiny_models, arch, tmp_path):
 
 def test_mean_reward_rises_on_a_toy_reward(tiny_models, tmp_path):
     """A real signal flows: generation -> reward -> group advantage -> GSPO loss -> optimiser."""
-    settings = _tiny_settings(tiny_models["qwen2_5_vl"], preset="paper-code", max_steps=20)
+    settings = _tiny_settings(tiny_models["qwen2_5_vl"], preset="authors", max_steps=20)
     metrics = _Metrics()
     trainer = build_trainer(settings, _toy_records(), [toy_reward], tmp_path / "ckpt", seed=0, callbacks=[metrics])
     trainer.train()
@@ -137,9 +138,9 @@ def test_mean_reward_rises_on_a_toy_reward(tiny_models, tmp_path):
     assert last > first + 0.15
 
 
-@pytest.mark.parametrize("preset, expect_clipping", [("default", True), ("paper-code", False)])
+@pytest.mark.parametrize("preset, expect_clipping", [("clip-active", True), ("authors", False)])
 def test_clip_ratio_under_each_preset(tiny_models, tmp_path, preset, expect_clipping):
-    """paper-code: one pass per generation, s == 1, nothing is ever clipped; default: several optimiser
+    """authors: one pass per generation, s == 1, nothing is ever clipped; clip-active: several optimiser
     steps reuse each generation batch, s moves and GSPO's clipping acts."""
     settings = _tiny_settings(tiny_models["qwen2_5_vl"], preset=preset, max_steps=6)
     metrics = _Metrics()
@@ -170,7 +171,7 @@ class _KillAfter(TrainerCallback):
 def test_killed_run_resumes_from_its_last_checkpoint(tiny_models, benchmark_splits, tmp_path):
     train_rows, _ = benchmark_splits
     judge = ModelRegistry({"j": {"backend": "local_lexical_judge"}}).chat("j")
-    settings = _tiny_settings(tiny_models["qwen2_5_vl"], max_samples=4, num_generations=2, prompts_per_device=1,
+    settings = _tiny_settings(tiny_models["qwen2_5_vl"], max_samples=4, num_generations=2, per_device_train_batch_size=2,
                               max_steps=4, save_steps=2, max_completion_length=8, judge="j")
     paths = dict(model_dir=tmp_path / "model", log_path=tmp_path / "log.parquet", checkpoint_dir=tmp_path / "ckpt")
     with pytest.raises(KeyboardInterrupt):
@@ -227,10 +228,16 @@ def test_records_follow_the_caption_prompt_layout(benchmark_splits):
     truth = json.loads(caption["truth"])
     assert truth["positive_indices"] == sorted(row["positive_indices"]) and len(truth["questions"]) == n
 
+    # multi_vision as the authors lay it out: "Concept 0".. headers over the photos alone (no dialogue),
+    # the instruction, then the query photo; the truth numbers concepts from 0 as the headers do.
     multi = build_record(row, "multi_vision", prompts, seed=0, where="train row 0")
-    assert multi["prompt"][0]["content"][:-1] == content[:-1]  # same context and query, new instruction
-    assert r"\boxed{" in multi["prompt"][0]["content"][-1]["text"]
-    assert json.loads(multi["truth"])["indices"] == [i + 1 for i in sorted(row["positive_indices"])]
+    parts = multi["prompt"][0]["content"]
+    assert [p["type"] for p in parts] == ["text", "image"] * n + ["text", "image"]
+    assert [p["text"] for p in parts[:-2:2]] == [f"=== Concept {k} ===" for k in range(n)]
+    assert r"\boxed{" in parts[-2]["text"] and "numbered from 0" in parts[-2]["text"]
+    assert len(multi["images"]) == n + 1 and not any(d in p["text"] for p in parts if p["type"] == "text"
+                                                      for d in row["context_dialogues"])
+    assert json.loads(multi["truth"])["indices"] == sorted(row["positive_indices"])
 
     vision = build_record(row, "vision", prompts, seed=0, where="train row 0")
     assert len(vision["images"]) == 2
@@ -267,11 +274,22 @@ def test_joint_mode_builds_joint_records(benchmark_splits):
 
 
 def test_presets_and_run_overrides():
-    section = TrainingSettings(runs={"a": {"base_model": "m", "preset": "paper-code"}, "b": {"base_model": "m"},
-                                     "c": {"base_model": "m", "num_iterations": 3}})
-    assert section.for_run("a").schedule() == (1, 1)
-    assert section.for_run("b").schedule() == (4, 2)
+    section = TrainingSettings(runs={"a": {"base_model": "m", "preset": "clip-active", "per_device_train_batch_size": 4},
+                                     "b": {"base_model": "m", "per_device_train_batch_size": 4},
+                                     "c": {"base_model": "m", "preset": "clip-active", "num_iterations": 3,
+                                           "per_device_train_batch_size": 4}})
+    assert TrainingSettings().preset == "authors"
+    assert section.for_run("a").schedule() == (4, 2)
+    assert section.for_run("b").schedule() == (1, 1)
     assert section.for_run("c").schedule() == (4, 3)
+    for old, new in (("default", "clip-active"), ("paper-code", "authors")):
+        with pytest.raises(ValueError, match=f"renamed: use '{new}'"):
+            TrainingSettings(preset=old)
+    with pytest.raises(ValueError, match="per_device_train_batch_size"):
+        TrainingSettings(runs={"x": {"base_model": "m", "prompts_per_device": 1}}).for_run("x")
+    # One process, 1 completion per micro-step: a generation batch cannot hold a group of 4 rollouts.
+    with pytest.raises(ValueError, match=r"training.runs.x: a generation batch of 1 completions"):
+        TrainingSettings(runs={"x": {"base_model": "m"}}).for_run("x")
     with pytest.raises(ValueError, match="unknown setting"):
         TrainingSettings(runs={"x": {"base_model": "m", "lr": 1}}).for_run("x")
     with pytest.raises(ValueError, match="base_model"):
@@ -311,5 +329,86 @@ def test_paper_config_has_the_authors_training_setup():
     assert "Qwen3-VL-8B" in s.base_model
     assert (s.lora_r, s.lora_alpha, s.lora_dropout) == (64, 128, 0.05)
     assert (s.learning_rate, s.num_train_epochs, s.num_generations, s.max_completion_length) == (5e-6, 2, 4, 512)
-    assert (s.deepspeed, s.gpus, s.save_steps, s.prompts_per_device) == ("zero2", 4, 50, 1)
+    assert (s.deepspeed, s.gpus, s.save_steps) == ("zero2", 4, 50)
+    assert (s.per_device_train_batch_size, s.gradient_accumulation_steps, s.preset) == (1, 1, "authors")
+    assert s.lr_scheduler_type == "linear" and "lm_head" in s.lora_target_modules and not s.modules_to_save
     assert run in paper["evaluation"]["policies"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Batch arithmetic as TRL counts it, the schedule, LoRA on lm_head
+
+
+def _trl_config_on(settings: TrainingSettings, processes: int, tmp_path, monkeypatch):
+    """TRL's GRPOConfig for `settings` as `processes` launched processes would each build it."""
+    from transformers import TrainingArguments
+
+    from covip.training.trainer import grpo_config
+
+    monkeypatch.setattr(TrainingArguments, "world_size", property(lambda self: processes))
+    return grpo_config(dataclasses.replace(settings, bf16=False), tmp_path / "ckpt", 0, cuda=False)
+
+
+def _completions_per_optimiser_step(args, processes: int) -> int:
+    """What one optimiser step of TRL's GRPOTrainer consumes: every process's micro-batches of
+    per_device_train_batch_size completions, gradient_accumulation_steps of them."""
+    return args.per_device_train_batch_size * processes * args.gradient_accumulation_steps
+
+
+@pytest.mark.parametrize(
+    "preset, processes, per_device, completions_per_step, prompts_per_generation, steps_per_generation_batch",
+    [
+        ("authors", 4, 1, 4, 1, 1),  # the authors' run: ONE prompt's 4 rollouts per optimiser step
+        ("authors", 1, 4, 4, 1, 1),  # the same on one device
+        ("clip-active", 4, 1, 4, 4, 8),  # 4 prompts generated at once, reused for 8 optimiser steps
+    ],
+)
+def test_completions_per_optimiser_step_from_the_trl_config(tmp_path, monkeypatch, preset, processes, per_device,
+                                                             completions_per_step, prompts_per_generation,
+                                                             steps_per_generation_batch):
+    settings = TrainingSettings(runs={"r": {"base_model": "m", "gpus": processes, "preset": preset,
+                                            "per_device_train_batch_size": per_device}}).for_run("r")
+    args = _trl_config_on(settings, processes, tmp_path, monkeypatch)
+    assert _completions_per_optimiser_step(args, processes) == completions_per_step
+    assert args.generation_batch_size == prompts_per_generation * settings.num_generations
+    assert args.generation_batch_size // settings.num_generations == prompts_per_generation
+    plan = settings.batch_plan()
+    assert (plan.completions_per_step, plan.generation_batch) == (completions_per_step, args.generation_batch_size)
+    assert plan.steps_per_generation_batch == steps_per_generation_batch
+    assert args.steps_per_generation * args.num_iterations / args.gradient_accumulation_steps == steps_per_generation_batch
+
+
+def test_paper_run_sees_one_prompt_per_optimiser_step(tmp_path, monkeypatch):
+    paper = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    section = TrainingSettings(**paper["training"])
+    (run,) = section.runs
+    settings = section.for_run(run)
+    args = _trl_config_on(settings, settings.gpus, tmp_path, monkeypatch)
+    assert _completions_per_optimiser_step(args, settings.gpus) == settings.num_generations == 4
+    assert args.generation_batch_size == 4 and args.num_iterations == 1  # one pass: the authors' clip ratio of 0
+    assert args.lr_scheduler_type == "linear" and args.warmup_steps == 0  # the Trainer's default decay
+
+
+def test_lora_covers_what_the_authors_trainer_covers(tiny_models):
+    """Their trainer gives LoRA to every nn.Linear outside the vision modules (lm_head included); ours,
+    by default, to exactly those layers."""
+    from peft import get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from covip.training.trainer import lora_config
+
+    for path in tiny_models.values():
+        model = AutoModelForImageTextToText.from_pretrained(path)
+        authors = {name for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and "visual" not in name}
+        assert "lm_head" in authors
+        peft_model = get_peft_model(model, lora_config(TrainingSettings(lora_r=4, lora_alpha=8)))
+        ours = {name.removeprefix("base_model.model.").rsplit(".lora_A", 1)[0]
+                for name, _ in peft_model.named_parameters() if ".lora_A." in name}
+        assert ours == authors
+        # With lm_head trained in full (the tiny embedded run), it gets no LoRA of its own.
+        model = AutoModelForImageTextToText.from_pretrained(path)
+        saved = get_peft_model(model, lora_config(TrainingSettings(lora_r=4, lora_alpha=8, modules_to_save=["lm_head"])))
+        lora = {name.removeprefix("base_model.model.").rsplit(".lora_A", 1)[0]
+                for name, _ in saved.named_parameters() if ".lora_A." in name}
+        assert lora == authors - {"lm_head"}

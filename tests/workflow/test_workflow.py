@@ -292,3 +292,37 @@ def test_diagnostics_run_under_every_control_when_switched_on(run_copy):
         controlled = pq.read_table(run_copy / target).to_pylist()
         assert [(r["sample_id"], r["response"], r["score"]) for r in controlled] == \
                [(r["sample_id"], r["response"], r["score"]) for r in intact], target
+
+
+def test_the_released_test_set_is_captioned_and_scored_when_switched_on(tmp_path):
+    """`evaluation.test_source: released`: the authors' release (JSONL + images + QAS_GT_test.json) is
+    imported, and captioning, CapEval-QA and the controls read it instead of the built test split (a
+    fresh copy: the targets below need nothing of the benchmark build)."""
+    from support.released import write_released_test
+
+    workdir = copy_workflow(tmp_path)
+    release = write_released_test(workdir / "release")
+    (workdir / "released_test.yaml").write_text(
+        "evaluation: {test_source: released}\n"
+        f"released_test: {{meta: {release['meta']}, qas_gt: {release['qas_gt']}, image_root: {release['image_root']}}}\n"
+    )
+    args = ("--configfile", "tiny.yaml", "released_test.yaml")
+    everything = planned_jobs(snakemake(workdir, "-n", *args))
+    # 4 policies x 5 conditions, the 4 controls applied to the released split.
+    assert (everything["import_released_test"], everything["caption"], everything["capeval"]) == (1, 20, 20)
+    assert everything["apply_control"] == 4
+    targets = ["results/capeval/intact/blind/lexical_judge/summary.parquet",
+               "results/capeval/text_only/oracle/lexical_judge/summary.parquet"]
+    jobs = planned_jobs(snakemake(workdir, "-n", *args, "--", *targets))
+    assert jobs == {"import_released_test": 1, "apply_control": 1, "caption": 2, "capeval": 2}  # no benchmark build
+    snakemake(workdir, *args, "--", *targets)
+    assert not (workdir / "results" / "splits").exists()
+    imported = pq.read_table(workdir / "results/released_test/test.parquet").to_pylist()
+    assert [r["sample_id"] for r in imported] == ["sample_0", "sample_1", "sample_2"]
+    captions = pq.read_table(workdir / "results/captions/intact/blind.parquet").column("sample_id").to_pylist()
+    assert sorted(captions) == ["sample_0", "sample_1", "sample_2"]
+    answers = pq.read_table(workdir / "results/capeval/intact/blind/lexical_judge/answers.parquet").to_pylist()
+    assert len(answers) == 27  # the excerpt's 3 samples x 3 concepts x 3 questions
+    controlled = pq.read_table(workdir / "results/controls/text_only/test.parquet")
+    assert controlled.column("sample_id").to_pylist() == ["sample_0", "sample_1", "sample_2"]
+    assert (workdir / targets[1]).is_file()

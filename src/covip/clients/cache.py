@@ -18,6 +18,7 @@ from typing import Any
 
 from covip.clients.backends import IN_PROCESS_BACKENDS, STAND_IN_BACKENDS, backend_modules
 from covip.clients.base import ChatRequest, ImagePart, ImageRequest, TextPart
+from covip.clients.lora import adapter_path
 from covip.clients.spec import ModelSpec
 from covip.core.fingerprint import code_fingerprint
 
@@ -161,7 +162,12 @@ def model_fingerprint(spec: ModelSpec) -> str:
     if spec.backend in IN_PROCESS_BACKENDS:
         weights = spec.pretrained if spec.backend == "open_clip" else spec.model
         path = _local_model_path(weights)
-        return f"files:{path_fingerprint(os.path.abspath(path))}" if path else f"id:{weights}"
+        found = f"files:{path_fingerprint(os.path.abspath(path))}" if path else f"id:{weights}"
+        adapter = spec.options.get("adapter")
+        if adapter:  # a LoRA adapter on the base: its files key the cache as much as the base's
+            adapter_dir = adapter_path(adapter)
+            found += f"+adapter-files:{path_fingerprint(os.path.abspath(adapter_dir))}" if adapter_dir else f"+adapter-id:{adapter}"
+        return found
     return "remote"  # the endpoint's model name is all we can know
 
 

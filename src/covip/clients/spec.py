@@ -58,8 +58,11 @@ class ModelSpec:
 
     @property
     def identity(self) -> str:
-        """What produced a row: registry name, backend and model, e.g. 'verifier:openai:Qwen/Qwen3-VL-8B'."""
-        return f"{self.name}:{self.backend}:{self.model}" if self.model else f"{self.name}:{self.backend}"
+        """What produced a row: registry name, backend and model, e.g. 'verifier:openai:Qwen/Qwen3-VL-8B'
+        (with '+lora:<adapter>' when a LoRA adapter is applied on the model)."""
+        base = f"{self.name}:{self.backend}:{self.model}" if self.model else f"{self.name}:{self.backend}"
+        adapter = self.options.get("adapter")
+        return f"{base}+lora:{adapter}" if adapter else base
 
     @property
     def key_env(self) -> str | None:

@@ -13,7 +13,11 @@ requests without images. `device: auto` means the first GPU when torch sees one,
   `complete_many` also chunks by it);
 - `max_new_tokens` (int, default 512): the length limit when a request's sampling has no
   `max_tokens`;
-- `attn_implementation` (e.g. 'sdpa', 'eager', 'flash_attention_2'; default: transformers' choice).
+- `attn_implementation` (e.g. 'sdpa', 'eager', 'flash_attention_2'; default: transformers' choice);
+- `adapter` (default none): a peft LoRA adapter (local folder, or hub id in the local cache) applied
+  with peft on `model`, the base (covip.clients.lora); the processor comes from the base;
+- `merge_adapter` (bool, default true): merge the adapter into the weights once loaded (faster
+  generation; false keeps the LoRA layers separate).
 
 Sampling: temperature 0 or absent is greedy decoding; otherwise `temperature`, `top_p`, `top_k`,
 `min_p` and `repetition_penalty` are applied. OpenAI/vLLM-only keys (`presence_penalty`,
@@ -32,10 +36,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from covip.clients.base import BackendUnavailableError, ChatRequest, ChatResponse, ImagePart, TextPart, Usage
+from covip.clients.lora import require_adapter
 from covip.core.io import decode_image
 from covip.core.seeding import derive_seed
 
-OPTION_DEFAULTS: dict[str, Any] = {"dtype": "auto", "batch_size": 8, "max_new_tokens": 512, "attn_implementation": None}
+OPTION_DEFAULTS: dict[str, Any] = {"dtype": "auto", "batch_size": 8, "max_new_tokens": 512, "attn_implementation": None,
+                                   "adapter": None, "merge_adapter": True}
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 # Sampling keys this backend applies, and those it knows but cannot apply (OpenAI/vLLM extensions).
@@ -197,6 +203,8 @@ class TransformersChatModel:
                 f"models.{spec.name}: cannot load '{spec.model}' with transformers: {error}. `model` must be a local "
                 "folder (e.g. one made by `python -m covip.local.tiny_vlm DIR`) or a hub id already in the local cache"
             ) from error
+        if options["adapter"]:
+            model = self._with_adapter(model, options)
         self.model = model.to(self.device).eval()
         # The tokenizer is the processor itself for text-only models.
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
@@ -205,6 +213,20 @@ class TransformersChatModel:
         # Batched decoder-only generation needs left padding (Qwen's rotary positions assume it too).
         self.tokenizer.padding_side = "left"
         self._has_images = hasattr(self.processor, "image_processor")
+
+    def _with_adapter(self, model, options):
+        """The base model with the entry's LoRA adapter applied (and merged, unless merge_adapter is false)."""
+        where = f"models.{self.spec.name}.options.adapter"
+        path, _ = require_adapter(options["adapter"], where)
+        try:
+            from peft import PeftModel
+        except ImportError as error:
+            raise BackendUnavailableError(f"{where}: a LoRA adapter needs the package peft ({error})") from error
+        try:
+            model = PeftModel.from_pretrained(model, path)
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            raise BackendUnavailableError(f"{where}: cannot apply {path} to '{self.spec.model}': {error}") from error
+        return model.merge_and_unload() if options["merge_adapter"] else model
 
     # -- preparation -------------------------------------------------------------------------------
 

@@ -19,7 +19,12 @@ optional):
 - `image_format` ('data_url' default | 'pil'): how images are handed over, as base64 data URLs in
   `image_url` parts or as decoded PIL images in `image_pil` parts;
 - `chat_template` (path, default: the model's own): a Jinja chat template file;
-- `mm_processor_kwargs` (dict, default none): e.g. `{"max_pixels": 1003520}` for Qwen-VL.
+- `mm_processor_kwargs` (dict, default none): e.g. `{"max_pixels": 1003520}` for Qwen-VL;
+- `adapter` (default none): a peft LoRA adapter (local folder, or hub id in the local cache) applied
+  on `model`, the base: the engine is built with `enable_lora` and every generate call carries its
+  `LoRARequest` (covip.clients.lora). An adapter that trains modules in full (`modules_to_save`) is
+  refused: vLLM serves LoRA layers only (merge it, or use backend 'transformers');
+- `max_lora_rank` (default: the adapter's rank, rounded up to one vLLM accepts).
 
 Sampling: our sampling dicts use OpenAI/vLLM names, which map one to one onto `SamplingParams`;
 temperature absent means 0 (greedy), so evaluations are deterministic unless a config asks otherwise.
@@ -33,6 +38,7 @@ import base64
 from typing import Any
 
 from covip.clients.base import BackendUnavailableError, ChatRequest, ChatResponse, ImagePart, TextPart, Usage
+from covip.clients.lora import require_adapter, vllm_rank
 
 OPTION_DEFAULTS: dict[str, Any] = {
     "batch_size": 64,
@@ -48,6 +54,8 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "image_format": "data_url",
     "chat_template": None,
     "mm_processor_kwargs": None,
+    "adapter": None,
+    "max_lora_rank": None,
 }
 IMAGE_FORMATS = ("data_url", "pil")
 # Our sampling keys that are SamplingParams fields of the same name.
@@ -170,10 +178,30 @@ class VLLMChatModel:
         engine["limit_mm_per_prompt"] = {"image": int(options["max_images"])}
         if options["mm_processor_kwargs"]:
             engine["mm_processor_kwargs"] = dict(options["mm_processor_kwargs"])
+        self.lora_request = None
+        if options["adapter"]:
+            engine.update(self._lora(spec, options))
         try:
             self.llm = vllm.LLM(model=spec.model, **engine)
         except Exception as error:  # noqa: BLE001 - vLLM raises many types for a model it cannot load
             raise BackendUnavailableError(f"models.{spec.name}: vLLM cannot load '{spec.model}': {type(error).__name__}: {error}") from error
+
+    def _lora(self, spec, options) -> dict[str, Any]:
+        """Engine arguments for the entry's LoRA adapter; sets the LoRARequest every call carries."""
+        where = f"models.{spec.name}.options.adapter"
+        path, config = require_adapter(options["adapter"], where)
+        if config.get("modules_to_save"):
+            raise BackendUnavailableError(
+                f"{where}: the adapter trains {config['modules_to_save']} in full (modules_to_save), which vLLM "
+                "cannot serve; merge it into the base model, or use backend 'transformers'"
+            )
+        try:
+            from vllm.lora.request import LoRARequest
+        except ImportError as error:
+            raise BackendUnavailableError(f"{where}: this vLLM has no LoRA support ({error})") from error
+        self.lora_request = LoRARequest(f"{spec.name}-adapter", 1, path)
+        rank = int(options["max_lora_rank"] or vllm_rank(config, where))
+        return {"enable_lora": True, "max_lora_rank": rank, "max_loras": 1}
 
     def _sampling_params(self, request: ChatRequest, where: str):
         kwargs = sampling_params_kwargs(request.sampling, seed=request.seed,
@@ -212,6 +240,8 @@ class VLLMChatModel:
             chat_kwargs: dict[str, Any] = {"sampling_params": params, "use_tqdm": False}
             if self.chat_template is not None:
                 chat_kwargs["chat_template"] = self.chat_template
+            if self.lora_request is not None:
+                chat_kwargs["lora_request"] = self.lora_request
             outputs = self.llm.chat(conversations, **chat_kwargs)
             if len(outputs) != len(conversations):
                 raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(conversations)} conversations")

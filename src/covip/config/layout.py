@@ -24,6 +24,10 @@ SHARDABLE = {
 }
 
 
+# Where rule import_released_test writes the authors' released test set as a split (schemas.SPLIT).
+RELEASED_TEST = "released_test/test.parquet"
+
+
 def _shard_path(path: str, suffix: str) -> str:
     """`.../name.parquet` -> `.../name.shards/{shard}.parquet`; logs and benchmarks get `.{shard}`."""
     if suffix == ".parquet":
@@ -95,10 +99,19 @@ class Layout:
         """Diagnostics run under every condition unless controls.diagnostics is false (then intact only)."""
         return self.conditions if self.config["controls"]["diagnostics"] else [INTACT]
 
+    @property
+    def test_source(self) -> str:
+        """'built' (the workflow's own test split) or 'released' (the authors' test set, imported)."""
+        return self.config["evaluation"].get("test_source", "built")
+
+    def test_split(self) -> str:
+        """The test split every policy is captioned and scored on (evaluation.test_source)."""
+        return self.out(RELEASED_TEST if self.test_source == "released" else "splits/test.parquet")
+
     def condition_input(self, condition: str, dataset: str) -> str:
         """The table a job of this condition reads: the original for 'intact', else the control's copy."""
         if condition == INTACT:
-            return self.out("splits/test.parquet") if dataset == "test" else self.out(f"diagnostics/sets/{dataset}.parquet")
+            return self.test_split() if dataset == "test" else self.out(f"diagnostics/sets/{dataset}.parquet")
         return self.out(f"controls/{condition}/{dataset}.parquet")
 
     def diagnose_inputs(self) -> dict:

@@ -231,6 +231,15 @@ class Prepared(Layout, GeneralLayout):
             return {}
         return {name: self.out(f"human_eval/{name}.parquet") for name in ("votes", "pairs", "ranking", "agreement")}
 
+    # -- the authors' released test set --------------------------------------------------------------
+    def released_test_inputs(self) -> dict:
+        """The released JSONL and ground truth (inputs of import_released_test; editing them reimports)."""
+        section = self.config["released_test"]
+        return {"meta": section["meta"], "qas_gt": section["qas_gt"]}
+
+    def released_test_image_root(self) -> str:
+        return self.config["released_test"]["image_root"]
+
     def concept_source(self) -> list[str]:
         """The user's photo folder or manifest, so editing it rebuilds the pool (nothing for builtin)."""
         pool = self.config["concept_pool"]
@@ -259,10 +268,57 @@ def check_stage_settings(config: Mapping) -> None:
             settings_from(settings_class(section), config.get(section), f"config '{section}'")
 
 
+def check_test_source(config: Mapping) -> None:
+    """evaluation.test_source 'released' needs the three paths of released_test."""
+    source = config["evaluation"].get("test_source", "built")
+    if source not in ("built", "released"):
+        raise ConfigError(f"evaluation.test_source: {source!r}; choose 'built' or 'released'")
+    if source == "released":
+        section = config.get("released_test") or {}
+        missing = [key for key in ("meta", "qas_gt", "image_root") if not section.get(key)]
+        if missing:
+            raise ConfigError(f"evaluation.test_source is 'released' but released_test.{', released_test.'.join(missing)} "
+                              "is not set (the JSONL of samples, its QAS_GT_test.json and the image folder)")
+
+
+def check_backend_options(models: Mapping[str, ModelSpec]) -> None:
+    """The options of every in-process model entry are ones its backend declares (its OPTION_DEFAULTS;
+    the modules import their heavy dependencies only when a model is built), and a LoRA adapter
+    that is a local folder holds an adapter_config.json."""
+    import importlib
+
+    for name, spec in models.items():
+        backend = BACKENDS[spec.backend]
+        if backend.kind != "in_process":
+            continue
+        for target in backend.serves.values():
+            declared = getattr(importlib.import_module(target.split(":")[0]), "OPTION_DEFAULTS", None)
+            if declared is None:
+                continue
+            unknown = sorted(set(spec.options) - set(declared))
+            if unknown:
+                raise ConfigError(f"models.{name}.options: unknown key(s) {unknown} for backend '{spec.backend}'; "
+                                  f"known: {sorted(declared)}")
+        adapter = spec.options.get("adapter")
+        if adapter is not None:
+            if not isinstance(adapter, str) or not adapter.strip():
+                raise ConfigError(f"models.{name}.options.adapter: a LoRA adapter folder or hub id, got {adapter!r}")
+            config_file = os.path.join(adapter, "adapter_config.json")
+            if os.path.isdir(adapter) and not os.path.isfile(config_file):
+                raise ConfigError(f"models.{name}.options.adapter: {adapter} has no adapter_config.json (not a peft LoRA "
+                                  "adapter; a merged model goes in `model`)")
+            if spec.backend == "vllm" and os.path.isfile(config_file):
+                with open(config_file, encoding="utf-8") as handle:
+                    saved = (json.load(handle) or {}).get("modules_to_save")
+                if saved:
+                    raise ConfigError(f"models.{name}.options.adapter: {adapter} trains {saved} in full (modules_to_save), "
+                                      "which vLLM cannot serve; merge it into the base, or use backend 'transformers'")
+
+
 def check_rule_names(config: Mapping, rules: list[str]) -> None:
     """Every rule named under resources.rules exists (a misspelled name would be silently ignored)."""
     optional = {"gather_shards", "summarize_capeval", "human_eval_summary", "general_benchmark", "collect_general",
-                "build_tiny_benchmark", "download_benchmark_data"}  # rules that exist only in some runs
+                "build_tiny_benchmark", "download_benchmark_data", "import_released_test"}  # rules of some runs only
     unknown = sorted(set(config["resources"]["rules"]) - set(rules) - optional)
     if unknown:
         raise ConfigError(f"resources.rules: no rule named {unknown}; the rules are {sorted(rules)}")
@@ -298,6 +354,8 @@ def prepare(config: dict, root: str | Path) -> Prepared:
             raise ConfigError(f"human_eval: '{role}' is not an entry of the models registry (have: {sorted(models)})")
     protocol = apply_protocol(config)  # fills the null protocol switches before the settings are checked
     check_stage_settings(config)
+    check_test_source(config)
+    check_backend_options(models)
     trained = {os.path.normpath(f"{outdir}/training/{run}/model"): run for run in training.runs}
     prepared = Prepared(config=config, root=Path(root), models=models, training=training,
                         prompts=PromptBook(config.get("prompts") or {}), trained_models=trained, protocol=protocol)

@@ -119,15 +119,16 @@ def set_f1(predicted: set[int], truth: set[int]) -> float:
 
 
 def parse_boxed_indices(text: str | None) -> set[int] | None:
-    """The integer set in the LAST complete ``\\boxed{...}`` of `text`, or None when there is none readable.
+    """The integer set in the FIRST complete ``\\boxed{...}`` of `text`, or None when it is not readable.
 
-    ``\\boxed{[1, 3]}``, ``\\boxed{1,3}`` and ``\\boxed{[]}`` (the empty set) are readable;
-    ``\\boxed{}``, ``\\boxed{[1, x]}`` and a missing box are not.
+    As the authors' multi_vision reward, only the first box counts: a later box never rescues an
+    unreadable first one. ``\\boxed{[0, 3]}``, ``\\boxed{0,3}``, ``\\boxed{2}`` and ``\\boxed{[]}``
+    (the empty set) are readable; ``\\boxed{}``, ``\\boxed{[1, x]}`` and a missing box are not.
     """
     spans = boxed_spans(text)
     if not spans:
         return None
-    inner = spans[-1][2].strip()
+    inner = spans[0][2].strip()
     if inner.startswith("[") and inner.endswith("]"):
         inner = inner[1:-1].strip()
     elif not inner:
@@ -141,7 +142,8 @@ def parse_boxed_indices(text: str | None) -> set[int] | None:
 
 
 def boxed_index_f1(completion: str | None, truth: Sequence[int]) -> float:
-    """Set F1 of the boxed indices of `completion` against `truth`; 0 when no box is readable."""
+    """Set F1 of the indices in the first box of `completion` against `truth` (both counted from 0 in
+    the `multi_vision` task); 0 when that box is not readable."""
     predicted = parse_boxed_indices(completion)
     return 0.0 if predicted is None else set_f1(predicted, {int(i) for i in truth})
 

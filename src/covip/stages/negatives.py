@@ -2,9 +2,12 @@
 
 A negative is a concept that is *not* in the query image but looks like one that is, so a model
 cannot pass by recalling every memory it was shown. Similarity of a candidate to a sample is its
-cosine to the closest positive. For each sample the number of negatives is drawn in
-[min_negatives, max_negatives], the negatives are drawn from the `candidate_pool` most similar
-candidates, and the positives and negatives are shuffled together. Every draw comes from a generator
+cosine (paper: CLIP ViT-L/14 image embeddings) to the closest positive. A sample gets
+`per_positive` negatives per positive concept (default 2, the released ground truth's ratio: 3, 6,
+9 context concepts for 1, 2, 3 positives); with `per_positive: null` the count is drawn in
+[min_negatives, max_negatives] instead. The negatives are drawn from the most similar candidates
+(the `candidate_pool` most similar, at least as many as needed), and the positives and negatives are
+shuffled together. Every draw comes from a generator
 derived from the run seed and the sample id, so a sample's context never depends on which other
 samples exist or in which order they are processed.
 """
@@ -30,11 +33,15 @@ class NegativesError(ValueError):
 class NegativeSettings:
     """Settings of stage 4 (config section `negatives`)."""
 
-    min_negatives: int = field(default=2, metadata={"help": "Fewest negative concepts added to a sample's context."})
-    max_negatives: int = field(default=4, metadata={"help": "Most negative concepts added to a sample's context; the count is drawn uniformly in [min, max] per sample."})
+    per_positive: int | None = field(
+        default=2,
+        metadata={"help": "Negatives per positive concept (the released ground truth: 2, so 1, 2, 3 positives give 3, 6, 9 context concepts). null: draw the count in [min_negatives, max_negatives] per sample instead."},
+    )
+    min_negatives: int = field(default=2, metadata={"help": "Fewest negative concepts added to a sample's context (only with per_positive: null)."})
+    max_negatives: int = field(default=4, metadata={"help": "Most negative concepts added to a sample's context; the count is drawn uniformly in [min, max] per sample (only with per_positive: null)."})
     candidate_pool: int = field(
         default=8,
-        metadata={"help": "Negatives are drawn without replacement from this many most similar non-positive concepts (>= max_negatives). 0 or a value >= the pool size means 'draw from all' (random negatives)."},
+        metadata={"help": "Negatives are drawn without replacement from this many most similar non-positive concepts, or from as many as the sample needs when that is more. 0 or a value >= the pool size means 'draw from all' (random negatives)."},
     )
     exclude_same_name: bool = field(
         default=True,
@@ -46,13 +53,19 @@ class NegativeSettings:
     )
 
     def __post_init__(self):
+        if self.per_positive is not None and (
+            isinstance(self.per_positive, bool) or not isinstance(self.per_positive, int) or self.per_positive < 0
+        ):
+            raise ValueError(f"negatives.per_positive must be an integer >= 0 or null, got {self.per_positive!r}")
         if self.min_negatives < 0:
             raise ValueError(f"negatives.min_negatives must be >= 0, got {self.min_negatives}")
         if self.max_negatives < self.min_negatives:
             raise ValueError(
                 f"negatives.max_negatives ({self.max_negatives}) must be >= negatives.min_negatives ({self.min_negatives})"
             )
-        if self.candidate_pool != 0 and self.candidate_pool < self.max_negatives:
+        if self.candidate_pool < 0:
+            raise ValueError(f"negatives.candidate_pool must be >= 0, got {self.candidate_pool}")
+        if self.per_positive is None and self.candidate_pool != 0 and self.candidate_pool < self.max_negatives:
             raise ValueError(
                 f"negatives.candidate_pool ({self.candidate_pool}) must be 0 (all) or >= negatives.max_negatives ({self.max_negatives})"
             )
@@ -144,6 +157,25 @@ def kept_sample_ids(queries_rows: Sequence[Mapping], decisions_rows: Sequence[Ma
     return [sid for sid in query_ids if decisions[sid]["kept"]]
 
 
+def _negative_count(settings: NegativeSettings, sample_id: str, positives: int, candidates: int, seed: int) -> int:
+    """How many negatives a sample gets: per_positive x its positives, or a draw in [min, max]."""
+    if settings.per_positive is not None:
+        count = settings.per_positive * positives
+        if candidates < count:
+            raise NegativesError(
+                f"sample {sample_id}: {positives} positive(s) x negatives.per_positive {settings.per_positive} need {count} "
+                f"negatives, but only {candidates} concept(s) can serve; grow the concept pool or lower negatives.per_positive"
+            )
+        return count
+    count = int(rng_for(seed, "negatives", "count", sample_id).integers(settings.min_negatives, settings.max_negatives + 1))
+    if candidates < settings.min_negatives:
+        raise NegativesError(
+            f"sample {sample_id}: only {candidates} concept(s) can serve as negatives, but min_negatives is "
+            f"{settings.min_negatives}; grow the concept pool or lower negatives.min_negatives"
+        )
+    return min(count, candidates)
+
+
 def build_contexts(
     queries_rows: Sequence[Mapping],
     decisions_rows: Sequence[Mapping],
@@ -201,17 +233,10 @@ def build_contexts(
             allowed &= np.isin(categories, categories[pos_index])
         candidates = np.flatnonzero(allowed)
 
-        rng = rng_for(seed, "negatives", "count", sample_id)
-        count = int(rng.integers(settings.min_negatives, settings.max_negatives + 1))
-        if len(candidates) < settings.min_negatives:
-            raise NegativesError(
-                f"sample {sample_id}: only {len(candidates)} concept(s) can serve as negatives, but min_negatives is "
-                f"{settings.min_negatives}; grow the concept pool or lower negatives.min_negatives"
-            )
-        count = min(count, len(candidates))
+        count = _negative_count(settings, sample_id, len(positives), len(candidates), seed)
         # Most similar first; ties broken by concept id so the order never depends on row order.
         order = candidates[np.lexsort((id_array[candidates], -similarity[candidates]))].tolist()
-        pool = order if settings.candidate_pool == 0 else order[: settings.candidate_pool]
+        pool = order if settings.candidate_pool == 0 else order[: max(settings.candidate_pool, count)]
         chosen = rng_for(seed, "negatives", "pick", sample_id).choice(len(pool), size=count, replace=False)
         negatives = [pool[i] for i in sorted(chosen.tolist())]
 

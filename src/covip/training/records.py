@@ -5,14 +5,16 @@ Each record is ``{"prompt": [one user message], "images": [PIL images], "task": 
 ``{"type": "image"}`` parts; TRL fills the image placeholders from ``images`` in order.
 
 The `caption` prompt is exactly the evaluation prompt (`covip.protocol.requests.build_caption_request`),
-so the policy is trained on what it is scored on. `multi_vision` and `joint` keep that context layout
-and swap the final instruction; `vision` shows one context concept's photo and the query photo. The
-task types and their truth:
+so the policy is trained on what it is scored on. `joint` keeps that context layout and swaps the final
+instruction. `multi_vision` is laid out as the authors lay it out: the concept photos alone, each
+under a header numbered from 0, then the instruction, then the query photo. `vision` shows one
+context concept's photo and the query photo. The task types and their truth:
 
 - caption      {"sample_id", "positive_indices", "questions"} (questions per context concept, A-D)
-- multi_vision {"indices"}: the 1-based memory numbers of the concepts in the query image
+- multi_vision {"indices"}: the context indices (from 0, as the authors number concepts) of the
+               concepts in the query image
+- joint        caption truth plus "indices": the 1-based memory numbers its prompt shows
 - vision       {"present"}: whether the named concept (image 1) is in the query (image 2)
-- joint        caption truth plus "indices" (the paper's r_vis + r_caps)
 
 Which task a sample gets is drawn per sample from the run seed, in the configured proportions.
 """
@@ -89,15 +91,23 @@ def build_record(row: Mapping, task: str, prompts: PromptBook, *, seed: int, whe
         truth = {"sample_id": sample_id, "positive_indices": positives, "questions": _questions(row, here)}
         return _record(caption_request, task, truth, sample_id)
     sections = prompts.sections(TRAIN_PROMPT)
-    if task in ("multi_vision", "joint"):
+    if task == "multi_vision":
+        images = list(row.get("context_images") or [])
+        parts: list = []
+        for k, image in enumerate(images):  # numbered from 0, photos only, as the authors' task
+            parts += [TextPart(sections["multi_vision_concept"].substitute(index=k).strip()),
+                      image_part(image, f"{here} field 'context_images'[{k}]")]
+        parts += [TextPart(sections["multi_vision"].substitute().strip()),
+                  image_part(row.get("query_image"), f"{here} field 'query_image'")]
+        return _record(ChatRequest((Message("user", tuple(parts)),)), task, {"indices": list(positives)}, sample_id)
+    if task == "joint":
         (message,) = caption_request.messages
-        # Same context and query layout as the caption prompt; only the final instruction differs.
+        # Same context and query layout as the caption prompt; only the final instruction differs, and
+        # it asks for the memory numbers that layout shows (from 1).
         parts = message.parts[:-1] + (TextPart(sections[task].substitute().strip()),)
-        request = ChatRequest((Message("user", parts),))
-        truth: dict = {"indices": [i + 1 for i in positives]}
-        if task == "joint":
-            truth.update(sample_id=sample_id, positive_indices=positives, questions=_questions(row, here))
-        return _record(request, task, truth, sample_id)
+        truth: dict = {"indices": [i + 1 for i in positives], "sample_id": sample_id, "positive_indices": positives,
+                       "questions": _questions(row, here)}
+        return _record(ChatRequest((Message("user", parts),)), task, truth, sample_id)
     if task == "vision":
         names = list(row.get("context_names") or [])
         images = list(row.get("context_images") or [])

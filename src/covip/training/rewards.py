@@ -2,8 +2,9 @@
 
 The scores per task (the shared ones are metrics of `covip.core.metrics`):
 
-- `multi_vision`: `boxed_index_f1`, the set F1 between the indices in the last ``\\boxed{[...]}``
-  and the truth; 0 when there is no readable box (missing, empty, or not a list of integers).
+- `multi_vision`: `boxed_index_f1`, the set F1 between the indices in the FIRST ``\\boxed{[...]}``
+  and the truth, concepts counted from 0 (the authors' reward); 0 when that box is not readable
+  (missing, empty, or not a list of integers).
 - `vision`: `yes_no_reward`, 1 when the reply's first yes/no word matches the truth, else 0.
 - `caption`: `caption_score`, (1/3)·#positive questions answered correctly − #negative questions not
   answered D / #negative questions, from judge letters; −1 if the caption degenerates
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -87,12 +89,18 @@ def duplicate_ngram_ratio(text: str, n: int = NGRAM) -> tuple[float, int]:
 
 
 def repeated_chunk_ratio(text: str, size: int) -> float:
-    """Share of the non-overlapping `size`-word chunks that repeat an earlier chunk (0 with < 2 chunks)."""
+    """Share of the sliding `size`-word windows (stride 1) whose words occur as another window too.
+
+    As the authors' degeneration test: every window of `size` consecutive words is a chunk; the
+    windows whose chunk appears more than once, counted with all their occurrences, over all windows.
+    0 when the text has fewer than 2 x `size` words (no chunk of that size can repeat without
+    overlapping itself).
+    """
     words = _normalize(text).split()
-    chunks = [tuple(words[i : i + size]) for i in range(0, len(words) - size + 1, size)]
-    if len(chunks) < 2:
+    if len(words) < 2 * size:
         return 0.0
-    return (len(chunks) - len(set(chunks))) / len(chunks)
+    windows = Counter(tuple(words[i : i + size]) for i in range(len(words) - size + 1))
+    return sum(count for count in windows.values() if count > 1) / (len(words) - size + 1)
 
 
 def degeneration_reasons(text: str | None) -> list[str]:

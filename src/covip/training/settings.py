@@ -1,14 +1,18 @@
 """Settings of stage 8, GSPO training (config section `training`), its presets and its launcher.
 
 The section holds defaults for every run plus `runs`, a mapping run name -> overrides (at least
-`base_model`). `TrainingSettings.for_run(name)` merges them. Two presets decide how many optimiser
-steps each generation batch feeds (SPEC section 4):
+`base_model`). `TrainingSettings.for_run(name)` merges them. Batch sizes count completions, as TRL
+does: one micro-step of one device takes `per_device_train_batch_size` completions, one optimiser step
+takes that x devices x `gradient_accumulation_steps` (`BatchPlan`). Two presets decide how many
+optimiser steps each generation batch feeds (SPEC section 4):
 
-- `default`: `steps_per_generation` = 4 x gradient accumulation and `num_iterations` = 2, so every
-  batch of rollouts is reused for 8 optimiser steps and the sequence ratio s moves away from 1:
-  GSPO's clipping acts (clip ratio > 0 in the log).
-- `paper-code`: one optimisation pass per generation, as the authors ran it (s is always 1, the
-  clip ratio stays 0).
+- `authors` (the default): one optimisation pass per generation, as the authors' run script ran it;
+  with its batch sizes (1 completion per device, 4 devices, no accumulation) one optimiser step sees
+  ONE prompt's 4 rollouts. The sequence ratio s is always 1, so GSPO's clipping never acts (clip
+  ratio 0 in the log, as in theirs).
+- `clip-active`: `steps_per_generation` = 4 x gradient accumulation and `num_iterations` = 2, so every
+  batch of rollouts (4x larger) is reused for 8 optimiser steps and s moves away from 1: the clipping
+  acts (clip ratio > 0).
 
 Explicit `steps_per_generation` / `num_iterations` values override either preset.
 """
@@ -20,11 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PRESETS = ("default", "paper-code")
+PRESETS = ("authors", "clip-active")
+RENAMED_PRESETS = {"default": "clip-active", "paper-code": "authors"}  # the names before issue 15
 REWARD_MODES = ("mixture", "joint")
 DEEPSPEED = ("zero2", "zero3")
-# Every linear layer of the language model (attention and MLP projections); nothing of the vision tower.
-LANGUAGE_LINEAR = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+# Every linear layer of the language model (attention and MLP projections) and the output head, nothing
+# of the vision tower: the layers the authors' trainer gives LoRA (every nn.Linear outside the vision
+# modules, lm_head included; their trainable-parameter count includes lm_head's LoRA).
+LANGUAGE_LINEAR = r"(.*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|(.*\.)?lm_head)$"
 ACCELERATE_CONFIGS = Path(__file__).resolve().parents[3] / "config" / "accelerate"
 
 
@@ -34,21 +41,21 @@ class TrainingSettings:
 
     runs: dict[str, Any] = field(default_factory=dict, metadata={"help": "Training runs: run name -> overrides of the settings below, with at least `base_model` (a local model folder or hub id). Output: <outdir>/training/<run>/model."})
     base_model: str | None = field(default=None, metadata={"help": "Model to post-train (set per run)."})
-    preset: str = field(default="default", metadata={"help": "'default' (several optimiser steps per generation batch, so GSPO clipping acts) or 'paper-code' (one pass per generation, as the authors ran it).", "enum": list(PRESETS)})
+    preset: str = field(default="authors", metadata={"help": "'authors' (one optimisation pass per generation, as the authors ran it: the ratio s stays 1 and the clipping never acts) or 'clip-active' (each generation batch, 4x larger, feeds 8 optimiser steps, so GSPO's clipping acts).", "enum": list(PRESETS)})
     reward_mode: str = field(default="mixture", metadata={"help": "'mixture': each sample gets one task type of task_mixture and only that task's reward (authors' code); 'joint': the paper's r_vis + r_caps on one answer.", "enum": list(REWARD_MODES)})
     task_mixture: dict[str, float] = field(default_factory=lambda: {"caption": 1.0, "multi_vision": 1.0, "vision": 1.0}, metadata={"help": "Relative weights of the task types caption, multi_vision, vision (mixture mode)."})
     judge: str | None = field(default=None, metadata={"help": "Registry entry that judges the caption reward's questions (same client and cache as CapEval-QA)."})
     max_samples: int | None = field(default=None, metadata={"help": "Train on the first N rows of the train split only (null: all)."})
     num_generations: int = field(default=4, metadata={"help": "Rollouts per prompt (group size).", "minimum": 2})
-    prompts_per_device: int = field(default=1, metadata={"help": "Prompts per device per optimiser micro-step (device batch = this x num_generations).", "minimum": 1})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-steps per optimiser step.", "minimum": 1})
+    per_device_train_batch_size: int = field(default=1, metadata={"help": "Completions (not prompts) per device per micro-step, as TRL counts them (authors: 1). One optimiser step sees this x devices x gradient_accumulation_steps completions; with the authors' 1 x 4 x 1 that is one prompt's 4 rollouts.", "minimum": 1})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-steps per optimiser step (authors: 1).", "minimum": 1})
     steps_per_generation: int | None = field(default=None, metadata={"help": "Micro-steps each generation batch is split over (null: from the preset)."})
     num_iterations: int | None = field(default=None, metadata={"help": "Passes over each generation batch (null: from the preset)."})
     max_completion_length: int = field(default=512, metadata={"help": "Most new tokens per rollout.", "minimum": 1})
     caption_token_limit: int = field(default=511, metadata={"help": "A caption with more tokens than this gets reward -1 (authors: 511).", "minimum": 1})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the rollouts."})
     learning_rate: float = field(default=5e-6, metadata={"help": "Peak learning rate."})
-    lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers scheduler name."})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "transformers scheduler name (authors: the Trainer's default, linear decay to 0 without warm-up)."})
     num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs over the training records."})
     max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimiser steps (-1: run the epochs)."})
     epsilon: float = field(default=3e-4, metadata={"help": "Lower clip range of the sequence ratio (1 - epsilon)."})
@@ -59,8 +66,8 @@ class TrainingSettings:
     lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=128, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: str = field(default=LANGUAGE_LINEAR, metadata={"help": "Regex of the module names that get LoRA (default: all language-model linear layers, no vision layer)."})
-    modules_to_save: list[str] = field(default_factory=list, metadata={"help": "Modules trained in full next to LoRA (the tiny random model needs ['lm_head'] to learn)."})
+    lora_target_modules: str = field(default=LANGUAGE_LINEAR, metadata={"help": "Regex of the module names that get LoRA (default, as the authors: every language-model linear layer and lm_head, no vision layer)."})
+    modules_to_save: list[str] = field(default_factory=list, metadata={"help": "Modules trained in full next to LoRA (they then get no LoRA of their own); the tiny random model needs ['lm_head'] to learn."})
     bf16: bool | None = field(default=None, metadata={"help": "bf16 weights and autocast (null: on when a GPU is present)."})
     gradient_checkpointing: bool = field(default=True, metadata={"help": "Recompute activations in the backward pass to save memory."})
     save_steps: int = field(default=50, metadata={"help": "Checkpoint every N optimiser steps (a rerun resumes from the last one).", "minimum": 1})
@@ -73,6 +80,9 @@ class TrainingSettings:
     vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "GPU memory share of colocated vLLM."})
 
     def __post_init__(self):
+        if self.preset in RENAMED_PRESETS:
+            raise ValueError(f"training.preset {self.preset!r} was renamed: use {RENAMED_PRESETS[self.preset]!r} "
+                             f"(presets: {list(PRESETS)})")
         if self.preset not in PRESETS:
             raise ValueError(f"training.preset must be one of {list(PRESETS)}, got {self.preset!r}")
         if self.reward_mode not in REWARD_MODES:
@@ -99,12 +109,19 @@ class TrainingSettings:
             raise ValueError(f"training.runs has no run '{name}' (have: {sorted(self.runs)})")
         overrides = dict(self.runs[name] or {})
         known = {f.name for f in dataclasses.fields(self)} - {"runs"}
+        if "prompts_per_device" in overrides:
+            raise ValueError(f"training.runs.{name}: prompts_per_device was replaced by per_device_train_batch_size, "
+                             "which counts completions as TRL does (the authors' run: 1 on each of 4 GPUs)")
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ValueError(f"training.runs.{name}: unknown setting(s) {unknown}; known: {sorted(known)}")
         merged = dataclasses.replace(self, runs={}, **overrides)
         if not merged.base_model:
             raise ValueError(f"training.runs.{name}: set base_model (a model folder or hub id)")
+        try:
+            merged.batch_plan()
+        except ValueError as error:
+            raise ValueError(f"training.runs.{name}: {error}") from None
         return merged
 
     def tasks(self) -> list[str]:
@@ -118,11 +135,70 @@ class TrainingSettings:
 
     def schedule(self) -> tuple[int, int]:
         """(steps_per_generation, num_iterations) after the preset; explicit values win."""
-        if self.preset == "paper-code":
+        if self.preset == "authors":
             steps, iterations = self.gradient_accumulation_steps, 1
         else:
             steps, iterations = 4 * self.gradient_accumulation_steps, 2
         return (self.steps_per_generation or steps, self.num_iterations or iterations)
+
+    @property
+    def processes(self) -> int:
+        """Training processes (one per GPU; one on the CPU or a single GPU)."""
+        return max(1, self.gpus)
+
+    def batch_plan(self, processes: int | None = None) -> "BatchPlan":
+        """How many completions and prompts each optimiser step and each generation batch hold, counted
+        as TRL's GRPOConfig counts them; a batch that cannot hold whole groups is an error."""
+        steps, iterations = self.schedule()
+        return BatchPlan(self.per_device_train_batch_size, self.processes if processes is None else processes,
+                         self.gradient_accumulation_steps, steps, iterations, self.num_generations)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """TRL's batch arithmetic (GRPOConfig of TRL 1.16): a micro-step of one process takes
+    `per_device` completions; an optimiser step takes `accumulation` micro-steps on every process; a
+    generation batch is `per_device x processes x steps_per_generation` completions, whole groups of
+    `num_generations` rollouts of one prompt, reused for `num_iterations` passes."""
+
+    per_device: int
+    processes: int
+    accumulation: int
+    steps_per_generation: int
+    num_iterations: int
+    num_generations: int
+
+    def __post_init__(self):
+        if self.generation_batch % self.num_generations:
+            raise ValueError(
+                f"a generation batch of {self.generation_batch} completions (per_device_train_batch_size "
+                f"{self.per_device} x {self.processes} process(es) x steps_per_generation {self.steps_per_generation}) "
+                f"does not hold whole groups of num_generations = {self.num_generations} rollouts; for one prompt per "
+                f"optimiser step set per_device_train_batch_size x gpus x gradient_accumulation_steps to {self.num_generations}")
+
+    @property
+    def completions_per_step(self) -> int:
+        """Completions in one optimiser step (over all processes and accumulated micro-steps)."""
+        return self.per_device * self.processes * self.accumulation
+
+    @property
+    def generation_batch(self) -> int:
+        """Completions generated at once (TRL's generation_batch_size)."""
+        return self.per_device * self.processes * self.steps_per_generation
+
+    @property
+    def prompts_per_generation(self) -> int:
+        return self.generation_batch // self.num_generations
+
+    @property
+    def prompts_per_step(self) -> float:
+        """Prompts whose rollouts one optimiser step sees (a fraction: a step sees part of a group)."""
+        return self.completions_per_step / self.num_generations
+
+    @property
+    def steps_per_generation_batch(self) -> float:
+        """Optimiser steps one generation batch feeds (its micro-steps x passes / accumulation)."""
+        return self.steps_per_generation * self.num_iterations / self.accumulation
 
 
 def launch_command(settings: TrainingSettings, config_dir: str | Path = ACCELERATE_CONFIGS) -> str:

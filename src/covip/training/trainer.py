@@ -1,7 +1,7 @@
 """Stage 8: GSPO post-training with TRL's GRPOTrainer (sequence-level importance sampling).
 
 `train_policy` builds the records, the TRL config, the model with LoRA on the language model's
-linear layers (vision tower frozen), runs `GRPOTrainer`, resuming from the last checkpoint in
+linear layers and lm_head (vision tower frozen), runs `GRPOTrainer`, resuming from the last checkpoint in
 `checkpoint_dir` when there is one, and saves the merged policy as an ordinary model folder (weights
 plus processor) that `AutoModelForImageTextToText` / `AutoProcessor` and the captioning backends
 load. `TrainingLogCallback` writes every logged step to Parquet (schemas.TRAINING_LOG).
@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -117,7 +118,7 @@ def grpo_config(settings: TrainingSettings, checkpoint_dir: str | Path, seed: in
         beta=settings.beta,
         scale_rewards="group",
         num_generations=settings.num_generations,
-        per_device_train_batch_size=settings.prompts_per_device * settings.num_generations,
+        per_device_train_batch_size=settings.per_device_train_batch_size,  # completions, as TRL counts them
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
         steps_per_generation=steps_per_generation,
         num_iterations=num_iterations,
@@ -157,6 +158,14 @@ def load_base(settings: TrainingSettings, *, cuda: bool):
     return model, processor
 
 
+def lora_target_regex(settings: TrainingSettings) -> str:
+    """The LoRA target regex, less the modules trained in full (`modules_to_save` get no LoRA of their own)."""
+    if not settings.modules_to_save:
+        return settings.lora_target_modules
+    saved = "|".join(re.escape(name) for name in settings.modules_to_save)
+    return rf"(?!(?:.*\.)?(?:{saved})$)(?:{settings.lora_target_modules})"
+
+
 def lora_config(settings: TrainingSettings):
     from peft import LoraConfig
 
@@ -164,7 +173,7 @@ def lora_config(settings: TrainingSettings):
         r=settings.lora_r,
         lora_alpha=settings.lora_alpha,
         lora_dropout=settings.lora_dropout,
-        target_modules=settings.lora_target_modules,
+        target_modules=lora_target_regex(settings),
         modules_to_save=list(settings.modules_to_save) or None,
         task_type="CAUSAL_LM",
     )

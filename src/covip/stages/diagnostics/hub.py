@@ -1,7 +1,17 @@
-"""Reading a diagnostic set in the hub layout (images_context, dialogues_context, query_image, answer)."""
+"""Reading a diagnostic set in the hub layout (images_context, dialogues_context, query_image, answer,
+and last_action for LAR), from the files `datasets` writes:
+
+- one Parquet file;
+- a folder of Parquet files, as the hub repository holds them (e.g. `data/train-00000-of-00001.parquet`,
+  read in name order; several splits in one folder are an error naming them);
+- a folder written by `Dataset.save_to_disk` (`state.json` naming Arrow files, as the authors'
+  scripts read with `load_from_disk`), or by `DatasetDict.save_to_disk` with a single split.
+"""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,22 +43,91 @@ def _image_cell(value, where: str, base: Path) -> dict:
     return {"bytes": bytes(data), "path": path}
 
 
+_SHARD = re.compile(r"(?P<split>.+?)-\d{5}-of-\d{5}\.parquet$")
+
+
+def _arrow_files(folder: Path) -> list[Path]:
+    """The Arrow files of a `Dataset.save_to_disk` folder, in the order its state.json lists them."""
+    try:
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        return [folder / entry["filename"] for entry in state["_data_files"]]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise DiagnosticError(f"{folder}/state.json: not a datasets save_to_disk state ({error})") from error
+
+
+def _read_arrow(file: Path) -> pa.Table:
+    """One Arrow file as datasets writes it (IPC stream; the file format is accepted too)."""
+    try:
+        with pa.memory_map(str(file)) as source:
+            try:
+                return pa.ipc.open_stream(source).read_all()
+            except pa.ArrowInvalid:
+                source.seek(0)
+                return pa.ipc.open_file(source).read_all()
+    except (OSError, pa.ArrowInvalid) as error:
+        raise DiagnosticError(f"{file}: cannot read as Arrow ({error})") from error
+
+
+def read_hub_table(path: Path) -> pa.Table:
+    """The table of a diagnostic set in any layout of the module docstring, rows in file order."""
+    if path.is_file():
+        try:
+            return pq.read_table(path)
+        except (OSError, pa.ArrowInvalid) as error:
+            raise DiagnosticError(f"{path}: cannot read as Parquet ({error})") from error
+    if not path.is_dir():
+        raise DiagnosticError(f"{path}: no such file or folder (a diagnostic set: Parquet file, hub folder, or save_to_disk folder)")
+    if (path / "dataset_dict.json").is_file():  # DatasetDict.save_to_disk: one folder per split
+        try:
+            splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+        except (OSError, json.JSONDecodeError, KeyError) as error:
+            raise DiagnosticError(f"{path}/dataset_dict.json: unreadable ({error})") from error
+        if len(splits) != 1:
+            raise DiagnosticError(f"{path}: a dataset with splits {splits}; point at one of its split folders")
+        return read_hub_table(path / splits[0])
+    if (path / "state.json").is_file():
+        tables = [_read_arrow(file) for file in _arrow_files(path)]
+    else:
+        files = sorted(path.rglob("*.parquet"))
+        if not files:
+            raise DiagnosticError(f"{path}: no Parquet files and no datasets state.json in this folder")
+        splits = sorted({m["split"] for f in files if (m := _SHARD.match(f.name))})
+        if len(splits) > 1:
+            raise DiagnosticError(f"{path}: Parquet files of several splits {splits}; point at one split's file")
+        try:
+            tables = [pq.read_table(file) for file in files]
+        except (OSError, pa.ArrowInvalid) as error:
+            raise DiagnosticError(f"{path}: cannot read its Parquet files ({error})") from error
+    if not tables:
+        raise DiagnosticError(f"{path}: the dataset has no data files")
+    try:
+        return pa.concat_tables(tables, promote_options="default")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise DiagnosticError(f"{path}: its data files disagree on the columns ({error})") from error
+
+
+def _last_action(value, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise DiagnosticError(f"{where} field 'last_action': expected text, got {type(value).__name__}")
+    return value.strip() or None
+
+
 def load_diagnostic_set(path, task: str, prompts: PromptBook | None = None, lsd_box: str = "latex") -> list[dict]:
-    """Read a diagnostic set in the hub layout (images_context, dialogues_context, query_image, answer).
+    """Read a diagnostic set in the hub layout (images_context, dialogues_context, query_image, answer),
+    from any layout of the module docstring; every row is kept (no items_per_task cap).
 
     Other columns are optional: a missing `sample_id` becomes '<task><row>', a missing `question` the
     task's question from the prompt file (LSD's asking for the box `lsd_box` names), a missing
-    `target_index` -1, a missing `last_action` (the LAR set's reference for the judge) null. A `task`
-    column must agree with `task`. Returns rows of schemas.DIAGNOSTIC_SET; bad cells raise naming file,
-    row and field.
+    `target_index` -1, a missing `last_action` null (the hub's LAR set has it: the reference its judge
+    uses). A `task` column must agree with `task`. Returns rows of schemas.DIAGNOSTIC_SET; bad cells
+    raise naming file, row and field.
     """
     if task not in TASKS:
         raise DiagnosticError(f"diagnostics: unknown task {task!r}; choose from {list(TASKS)}")
     path = Path(path)
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowInvalid) as error:
-        raise DiagnosticError(f"{path}: cannot read as Parquet ({error})") from error
+    table = read_hub_table(path)
     missing = [c for c in HUB_COLUMNS if c not in table.column_names]
     if missing:
         raise DiagnosticError(f"{path}: missing hub column(s) {missing}; a diagnostic set needs {list(HUB_COLUMNS)}")
@@ -89,7 +168,7 @@ def load_diagnostic_set(path, task: str, prompts: PromptBook | None = None, lsd_
             "question": str(question),
             "answer": str(answer).strip(),
             "target_index": target,
-            "last_action": str(raw["last_action"]).strip() if raw.get("last_action") else None,
+            "last_action": _last_action(raw.get("last_action"), where),
         })
     ids = [row["sample_id"] for row in rows]
     if len(set(ids)) != len(ids):
