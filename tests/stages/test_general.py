@@ -14,7 +14,7 @@ from covip.stages.general.evaluate import sample_rows, sample_score, score_rows
 from covip.stages.general.settings import GeneralSettings
 from covip.stages.general.summary import general_section, summarize_general
 from covip.stages.general.tiny import build_tiny_benchmark
-from covip.stages.report import load_paper_results
+from covip.stages.report.tables import load_paper_results
 
 PAPER = Path(__file__).resolve().parents[2] / "reference" / "paper_results.csv"
 PROVENANCE = {"harness": "lmms-eval 0.7.3", "task": "t", "task_version": "1.0", "harness_model": "qwen2_5_vl",
