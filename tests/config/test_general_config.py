@@ -57,7 +57,7 @@ def test_a_policy_the_harness_cannot_drive_fails_with_the_alternatives(default_c
 def test_the_papers_config_lists_the_four_for_base_and_covip():
     config = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
     assert config["evaluation"]["general_benchmarks"] == ["mm_niah", "mmneedle", "muirbench", "mmiu"]
-    assert config["evaluation"]["general_policies"] == ["qwen3_vl_8b", "qwen3_vl_8b_covip"]
+    assert config["evaluation"]["general_policies"] == ["qwen3_vl_8b", "qwen3_vl_8b_covip", "covip_authors"]
     from snakemake.utils import validate
 
     validate(config, str(ROOT / "config" / "schemas" / "config.schema.yaml"))

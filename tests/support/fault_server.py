@@ -2,7 +2,7 @@
 
 `POST /v1/chat/completions` answers with a deterministic function of the request's first user
 message (`respond`): a dialogue for the dialogue writer's prompt, a JSON question set for the MCQA
-writer's, a letter for the CapEval judge's. Repair turns a stage appends do not change the answer,
+writer's, a boxed letter for the CapEval judge's. Repair turns a stage appends do not change the answer,
 so a run under faults must end with exactly the rows of a fault-free run.
 
 Faults are drawn per (request body, attempt number) from a seeded hash, so the same run meets the
@@ -84,9 +84,10 @@ def respond(prompt: str) -> str:
             questions.append({"question": f"Question {index + 1}: what is true about {name}?", "options": options,
                               "answer": letter})
         return json.dumps({"questions": questions})
-    if "Reply with one letter only" in prompt:
+    if "Answer: \\boxed{X}" in prompt:  # the CapEval-QA judge: a short reason or none, then the boxed letter
         letter = "ABCD"[_digest(prompt) % 4]
-        return letter if _digest(prompt, "form") % 2 else f"The answer is {letter}."
+        return f"Answer: \\boxed{{{letter}}}" if _digest(prompt, "form") % 2 else \
+            f"The description supports it.\nAnswer: \\boxed{{{letter}}}"
     return "OK"
 
 
