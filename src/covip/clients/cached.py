@@ -147,7 +147,8 @@ class CachedChatModel:
         return results  # type: ignore[return-value]
 
     def _run_batched(self, requests, keys, todo, results, bar) -> None:
-        size = max(1, int(self.spec.options.get("batch_size", 8)))
+        # The entry's batch_size (every batching backend declares one, with its default).
+        size = max(1, int(self.spec.resolved_options().get("batch_size") or 8))
         for start in range(0, len(todo), size):
             chunk = todo[start : start + size]
             for index in chunk:

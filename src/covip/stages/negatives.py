@@ -45,6 +45,11 @@ class NegativeSettings:
         metadata={"help": "Draw negatives only from the categories of the sample's positives (person, animal, object, place). Needs concepts_rows."},
     )
 
+    def most_negatives(self, num_positives: int) -> int:
+        """The most negatives `build_contexts` adds to a sample with `num_positives` positives (the
+        config check sizes image limits with it: keep it in step with `build_contexts`)."""
+        return self.max_negatives
+
     def __post_init__(self):
         if self.min_negatives < 0:
             raise ValueError(f"negatives.min_negatives must be >= 0, got {self.min_negatives}")
