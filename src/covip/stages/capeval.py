@@ -17,9 +17,12 @@ Decisions, recorded on every row so the summary can count them:
 - With `max_attempts` > 1 (default 1, the authors' protocol) unreadable replies are repaired and
   failed calls repeated (`covip.protocol.judging.ask_with_repair`); only what is still unreadable
   after that counts as D. Above `max_failure_rate` unreadable or failed answers the job fails.
-- A caption that failed to generate (status 'failed' or no text) is judged as an empty caption: the
-  policy said nothing, so its positives are wrong and its negatives right. The captions table keeps
-  the failure itself.
+- A caption that could not be produced (status 'failed' or no text) is a failed row, never a score:
+  its questions are not sent to the judge, their rows carry `caption_failed=True` (no letter, no
+  `correct`), Acc+ and Acc- leave the sample out, and the summary counts it in `n_caption_failed`.
+  Judging it as an empty caption would score its positives wrong and its negatives right, a silent
+  bias against the concept counts whose long prompts fail most. The captioning stage's own
+  `max_failure_rate` bounds how many may fail; the report shows the count beside every row.
 
 Per-question rows first (`judge_captions`), aggregation second (`summarize_capeval`), so a rerun of
 the summary never calls the judge again. `score_released_captions` runs the same judging on the
@@ -39,7 +42,7 @@ from covip.clients.cached import CachedChatModel
 from covip.clients.spec import is_stand_in
 from covip.core.formats import load_qas_gt
 from covip.core.io import as_list
-from covip.core.metrics import TallyError, capeval_sample_tallies
+from covip.core.metrics import TallyError, caption_failed, capeval_sample_tallies, failed_caption_samples
 from covip.core.reliability import FailureReport, failure_report
 from covip.core.schemas import NONE_LETTER, OPTION_LETTERS
 from covip.core.seeding import rng_for
@@ -183,10 +186,10 @@ def _items_from_records(records: list[dict]) -> dict[str, _Item]:
     return items
 
 
-def _caption_text(row: Mapping) -> str:
-    """The text the judge reads: a failed or missing caption reads as an empty one (module docstring)."""
+def _caption_text(row: Mapping) -> str | None:
+    """The text the judge reads; None for a caption that could not be produced (module docstring)."""
     if row.get("status", "ok") != "ok" or row.get("caption") is None:
-        return ""
+        return None
     return str(row["caption"])
 
 
@@ -228,10 +231,14 @@ def _judge_pairs(pairs, judge: CachedChatModel, prompts: PromptBook, settings: C
     a reply that stays unreadable is kept, and a later failed call never replaces an earlier reply.
     """
     judge_stand_in = is_stand_in(judge)
-    slots, requests = [], []
+    slots, requests, failed_rows = [], [], []
     for caption_row, item in pairs:
         caption = _caption_text(caption_row)
         policy = caption_row["policy"]
+        if caption is None:  # no caption, no question asked: a failed row per question, never a score
+            failed_rows += [_answer_row(caption_row, item, ci, q, judge_name, judge.identity, judge_stand_in, None)
+                            for ci, concept_questions in enumerate(item.questions) for q in concept_questions]
+            continue
         for ci, concept_questions in enumerate(item.questions):
             for q in concept_questions:
                 request_seed = judge_seed(seed, settings.seed_offset, policy, item.sample_id, ci, q["question_id"])
@@ -253,39 +260,49 @@ def _judge_pairs(pairs, judge: CachedChatModel, prompts: PromptBook, settings: C
 
     outcomes = ask_with_repair(judge, requests, check, next_request, settings.max_attempts, desc="capeval judge",
                                progress_file=progress_file, concurrency=settings.concurrency)
-    rows = []
-    for (caption_row, item, ci, q), outcome in zip(slots, outcomes):
+    rows = [_answer_row(caption_row, item, ci, q, judge_name, judge.identity, judge_stand_in, outcome)
+            for (caption_row, item, ci, q), outcome in zip(slots, outcomes)]
+    return rows + failed_rows
+
+
+def _answer_row(caption_row, item: _Item, ci: int, q: dict, judge_name: str, judge_identity: str,
+                judge_stand_in: bool, outcome) -> dict:
+    """One row of schemas.CAPEVAL_ANSWERS; `outcome` None: the caption failed and nothing was asked."""
+    positive = ci in item.positive_indices
+    row = {
+        "policy": caption_row["policy"],
+        "judge": judge_name,
+        "sample_id": item.sample_id,
+        "num_positives": item.num_positives,
+        "context_index": ci,
+        "question_id": q["question_id"],
+        "is_positive": positive,
+        "answer": q["answer"],
+        "raw_answer": None,
+        "parsed": None,
+        "unparseable": False,
+        "correct": None,
+        "judge_identity": judge_identity,
+        "stand_in": judge_stand_in or bool(caption_row.get("stand_in", False)),
+        "caption_failed": outcome is None,
+    }
+    if outcome is not None:
         letter = outcome.value
         parsed = letter or NONE_LETTER  # the authors' rule: no readable letter counts as D
-        positive = ci in item.positive_indices
-        rows.append(
-            {
-                "policy": caption_row["policy"],
-                "judge": judge_name,
-                "sample_id": item.sample_id,
-                "num_positives": item.num_positives,
-                "context_index": ci,
-                "question_id": q["question_id"],
-                "is_positive": positive,
-                "answer": q["answer"],
-                "raw_answer": outcome.raw,
-                "parsed": parsed,
-                "unparseable": letter is None,
-                "correct": parsed == q["answer"] if positive else parsed == NONE_LETTER,
-                "judge_identity": judge.identity,
-                "stand_in": judge_stand_in or bool(caption_row.get("stand_in", False)),
-            }
-        )
-    return rows
+        row.update(raw_answer=outcome.raw, parsed=parsed, unparseable=letter is None,
+                   correct=parsed == q["answer"] if positive else parsed == NONE_LETTER)
+    return row
 
 
 def judge_failures(answer_rows: list[dict]) -> FailureReport:
-    """Judge answers that named no letter or whose call failed (they count as D; see the module docstring)."""
+    """Judge answers that named no letter or whose call failed (they count as D; see the module docstring),
+    among the questions that were asked (a failed caption's are not: the captioning stage counts those)."""
     return failure_report(
         answer_rows,
         "capeval",
         failed=lambda row: bool(row["unparseable"]),
         reason=lambda row: "judge call failed" if row.get("raw_answer") is None else "reply names no option",
+        counted=lambda row: not caption_failed(row),
     )
 
 
@@ -317,7 +334,8 @@ def judge_captions(
 # Aggregation
 
 
-def _summary_row(policy, judge, count, per_sample, n_bootstrap, seed, confidence, policy_identity, judge_identity, stand_in):
+def _summary_row(policy, judge, count, per_sample, n_bootstrap, seed, confidence, policy_identity, judge_identity, stand_in,
+                 n_caption_failed=0):
     stats = np.array([s[1:] for s in per_sample], dtype=np.int64).reshape(-1, 6)
     pos_c, pos_t, neg_c, neg_t, unparseable, failed = stats.T
     row = {
@@ -334,6 +352,7 @@ def _summary_row(policy, judge, count, per_sample, n_bootstrap, seed, confidence
         "n_neg_questions": int(neg_t.sum()),
         "n_unparseable": int(unparseable.sum()),
         "n_judge_failed": int(failed.sum()),
+        "n_caption_failed": int(n_caption_failed),
         "policy_identity": policy_identity,
         "judge_identity": judge_identity,
         "stand_in": stand_in,
@@ -361,7 +380,8 @@ def summarize_capeval(
     `confidence` percentile intervals of a cluster bootstrap: samples are drawn with replacement,
     each bringing all its questions, because the questions of one caption are not independent.
     Seeded per (seed, policy, judge, count), numpy only. `policy_identities` maps a policy to what
-    produced its captions (see `policy_identities_from`); by default the policy name.
+    produced its captions (see `policy_identities_from`); by default the policy name. Samples whose
+    caption failed are in no accuracy; each row counts them in `n_caption_failed`.
     """
     if n_bootstrap < 0:
         raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
@@ -379,16 +399,19 @@ def summarize_capeval(
         groups = capeval_sample_tallies(answer_rows)
     except TallyError as error:
         raise CapEvalInputError(str(error)) from None
+    failed = failed_caption_samples(answer_rows)
     summary = []
-    for (policy, judge), samples in groups.items():
+    for policy, judge in sorted(set(groups) | set(failed)):
         info = meta[(policy, judge)]
         identity = (policy_identities or {}).get(policy, policy)
-        per_sample = [tuple(stats) for _, stats in sorted(samples.items())]
-        for count in sorted({s[0] for s in per_sample}) + [0]:
+        per_sample = [tuple(stats) for _, stats in sorted(groups.get((policy, judge), {}).items())]
+        lost = list(failed.get((policy, judge), {}).values())
+        for count in sorted({s[0] for s in per_sample} | set(lost)) + [0]:
             chosen = [s for s in per_sample if count == 0 or s[0] == count]
+            n_failed = sum(1 for n in lost if count == 0 or n == count)
             summary.append(
                 _summary_row(policy, judge, count, chosen, n_bootstrap, seed, confidence, identity,
-                             info["judge_identity"], info["stand_in"])
+                             info["judge_identity"], info["stand_in"], n_failed)
             )
     return summary
 
@@ -453,12 +476,13 @@ def format_summary(summary_rows: list[dict]) -> str:
     def ci(low, high):
         return "" if low is None else f" [{low:5.1f}, {high:5.1f}]"
 
-    lines = [f"{'policy':<20} {'judge':<12} {'#pos':>4}  {'Acc+':>5}{'':16}  {'Acc-':>5}{'':16}  unparseable  failed"]
+    lines = [f"{'policy':<20} {'judge':<12} {'#pos':>4}  {'Acc+':>5}{'':16}  {'Acc-':>5}{'':16}  unparseable  failed"
+             "  captions failed"]
     for r in summary_rows:
         count = "all" if r["num_positives"] == 0 else str(r["num_positives"])
         lines.append(
             f"{r['policy']:<20} {r['judge']:<12} {count:>4}  {pct(r['acc_pos'])}{ci(r['acc_pos_low'], r['acc_pos_high']):<16}"
             f"  {pct(r['acc_neg'])}{ci(r['acc_neg_low'], r['acc_neg_high']):<16}  {r['n_unparseable']:>11}  "
-            f"{r['n_judge_failed']:>6}" + ("  (stand-in)" if r["stand_in"] else "")
+            f"{r['n_judge_failed']:>6}  {r.get('n_caption_failed') or 0:>15}" + ("  (stand-in)" if r["stand_in"] else "")
         )
     return "\n".join(lines)

@@ -43,9 +43,10 @@ def _label(row: Mapping, with_judge: bool) -> str:
 
 
 def capeval_table(summary: Sequence[Mapping], paper: pd.DataFrame) -> str:
-    """The paper's CapEval-QA table (Acc+ / Acc- by number of concepts) with our rows below."""
-    header = "| system | " + " | ".join(f"{k}: Acc+ | {k}: Acc-" for k in COUNT_SETTINGS) + " |"
-    lines = [header, "|---|" + "---:|" * (2 * len(COUNT_SETTINGS))]
+    """The paper's CapEval-QA table (Acc+ / Acc- by number of concepts) with our rows below, and per row
+    the samples whose caption failed (left out of every accuracy, never scored as an empty caption)."""
+    header = "| system | " + " | ".join(f"{k}: Acc+ | {k}: Acc-" for k in COUNT_SETTINGS) + " | captions failed |"
+    lines = [header, "|---|" + "---:|" * (2 * len(COUNT_SETTINGS) + 1)]
     published = paper[paper["table"] == "capeval"]
     for system, rows in published.groupby("system", sort=False):
         values = {(r.setting, r.metric): r.value for r in rows.itertuples()}
@@ -54,7 +55,7 @@ def capeval_table(summary: Sequence[Mapping], paper: pd.DataFrame) -> str:
             for setting in COUNT_SETTINGS.values()
             for metric in ("acc_pos", "acc_neg")
         ]
-        lines.append(f"| {system} (paper) | " + " | ".join(cells) + " |")
+        lines.append(f"| {system} (paper) | " + " | ".join(cells) + " | |")
     judges = {row["judge"] for row in summary}
     by_policy: dict[tuple[str, str], dict[int, Mapping]] = {}
     for row in summary:
@@ -62,26 +63,30 @@ def capeval_table(summary: Sequence[Mapping], paper: pd.DataFrame) -> str:
     for (policy, judge), counts in sorted(by_policy.items()):
         first = next(iter(counts.values()))
         cells = [_fmt(counts.get(k, {}).get(metric)) for k in COUNT_SETTINGS for metric in ("acc_pos", "acc_neg")]
-        lines.append(f"| {_label(first, len(judges) > 1)} | " + " | ".join(cells) + " |")
+        failed = counts.get(0, {}).get("n_caption_failed") or 0
+        lines.append(f"| {_label(first, len(judges) > 1)} | " + " | ".join(cells) + f" | {failed} |")
     return "\n".join(lines)
 
 
 def downstream_table(summary: Sequence[Mapping], paper: pd.DataFrame) -> str:
-    """The paper's diagnostic table (LSD / LAR / ITR, direct and CAG) with our rows below."""
+    """The paper's diagnostic table (LSD / LAR / ITR, direct and CAG) with our rows below, and per row the
+    items without a score (a failed response, a failed or unreadable judge verdict), which no mean includes."""
     columns = [(task, mode) for task in TASKS for mode in MODES]
-    header = "| system | " + " | ".join(f"{task.upper()} {mode}" for task, mode in columns) + " |"
-    lines = [header, "|---|" + "---:|" * len(columns)]
+    header = "| system | " + " | ".join(f"{task.upper()} {mode}" for task, mode in columns) + " | failed / items |"
+    lines = [header, "|---|" + "---:|" * (len(columns) + 1)]
     published = paper[paper["table"] == "downstream"]
     for system, rows in published.groupby("system", sort=False):
         values = {(r.metric, r.setting): r.value for r in rows.itertuples()}
-        lines.append(f"| {system} (paper) | " + " | ".join(_fmt(values.get(c)) for c in columns) + " |")
+        lines.append(f"| {system} (paper) | " + " | ".join(_fmt(values.get(c)) for c in columns) + " | |")
     by_policy: dict[str, dict[tuple[str, str], Mapping]] = {}
     for row in summary:
         by_policy.setdefault(row["policy"], {})[(row["task"], row["mode"])] = row
     for policy, cells in sorted(by_policy.items()):
         first = next(iter(cells.values()))
         values = [_fmt(cells.get(c, {}).get("score")) for c in columns]
-        lines.append(f"| {_label(first, False)} | " + " | ".join(values) + " |")
+        failed = sum(int(cell.get("n_failed") or 0) for cell in cells.values())
+        items = failed + sum(int(cell.get("n") or 0) for cell in cells.values())
+        lines.append(f"| {_label(first, False)} | " + " | ".join(values) + f" | {failed} / {items} |")
     return "\n".join(lines)
 
 
@@ -178,13 +183,14 @@ def render_summary(
     extra_sections: Sequence[str] = (),
 ) -> str:
     pooled = [r for r in capeval if int(r["num_positives"]) == 0]
-    pooled_lines = ["| policy | judge | Acc+ (95% CI) | Acc- (95% CI) | questions +/- | unparseable |",
-                    "|---|---|---|---|---|---:|"]
+    pooled_lines = ["| policy | judge | Acc+ (95% CI) | Acc- (95% CI) | questions +/- | unparseable | judge failed | "
+                    "captions failed |", "|---|---|---|---|---|---:|---:|---:|"]
     for r in sorted(pooled, key=lambda r: (r["policy"], r["judge"])):
         pooled_lines.append(
             f"| {r['policy']} | {r['judge']} | {_fmt(r['acc_pos'])} ({_fmt(r['acc_pos_low'])}–{_fmt(r['acc_pos_high'])}) | "
             f"{_fmt(r['acc_neg'])} ({_fmt(r['acc_neg_low'])}–{_fmt(r['acc_neg_high'])}) | "
-            f"{r['n_pos_questions']}/{r['n_neg_questions']} | {r['n_unparseable']} |"
+            f"{r['n_pos_questions']}/{r['n_neg_questions']} | {r['n_unparseable']} | {r.get('n_judge_failed') or 0} | "
+            f"{r.get('n_caption_failed') or 0} |"
         )
     sections = [
         f"# CoViP evaluation report — {run_name}",
@@ -193,6 +199,8 @@ def render_summary(
         "(a policy or judge that is not a trained model); they check the pipeline and the metric, and are "
         "not comparable with the paper's rows.",
         "## CapEval-QA (SPEC §3): Acc+ / Acc- by number of concepts in the query image",
+        "A caption a policy could not produce is a failed row: it is counted under 'captions failed' and left "
+        "out of Acc+ and Acc-, never judged as an empty caption.",
         capeval_table(capeval, paper),
         "### All concept counts pooled",
         "\n".join(pooled_lines),
