@@ -83,6 +83,10 @@ class CachedChatModel:
             return hit
         return self._call(request, key)
 
+    def probe(self, request: ChatRequest) -> ChatResponse:
+        """One real call past the response cache (counted, never stored): is the endpoint answering now?"""
+        return self._call(self._with_default_sampling(request), None)
+
     def _call(self, request: ChatRequest, key: str | None) -> ChatResponse:
         """One real call: wait for the rate limit, call the backend, count and record the answer."""
         self.limiter.wait(estimate_tokens(request))

@@ -52,6 +52,9 @@ TRAINING_LOG = _schema(
         ("completion_truncated_ratio", pa.float64()),
         ("learning_rate", pa.float64()),
         ("grad_norm", pa.float64()),
+        ("judge_calls", pa.float64()),  # caption reward's judge calls per generation batch and rank (mean)
+        ("judge_failed", pa.float64()),  # of which failed: their completions got no reward
+        ("judge_failure_rate", pa.float64()),
     ],
     ["run", "step"],
 )
