@@ -131,6 +131,18 @@ def _preflight(args) -> int:
     return 0 if report.ok else 1
 
 
+def _plan(args) -> int:
+    from covip.planning.run import plan_configfiles
+
+    try:
+        text = plan_configfiles(args.configfile, out=args.out, usage=args.usage)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
+
+
 # -- training, GPUs, the tiny model -----------------------------------------------------------------
 def _train(args) -> int:
     from covip.training.job import run_training_job
@@ -212,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "embedded default)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each endpoint's /models")
     p.set_defaults(func=_preflight)
+
+    p = sub.add_parser("plan", help="model calls, tokens, dollars and GPU-hours a config will take, before it runs")
+    p.add_argument("--configfile", nargs="+", default=[], help="config files, as given to snakemake (default: the "
+                                                              "embedded default)")
+    p.add_argument("--out", help="also write the plan as Parquet (schemas.PLAN) here")
+    p.add_argument("--usage", help="after a run: its usage folder (<outdir>/usage), to compare plan and usage per rule")
+    p.set_defaults(func=_plan)
 
     p = sub.add_parser("train", help="one GSPO training run (rule train_gspo runs this, under accelerate on N GPUs)")
     p.add_argument("--config-json", required=True, help="JSON text or a JSON file with the run's config")

@@ -32,6 +32,7 @@ STAGE_SETTINGS = {
     "training": "covip.training.settings:TrainingSettings",
     "controls": "covip.stages.controls.settings:ControlSettings",
     "human_eval": "covip.human_eval.settings:HumanEvalSettings",
+    "plan": "covip.planning.settings:PlanSettings",
 }
 BEGIN = "  # BEGIN GENERATED STAGE SECTIONS (covip config-schema)"
 END = "  # END GENERATED STAGE SECTIONS"
