@@ -62,7 +62,7 @@ def test_endpoints_reachable_listing_the_model_or_served_by_the_workflow(default
         assert server.model_list_calls == 1  # one probe per server, however many entries share it
     lines = _lines(report)
     assert len(lines) == 2
-    assert lines[0].startswith("endpoint: models.down: GET http://127.0.0.1:9/v1/models did not answer within 2 s")
+    assert lines[0].startswith("endpoint: models.down: GET http://127.0.0.1:9/v1/models failed within 2 s")
     assert lines[1] == f"endpoint: models.wrong: {server.base_url}/models serves ['gpt-4o'], not 'gpt-9'; fix `model` " \
                        "or the server's served model name"
     assert f"endpoint: models.up: {server.base_url}/models answers" in report.text()

@@ -146,7 +146,7 @@ def preflight(prepared: Prepared, roles: Iterable[str], gpu_requests: Mapping[st
                         probed[url] = f"{type(error).__name__}: {error}"
                 found = probed[url]
                 if isinstance(found, str):
-                    problem("endpoint", subject, f"GET {url} did not answer within {timeout_s:g} s ({found}); start the "
+                    problem("endpoint", subject, f"GET {url} failed within {timeout_s:g} s ({found}); start the "
                                                  "server, or fix base_url")
                 elif found and spec.model not in found:
                     problem("endpoint", subject, f"{url} serves {found}, not '{spec.model}'; fix `model` or the "

@@ -321,10 +321,10 @@ def _assumptions(settings: PlanSettings, positives: float, context: float, kept:
         f"{test:.0f} test (plan.kept_fraction, splits)",
         f"a sample has {positives:.2f} positives and {context:.2f} context concepts on average (synthesis.positives_weights, "
         "the mean of negatives.min_negatives and the most negatives)",
-        f"first attempts only: re-asks of invalid dialogues or questions, judge repairs and client retries come on top",
+        "first attempts only: re-asks and repairs of invalid outputs, and client retries, come on top",
         f"text is 4 characters a token; an image costs its backend's tokens (OpenAI 512-px tiles, Gemini 258 per "
         f"768-px tile, Qwen-VL one per 28x28 pixels; stand-ins none)",
-        f"expected reply lengths in tokens, capped by each request's max_tokens: {out}; a generated image bills "
+        f"expected output lengths in tokens, capped by each request's max_tokens: {out}; a generated image bills "
         f"{settings.image_output_tokens} tokens",
         f"GPU-hours at {settings.gpu}: {rates['prefill']:g} prefill, {rates['decode']:g} decode, {rates['train']:g} training "
         f"tokens/s per GPU for an ~8B VLM (plan.throughput); transformers at "
