@@ -125,7 +125,8 @@ def test_killed_stage_reruns_without_repeating_a_finished_call(tmp_path, context
     schema = schemas.CAPEVAL_ANSWERS if stage == "capeval" else schemas.DIALOGUES
 
     def worker(server):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS.parent / "src"), str(TESTS)]))
+        # This checkout's package (tests/../src), not whichever covip happens to be installed.
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS.parent.parent / "src"), str(TESTS.parent)]))
         args = [sys.executable, str(TESTS.parent / "support" / "stage_worker.py"), stage, str(inputs), str(out), str(cache), server.base_url]
         return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
