@@ -111,8 +111,8 @@ def test_gpus_requested_against_visible(default_config):
     requests = config_gpu_requests(prep)
     assert requests == {"caption": 2, "diagnose": 2, "embed_concepts": 1}
     report = preflight(prep, [], requests, env={}, pool=DevicePool(("0",), "CUDA_VISIBLE_DEVICES"))
-    assert _lines(report) == ["gpus: rule caption: asks for 2 GPU(s) but 1 are visible here (CUDA_VISIBLE_DEVICES: 0)",
-                              "gpus: rule diagnose: asks for 2 GPU(s) but 1 are visible here (CUDA_VISIBLE_DEVICES: 0)"]
+    assert _lines(report) == ["gpus: rule caption: asks for 2 GPU(s) but only 1 are available here (CUDA_VISIBLE_DEVICES: 0)",
+                              "gpus: rule diagnose: asks for 2 GPU(s) but only 1 are available here (CUDA_VISIBLE_DEVICES: 0)"]
 
 
 def test_the_command_exits_non_zero_with_one_line_per_problem(tmp_path, monkeypatch, capsys):

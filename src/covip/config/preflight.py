@@ -175,7 +175,7 @@ def preflight(prepared: Prepared, roles: Iterable[str], gpu_requests: Mapping[st
         pool = pool or device_pool(env)
         for rule, wanted in sorted(gpu_requests.items()):
             if wanted > len(pool.devices):
-                problem("gpus", f"rule {rule}", f"asks for {wanted} GPU(s) but {len(pool.devices)} are visible here "
+                problem("gpus", f"rule {rule}", f"asks for {wanted} GPU(s) but only {len(pool.devices)} are available here "
                                                 f"({pool.source}: {','.join(pool.devices) or 'none'})")
     return report
 

@@ -25,7 +25,6 @@ from covip.clients.spec import ModelSpec
 from covip.clients.usage import estimated_cost
 from covip.config.prepare import Prepared
 from covip.config.schema import settings_class
-from covip.core.names import INTACT
 from covip.core.schemas import NONE_OPTION
 from covip.core.settings import settings_from
 from covip.planning.settings import PlanSettings
@@ -322,8 +321,8 @@ def _assumptions(settings: PlanSettings, positives: float, context: float, kept:
         f"a sample has {positives:.2f} positives and {context:.2f} context concepts on average (synthesis.positives_weights, "
         "the mean of negatives.min_negatives and the most negatives)",
         "first attempts only: re-asks and repairs of invalid outputs, and client retries, come on top",
-        f"text is 4 characters a token; an image costs its backend's tokens (OpenAI 512-px tiles, Gemini 258 per "
-        f"768-px tile, Qwen-VL one per 28x28 pixels; stand-ins none)",
+        "text is 4 characters a token; an image costs its backend's tokens (OpenAI 512-px tiles, Gemini 258 per "
+        "768-px tile, Qwen-VL one per 28x28 pixels; stand-ins none)",
         f"expected output lengths in tokens, capped by each request's max_tokens: {out}; a generated image bills "
         f"{settings.image_output_tokens} tokens",
         f"GPU-hours at {settings.gpu}: {rates['prefill']:g} prefill, {rates['decode']:g} decode, {rates['train']:g} training "
