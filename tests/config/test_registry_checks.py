@@ -84,6 +84,13 @@ def test_the_image_need_follows_the_settings(default_config, weights, max_negati
     assert images_per_request(config)["tiny_vlm"][0] == expected
 
 
+def test_a_vllm_entry_without_images_gets_a_limit_of_one(default_config):
+    config = copy.deepcopy(default_config)
+    config["models"]["vjudge"] = {"backend": "vllm", "model": "Qwen/Qwen3-30B-A3B-Instruct-2507"}
+    config["evaluation"]["judges"] = ["vjudge"]
+    assert prepare(config, ROOT).models["vjudge"].resolved_options()["max_images"] == 1
+
+
 def test_a_max_images_below_the_largest_request_fails_at_parse_time(paper_config):
     config = copy.deepcopy(paper_config)
     config["models"]["qwen3_vl_8b"]["options"]["max_images"] = 8

@@ -115,9 +115,11 @@ def settle_image_limits(config: dict, models: dict[str, ModelSpec]) -> dict[str,
     needed = images_per_request(config)
     settled = dict(models)
     for name, spec in models.items():
-        if spec.backend != "vllm" or name not in needed:
+        if spec.backend != "vllm":
             continue
-        count, why = needed[name]
+        # An entry no request sends images to (a judge) still needs a limit of at least 1 for vLLM.
+        count, why = needed.get(name, (1, "no request of this config sends it images"))
+        count = max(count, 1)
         given = spec.resolved_options()["max_images"]
         if given is None:
             entry: dict[str, Any] = config["models"][name]
