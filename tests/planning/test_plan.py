@@ -95,6 +95,9 @@ def test_counts_scale_with_the_config_and_caps_bind(default_config):
     assert fewer[("caption", "oracle")]["calls"] * 5 == pytest.approx(caption["calls"], abs=5)
     # the tiny VLM runs on the CPU (gpus: 0): no GPU-hours
     assert small[("caption", "tiny_vlm")]["gpu_hours"] == 0.0
+    # 4 steps, preset default (4 micro-steps per generation, 2 passes): one generation batch of
+    # 1 prompt x 2 rollouts x 4 micro-steps = 8 rollouts
+    assert small[("train_gspo", "training.runs.tiny_vlm_gspo")]["calls"] == 8
 
 
 def test_plan_settings_are_checked():

@@ -261,11 +261,13 @@ def _training(plan: _Plan, prepared: Prepared, run: str, train: float, context: 
     out = plan.settings.output_tokens
     records = min(settings.max_samples or train, train)
     procs = max(1, settings.gpus)
-    _, iterations = settings.schedule()
+    steps_per_generation, iterations = settings.schedule()
     completions = records * settings.num_train_epochs * settings.num_generations
     if settings.max_steps > 0:
-        per_step = settings.prompts_per_device * settings.num_generations * procs * settings.gradient_accumulation_steps
-        completions = min(completions, settings.max_steps * per_step / iterations)
+        # TRL generates a batch of (device batch x steps_per_generation) completions per process every
+        # steps_per_generation x num_iterations micro-steps, so a step limit counts whole generation batches.
+        generations = math.ceil(settings.max_steps * settings.gradient_accumulation_steps / (steps_per_generation * iterations))
+        completions = generations * settings.prompts_per_device * settings.num_generations * steps_per_generation * procs
     mixture = settings.mixture()
     caption_share = sum(w for t, w in mixture.items() if t in ("caption", "joint")) / sum(mixture.values())
     rollout = min(out["rollout"], settings.max_completion_length)
