@@ -1,8 +1,9 @@
 """The plan against what a run used: calls and tokens per rule, planned and recorded, and their ratio.
 
 The run's usage (`<outdir>/usage/**/*.parquet`, schemas.USAGE) counts every request a job made, cache
-hits and copies of identical requests included, and the tokens of its fresh calls as the backend
-reported them. Two caveats for reading the ratios: the plan counts first attempts only (re-asks,
+hits and copies of identical requests included (an embedder: every image), and the tokens of its
+fresh calls as the backend reported them. A GSPO run's planned calls are its judge's; the rollouts
+are generated in the training process, not sent as requests. Two caveats for reading the ratios: the plan counts first attempts only (re-asks,
 repairs and retries are measured, not planned), and offline stand-ins report words rather than
 tokens (and no image tokens), so their token ratios compare characters/4 with words.
 """
@@ -20,8 +21,6 @@ def compare(plan_rows: Iterable[Mapping], usage_rows: Iterable[Mapping]) -> list
     """Per rule: planned and used calls, input and output tokens, and used / planned for each."""
     planned: dict[str, dict[str, float]] = {}
     for row in plan_rows:
-        if row["rule"] == "embed_concepts":
-            continue  # an embedder's usage counts images, not requests with tokens; left out of the ratios
         entry = planned.setdefault(row["rule"], {"calls": 0, "input_tokens": 0, "output_tokens": 0})
         calls = row["calls"] if not str(row["role"]).startswith("training.runs.") else 0  # rollouts are not requests
         entry["calls"] += calls
