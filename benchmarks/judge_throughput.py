@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import os
 import re
 import subprocess
@@ -149,13 +148,13 @@ def judge_payloads(captions, split, base_url: str) -> list[dict]:
     from covip.clients.spec import ModelSpec
     from covip.prompts import PromptBook
     from covip.protocol.judging import build_judge_request
-    from covip.stages.capeval import CapEvalSettings, _items_from_split, _pair_captions
+    from covip.stages.capeval import CapEvalSettings, items_from_split, pair_captions
 
     spec = ModelSpec.from_config("judge", paper_judge_entry(base_url, None))
     prompts = PromptBook({})
-    items = _items_from_split(split, "test split")
+    items = items_from_split(split, "test split")
     payloads = []
-    for row, item in _pair_captions(captions, items, CapEvalSettings(n_bootstrap=0), "captions"):
+    for row, item in pair_captions(captions, items, CapEvalSettings(n_bootstrap=0), "captions"):
         per_sample = []
         for concept_questions in item.questions:
             for q in concept_questions:

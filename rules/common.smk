@@ -5,11 +5,15 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from covip.config.load import switched_entries
 from covip.config.prepare import check_rule_names as _check_rule_names, prepare
 from covip.config.general import download_entry, hub_data_names
 from covip.core.names import CONDITIONS, CONTROL_CONDITIONS, DATASETS, DIAGNOSTIC_MODES, DIAGNOSTIC_TASKS, NAME_PATTERN
 
 
+# A config file that gives a registry entry another backend replaces the entry (no options of the old
+# backend carried along); Snakemake itself merges every file key by key.
+config.setdefault("models", {}).update(switched_entries(workflow.overwrite_configfiles or [], Path(workflow.basedir)))
 validate(config, schema="../config/schemas/config.schema.yaml")
 # Checks every role, backend and setting now, so `snakemake -n` fails on a wrong config, not a job.
 PREP = prepare(config, Path(workflow.basedir))
@@ -35,12 +39,15 @@ wildcard_constraints:
 
 
 onstart:
-    # Keys present, and (on one machine) no job asking for more GPUs than the machine has. Snakemake
-    # offers no public view of the jobs about to run, so their requests come from its DAG here.
+    # `covip preflight` for the jobs about to run: keys present, endpoints answering, weights cached
+    # when offline, packages importable, and (on one machine) no job asking for more GPUs than the
+    # machine has. Snakemake offers no public view of the jobs about to run, so they come from its DAG.
     from covip.config.checks import check_before_run, gpu_requests
 
     local = workflow.local_exec and not workflow.remote_exec
-    check_before_run(PREP, gpu_requests(workflow.dag.needrun_jobs()) if local else None)
+    jobs = list(workflow.dag.needrun_jobs())
+    own_envs = "conda" in {str(m).lower() for m in (workflow.deployment_settings.deployment_method or ())}
+    check_before_run(PREP, gpu_requests(jobs) if local else None, jobs, local=local, own_envs=own_envs)
 
 
 def check_rule_names(rules):

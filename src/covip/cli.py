@@ -118,6 +118,31 @@ def _judge_entry(judge_config: str | None, name: str) -> tuple[dict, dict | None
     return {name: models[name]}, config.get("prompts")
 
 
+# -- before a run: preflight and plan ----------------------------------------------------------------
+def _preflight(args) -> int:
+    from covip.config.preflight import preflight_configfiles
+
+    try:
+        report = preflight_configfiles(args.configfile, timeout_s=args.timeout)
+    except (ValueError, OSError) as error:  # a config that does not parse is the first problem
+        print(f"problem: config: {error}", file=sys.stderr)
+        return 2
+    print(report.text())
+    return 0 if report.ok else 1
+
+
+def _plan(args) -> int:
+    from covip.planning.run import plan_configfiles
+
+    try:
+        text = plan_configfiles(args.configfile, out=args.out, usage=args.usage)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
+
+
 # -- training, GPUs, the tiny model -----------------------------------------------------------------
 def _train(args) -> int:
     from covip.training.job import run_training_job
@@ -193,6 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-missing", action="store_true", help="score only the samples that have captions")
     p.add_argument("--cache", help="response cache file for remote judges")
     p.set_defaults(func=_score_released)
+
+    p = sub.add_parser("preflight", help="check keys, endpoints, cached weights, packages and GPUs before a run")
+    p.add_argument("--configfile", nargs="+", default=[], help="config files, as given to snakemake (default: the "
+                                                              "embedded default)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each endpoint's /models")
+    p.set_defaults(func=_preflight)
+
+    p = sub.add_parser("plan", help="model calls, tokens, dollars and GPU-hours a config will take, before it runs")
+    p.add_argument("--configfile", nargs="+", default=[], help="config files, as given to snakemake (default: the "
+                                                              "embedded default)")
+    p.add_argument("--out", help="also write the plan as Parquet (schemas.PLAN) here")
+    p.add_argument("--usage", help="after a run: its usage folder (<outdir>/usage), to compare plan and usage per rule")
+    p.set_defaults(func=_plan)
 
     p = sub.add_parser("train", help="one GSPO training run (rule train_gspo runs this, under accelerate on N GPUs)")
     p.add_argument("--config-json", required=True, help="JSON text or a JSON file with the run's config")

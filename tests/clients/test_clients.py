@@ -147,13 +147,13 @@ def test_openai_payload_images_sampling_and_structured_output():
         response_schema={"type": "object"},
         seed=5,
     )
-    payload = build_openai_payload(request, "Qwen/Qwen3-VL-8B-Instruct", "json_schema")
+    payload = build_openai_payload(request, "Qwen/Qwen3-VL-8B-Instruct", "json_schema", dialect="vllm")
     assert payload["messages"][0] == {"role": "system", "content": "be brief"}
     parts = payload["messages"][1]["content"]
     assert parts[0] == {"type": "text", "text": "look"}
     assert parts[1]["image_url"]["url"] == "data:image/png;base64,YWJj"
     assert payload["temperature"] == 0.7 and payload["max_tokens"] == 64 and payload["seed"] == 5
-    assert payload["extra_body"] == {"top_k": 20}  # non-standard sampling goes to the server
+    assert payload["top_k"] == 20 and "extra_body" not in payload  # vLLM reads its extensions at the top level
     assert payload["response_format"]["type"] == "json_schema"
     llama = build_openai_payload(request, "gemma", "json_object")
     assert llama["response_format"] == {"type": "json_object", "schema": {"type": "object"}}

@@ -5,6 +5,8 @@ the guarantees: the stages finish, and every row is either valid or marked faile
 and raw text.
 """
 
+import json
+
 import pytest
 from PIL import Image
 
@@ -153,3 +155,71 @@ def test_judge_agreement_lexical_vs_gemma(llama_server, benchmark_splits, tmp_pa
     print(f"\nkappa(gemma, lexical) = {pooled['kappa']}, agreement = {pooled['agreement']:.3f}, "
           f"Acc+ {pooled['acc_pos_a']:.1f}/{pooled['acc_pos_b']:.1f}, Acc- {pooled['acc_neg_a']:.1f}/{pooled['acc_neg_b']:.1f}, "
           f"unparseable {pooled['unparseable_a']:.1f}%/{pooled['unparseable_b']:.1f}%, n = {pooled['n_items']}")
+
+
+
+class _RecordingProxy:
+    """A loopback pass-through in front of the llama.cpp server that keeps every request body."""
+
+    def __init__(self, upstream: str):
+        import http.server
+        import threading
+        import urllib.request
+
+        self.bodies: list[dict] = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                owner.bodies.append(json.loads(raw))
+                forward = urllib.request.Request(upstream.rstrip("/") + self.path.removeprefix("/v1"), data=raw,
+                                                 headers={"Content-Type": "application/json"}, method="POST")
+                try:
+                    with urllib.request.urlopen(forward, timeout=120) as answer:
+                        status, body = answer.status, answer.read()
+                except urllib.error.HTTPError as error:
+                    status, body = error.code, error.read()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("dialect, sent", [
+    ("llama_cpp", {"top_k": 1, "min_p": 0.05, "repeat_penalty": 1.1}),
+    ("vllm", {"top_k": 1, "min_p": 0.05, "repetition_penalty": 1.1}),
+    ("openai", {}),
+])
+def test_sampling_extensions_reach_the_server_by_dialect(llama_server, dialect, sent):
+    """The llama_cpp dialect sends top_k, min_p and the repetition penalty at the top level of the
+    body, under the names llama.cpp reads, and the real server answers; the vllm dialect sends vLLM's
+    names; the openai dialect leaves them out (the OpenAI API would answer 400)."""
+    from covip.clients.base import ChatRequest, Message
+
+    proxy = _RecordingProxy(llama_server)
+    try:
+        entry = {"backend": "openai", "model": "gemma-3-270m", "base_url": proxy.base_url, "api_dialect": dialect,
+                 "max_retries": 1, "cache": False}
+        model = ModelRegistry({"m": entry}).chat("m")
+        sampling = {"temperature": 0.8, "top_k": 1, "min_p": 0.05, "repetition_penalty": 1.1, "max_tokens": 12}
+        response = model.complete(ChatRequest((Message.user("Write one sentence about a red kite."),), sampling, seed=1))
+    finally:
+        proxy.close()
+    assert response.ok and response.usage.completion_tokens > 0, response.error
+    (body,) = proxy.bodies
+    extensions = {k: body[k] for k in ("top_k", "min_p", "repeat_penalty", "repetition_penalty") if k in body}
+    assert extensions == sent
+    assert body["temperature"] == 0.8 and body["max_tokens"] == 12 and "extra_body" not in body

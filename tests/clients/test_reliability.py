@@ -125,7 +125,8 @@ def test_killed_stage_reruns_without_repeating_a_finished_call(tmp_path, context
     schema = schemas.CAPEVAL_ANSWERS if stage == "capeval" else schemas.DIALOGUES
 
     def worker(server):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS.parent / "src"), str(TESTS)]))
+        # This checkout's package (tests/../src), not whichever covip happens to be installed.
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS.parent.parent / "src"), str(TESTS.parent)]))
         args = [sys.executable, str(TESTS.parent / "support" / "stage_worker.py"), stage, str(inputs), str(out), str(cache), server.base_url]
         return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -214,7 +215,8 @@ def test_unreadable_judge_replies_are_reasked_only_when_configured(tmp_path, jud
         twice = judge_captions(captions, test, registry.chat("model"), prompts, settings, SEED, "judge", progress_file=QUIET)
         assert not any(row["unparseable"] for row in twice)
         # The repair request carries the unreadable reply and the repair instruction.
-        assert any(r.endswith("Reply with one letter only: A, B, C or D.") for r in server.last_user_texts)
+        repair = prompts.render("capeval_repair")
+        assert any(r.endswith(repair) for r in server.last_user_texts)
 
 
 def test_every_backend_goes_through_the_cache_and_a_rerun_calls_nothing(tmp_path, small_pool, prompts):

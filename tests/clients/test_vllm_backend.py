@@ -157,6 +157,8 @@ def fake_vllm(monkeypatch):
 
 
 def _spec(**kwargs) -> ModelSpec:
+    # The workflow sets max_images from the config (covip.config.prepare); a backend built by hand names it.
+    kwargs["options"] = {"max_images": 8, **kwargs.get("options", {})}
     return ModelSpec("policy", "vllm", kwargs.pop("model", "Qwen/Qwen3-VL-8B-Instruct"), **kwargs)
 
 
@@ -230,7 +232,7 @@ def test_complete_structured_output_and_chat_template(fake_vllm, tmp_path):
 
 
 def test_registry_complete_many_uses_batches(fake_vllm):
-    registry = ModelRegistry({"policy": {"backend": "vllm", "model": "m", "options": {"batch_size": 2}}})
+    registry = ModelRegistry({"policy": {"backend": "vllm", "model": "m", "options": {"batch_size": 2, "max_images": 1}}})
     chat = registry.chat("policy")
     requests = [ChatRequest((Message.user(f"question {i}"),)) for i in range(5)]
     responses = chat.complete_many(requests, progress_file=io.StringIO())

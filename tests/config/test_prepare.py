@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from covip.clients.backends import UnknownBackendError
+from covip.clients.backends import UnknownBackendError, UnknownOptionError
 from covip.config.prepare import ConfigError, prepare
 from covip.core.fingerprint import code_fingerprint
 
@@ -174,8 +174,8 @@ def test_the_test_source_switch_moves_every_test_reader(default_config, tmp_path
 def test_backend_options_are_checked_at_parse_time(default_config, tmp_path):
     config = copy.deepcopy(default_config)
     config["models"]["tiny_vlm"]["options"] = {"batch_size": 8, "limit_images": 8}
-    with pytest.raises(ConfigError, match=r"models.tiny_vlm.options: unknown key\(s\) \['limit_images'\] for backend "
-                                          r"'transformers'; known: .*'adapter'"):
+    with pytest.raises(UnknownOptionError, match=r"models.tiny_vlm.options: unknown key\(s\) \['limit_images'\] for backend "
+                                          r"'transformers'; known: .*adapter"):
         prepare(config, ROOT)
     not_an_adapter = tmp_path / "merged"
     not_an_adapter.mkdir()

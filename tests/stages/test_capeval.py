@@ -6,6 +6,9 @@ import io
 import json
 
 import pytest
+from support.fakes import scripted
+from support.questions import question
+from support.released import CAPTIONS, QAS_GT, SAMPLE_0_CAPTION
 
 from covip.clients.registry import ModelRegistry
 from covip.core import schemas
@@ -15,12 +18,10 @@ from covip.stages.capeval import (
     CapEvalInputError,
     CapEvalSettings,
     judge_captions,
+    judge_failures,
     score_released_captions,
     summarize_capeval,
 )
-from support.fakes import scripted
-from support.questions import question
-from support.released import CAPTIONS, QAS_GT, SAMPLE_0_CAPTION
 
 QUIET = io.StringIO()
 
@@ -67,6 +68,8 @@ def hand_split():
                   [question("What does Bob eat?", "C"), question("What does Bob drink?", "A")]]},
         {"sample_id": "s2", "num_positives": 2, "positive_indices": [0, 2], "context_names": ["Cid", "Dee", "Eve"],
          "mcqa": [[question("Where is Cid?", "C")], [question("What is Dee doing?", "B")], [question("Who owns Eve?", "A")]]},
+        {"sample_id": "s3", "num_positives": 1, "positive_indices": [1], "context_names": ["Fay", "Gus"],
+         "mcqa": [[question("Where is Fay?", "A")], [question("What does Gus play?", "B")]]},
     ]
 
 
@@ -85,7 +88,9 @@ def hand_captions():
     return [
         {"policy": "p", "sample_id": "s1", "caption": "Ann and a dog.", "status": "ok", "model_identity": "p:transformers:m",
          "stand_in": False},
-        {"policy": "p", "sample_id": "s2", "caption": None, "status": "failed", "model_identity": "p:transformers:m",
+        {"policy": "p", "sample_id": "s2", "caption": "Cid, Dee and Eve.", "status": "ok",
+         "model_identity": "p:transformers:m", "stand_in": False},
+        {"policy": "p", "sample_id": "s3", "caption": None, "status": "failed", "model_identity": "p:transformers:m",
          "stand_in": False},
     ]
 
@@ -100,8 +105,8 @@ def hand_answers(prompts):
 def test_hand_built_rows(hand_answers):
     rows, fake = hand_answers
     to_table(rows, schemas.CAPEVAL_ANSWERS, "answers")
-    got = {(r["sample_id"], r["context_index"], r["question_id"]): r for r in rows}
-    assert len(rows) == 7
+    got = {(r["sample_id"], r["context_index"], r["question_id"]): r for r in rows if not r["caption_failed"]}
+    assert len(rows) == 9 and len(got) == 7
     assert [(k, r["is_positive"], r["parsed"], r["unparseable"], r["correct"]) for k, r in got.items()] == [
         (("s1", 0, "Q1"), True, "A", False, True),
         (("s1", 0, "Q2"), True, "C", False, False),
@@ -115,10 +120,13 @@ def test_hand_built_rows(hand_answers):
     assert got[("s1", 1, "Q2")]["raw_answer"] == "no idea"
     assert {r["judge"] for r in rows} == {"scripted"} and {r["judge_identity"] for r in rows} == {"scripted:judge"}
     assert not any(r["stand_in"] for r in rows)
-    # The failed caption was judged as an empty caption; every question had its own seed.
+    # The failed caption's questions were never asked: failed rows, no letter, no score.
     captions = {q: caption for q, caption, _ in shown(fake)}
-    assert captions["Where is Cid?"] == "" and captions["Where did Ann go?"] == "Ann and a dog."
-    assert len({seed for _, _, seed in shown(fake)}) == 7
+    assert "Where is Fay?" not in captions and captions["Where did Ann go?"] == "Ann and a dog."
+    failed = [r for r in rows if r["caption_failed"]]
+    assert [(r["sample_id"], r["parsed"], r["correct"], r["raw_answer"], r["unparseable"]) for r in failed] == \
+        [("s3", None, None, None, False)] * 2
+    assert len({seed for _, _, seed in shown(fake)}) == 7  # every asked question had its own seed
 
 
 def test_hand_built_summary(hand_answers):
@@ -127,16 +135,16 @@ def test_hand_built_summary(hand_answers):
     to_table(summary, schemas.CAPEVAL_SUMMARY, "summary")
     by_count = {r["num_positives"]: r for r in summary}
     assert sorted(by_count) == [0, 1, 2]
-    expected = {  # count: (acc+, acc-, n+, n-, unparseable, failed), computed by hand from HAND_REPLIES
-        1: (50.0, 100.0, 2, 2, 1, 0),
-        2: (50.0, 0.0, 2, 1, 1, 1),
-        0: (50.0, 200.0 / 3.0, 4, 3, 2, 1),
+    expected = {  # count: (acc+, acc-, n+, n-, unparseable, judge failed, captions failed), by hand from HAND_REPLIES
+        1: (50.0, 100.0, 2, 2, 1, 0, 1),  # s3's failed caption is counted, not scored
+        2: (50.0, 0.0, 2, 1, 1, 1, 0),
+        0: (50.0, 200.0 / 3.0, 4, 3, 2, 1, 1),
     }
-    for count, (acc_pos, acc_neg, n_pos, n_neg, unparseable, failed) in expected.items():
+    for count, (acc_pos, acc_neg, n_pos, n_neg, unparseable, failed, captions_failed) in expected.items():
         row = by_count[count]
         assert row["acc_pos"] == pytest.approx(acc_pos) and row["acc_neg"] == pytest.approx(acc_neg)
         assert (row["n_pos_questions"], row["n_neg_questions"]) == (n_pos, n_neg)
-        assert (row["n_unparseable"], row["n_judge_failed"]) == (unparseable, failed)
+        assert (row["n_unparseable"], row["n_judge_failed"], row["n_caption_failed"]) == (unparseable, failed, captions_failed)
         assert row["policy_identity"] == "p:transformers:m" and row["judge_identity"] == "scripted:judge"
         assert row["stand_in"] is False
     # One sample per count: the resampled sample is always the same one, so the interval is a point.
@@ -210,12 +218,12 @@ def test_summary_rejects_inconsistent_rows():
 def test_missing_unknown_and_duplicate_captions(prompts):
     judge, _ = scripted_judge(HAND_REPLIES)
     only_s1 = hand_captions()[:1]
-    with pytest.raises(CapEvalInputError, match=r"policy 'p' has no caption for 1 of 2 samples.*\['s2'\]"):
+    with pytest.raises(CapEvalInputError, match=r"policy 'p' has no caption for 2 of 3 samples.*\['s2', 's3'\]"):
         judge_captions(only_s1, hand_split(), judge, prompts, CapEvalSettings(), 0, "j")
     rows = judge_captions(only_s1, hand_split(), judge, prompts, CapEvalSettings(missing_captions="ignore"), 0, "j",
                           progress_file=QUIET)
     assert {r["sample_id"] for r in rows} == {"s1"} and len(rows) == 4
-    with pytest.raises(CapEvalInputError, match=r"row 2 .*sample_id=s9.*no such sample"):
+    with pytest.raises(CapEvalInputError, match=r"row 3 .*sample_id=s9.*no such sample"):
         judge_captions(hand_captions() + [dict(hand_captions()[0], sample_id="s9")], hand_split(), judge, prompts,
                        CapEvalSettings(), 0, "j")
     with pytest.raises(CapEvalInputError, match="second caption"):
@@ -238,7 +246,7 @@ def test_lexical_judge_rows_are_stand_in_and_failures_are_counted(prompts):
     rows = judge_captions(hand_captions(), hand_split(), judge, prompts, CapEvalSettings(), 0, "lexical",
                           progress_file=QUIET)
     assert all(r["stand_in"] for r in rows) and {r["judge_identity"] for r in rows} == {"judge:local_lexical_judge"}
-    failed = [r for r in rows if r["raw_answer"] is None]
+    failed = [r for r in rows if r["raw_answer"] is None and not r["caption_failed"]]
     assert failed and all(r["unparseable"] and r["parsed"] == "D" for r in failed)
     pooled = [r for r in summarize_capeval(rows, 0, 0) if r["num_positives"] == 0][0]
     assert pooled["n_judge_failed"] == len(failed) and pooled["n_unparseable"] >= len(failed)
@@ -275,10 +283,14 @@ def test_released_caption_keys_must_match(prompts):
         score_released_captions({"0": "x"}, QAS_GT, lexical_judge(), prompts, CapEvalSettings(), 0, "mine")
     with pytest.raises(CapEvalInputError, match="has no caption for 2 of 3"):
         score_released_captions({"sample_0": "x"}, QAS_GT, lexical_judge(), prompts, CapEvalSettings(), 0, "mine")
-    answers, _ = score_released_captions({"sample_0": None}, QAS_GT, lexical_judge(), prompts,
-                                         CapEvalSettings(missing_captions="ignore", n_bootstrap=0), 0, "mine",
-                                         progress_file=QUIET)
-    assert len(answers) == 9 and all(r["parsed"] == "D" for r in answers)  # a null caption reads as empty
+    answers, summary = score_released_captions({"sample_0": None}, QAS_GT, lexical_judge(), prompts,
+                                               CapEvalSettings(missing_captions="ignore", n_bootstrap=0), 0, "mine",
+                                               progress_file=QUIET)
+    assert len(answers) == 9 and all(r["caption_failed"] and r["parsed"] is None for r in answers)  # never scored
+    to_table(answers, schemas.CAPEVAL_ANSWERS, "answers")
+    pooled = next(r for r in summary if r["num_positives"] == 0)
+    assert pooled["n_caption_failed"] == 1 and pooled["acc_pos"] is None and pooled["n_pos_questions"] == 0
+    assert judge_failures(answers).total == 0  # a failed caption is not a judge failure
 
 
 # ---------------------------------------------------------------------------------------------------

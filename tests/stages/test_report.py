@@ -157,3 +157,17 @@ def test_does_it_look_section_states_drops_backends_and_agreement(tmp_path):
     assert "### LSD direct" in text
     plots.plot_controls(effects, tmp_path / "controls.png")
     assert (tmp_path / "controls.png").stat().st_size > 1000
+
+
+def test_failed_captions_and_diagnostic_rows_are_counted_in_the_tables(rows):
+    capeval, diagnostics = rows
+    capeval = [dict(r, n_caption_failed=3 if r["policy"] == "blind" and r["num_positives"] == 0 else 0) for r in capeval]
+    diagnostics = [dict(r, n_failed=1) if r["policy"] == "blind" and r["task"] == "lar" else r for r in diagnostics]
+    paper = tables.load_paper_results(PAPER)
+    blind = next(line for line in tables.capeval_table(capeval, paper).splitlines() if "ours: blind" in line)
+    assert blind.endswith("| 3 |")
+    blind = next(line for line in tables.downstream_table(diagnostics, paper).splitlines() if "ours: blind" in line)
+    assert blind.endswith("| 2 / 50 |")  # 2 LAR rows (direct, cag) of 6 x 8 scored + 2 failed
+    text = tables.render_summary(capeval, diagnostics, paper, run_name="t", stand_in_note="", capeval_plot="a.png",
+                                 diagnostics_plot="b.png")
+    assert "captions failed" in text and "never judged as an empty caption" in text

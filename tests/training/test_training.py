@@ -206,11 +206,13 @@ def test_checkpoints_of_another_configuration_are_not_resumed(tmp_path):
     from covip.training.trainer import _prepare_checkpoints
 
     ckpt = tmp_path / "ckpt"
-    assert _prepare_checkpoints(ckpt, "a") is None
+    _prepare_checkpoints(ckpt, "a")
+    assert last_checkpoint(ckpt) is None
     (ckpt / "checkpoint-2").mkdir()
-    assert Path(_prepare_checkpoints(ckpt, "a")).name == "checkpoint-2"
-    assert _prepare_checkpoints(ckpt, "b") is None  # settings or data changed: start over
-    assert not (ckpt / "checkpoint-2").exists()
+    _prepare_checkpoints(ckpt, "a")
+    assert Path(last_checkpoint(ckpt)).name == "checkpoint-2"
+    _prepare_checkpoints(ckpt, "b")  # settings or data changed: start over
+    assert last_checkpoint(ckpt) is None and not (ckpt / "checkpoint-2").exists()
 
 
 def test_records_follow_the_caption_prompt_layout(benchmark_splits):

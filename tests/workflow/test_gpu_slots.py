@@ -174,5 +174,6 @@ def test_the_workflow_refuses_a_rule_bigger_than_the_machine_before_any_job(tmp_
         timeout=600,
     )
     assert result.returncode != 0
-    assert "rule build_concept_pool asks for 9 GPU(s) but only 8 are available" in result.stdout + result.stderr
+    # covip preflight, run when the workflow starts, reports it (one line per problem)
+    assert "gpus: rule build_concept_pool: asks for 9 GPU(s) but only 8 are available" in result.stdout + result.stderr
     assert not (workdir / "results" / "concepts").exists(), "no job may start"

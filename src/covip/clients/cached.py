@@ -83,6 +83,10 @@ class CachedChatModel:
             return hit
         return self._call(request, key)
 
+    def probe(self, request: ChatRequest) -> ChatResponse:
+        """One real call past the response cache (counted, never stored): is the endpoint answering now?"""
+        return self._call(self._with_default_sampling(request), None)
+
     def _call(self, request: ChatRequest, key: str | None) -> ChatResponse:
         """One real call: wait for the rate limit, call the backend, count and record the answer."""
         self.limiter.wait(estimate_tokens(request))
@@ -147,7 +151,8 @@ class CachedChatModel:
         return results  # type: ignore[return-value]
 
     def _run_batched(self, requests, keys, todo, results, bar) -> None:
-        size = max(1, int(self.spec.options.get("batch_size", 8)))
+        # The entry's batch_size (every batching backend declares one, with its default).
+        size = max(1, int(self.spec.resolved_options().get("batch_size") or 8))
         for start in range(0, len(todo), size):
             chunk = todo[start : start + size]
             for index in chunk:

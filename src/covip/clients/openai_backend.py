@@ -1,4 +1,10 @@
-"""Chat/VLM completions through the openai SDK: OpenAI itself, `vllm serve`, llama.cpp's server."""
+"""Chat/VLM completions through the openai SDK: OpenAI itself, `vllm serve`, llama.cpp's server.
+
+The body is built for the entry's API dialect (`covip.clients.dialects`): the OpenAI API gets the
+Chat Completions fields only (and the parameter names its reasoning models accept), a vLLM or
+llama.cpp server also gets the sampling extensions it reads. A sampling key the dialect cannot take
+is left out and said once per entry and key in the job's log.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +12,16 @@ import asyncio
 import base64
 import importlib
 import json
+import logging
 import os
 import random
 import time
 from typing import Any
 
 from covip.clients.base import BackendUnavailableError, ChatRequest, ChatResponse, ImagePart, TextPart, Usage
+from covip.clients.dialects import adapt_body, resolve_dialect
 
-# Sampling keys the Chat Completions API takes directly; anything else (top_k, min_p, repetition
-# penalty) is a server extension that vLLM and llama.cpp read from the request body.
-_STANDARD_SAMPLING = {"temperature", "top_p", "max_tokens", "presence_penalty", "frequency_penalty", "seed", "stop", "n"}
-
+log = logging.getLogger("covip.clients")
 
 COMPLETIONS_PATH = "/chat/completions"
 
@@ -25,12 +30,6 @@ class MalformedCompletion(ValueError):
     """A 200 answer whose JSON is not a chat completion (retried like a body that is not JSON)."""
 
 
-OPTION_DEFAULTS = {
-    # 'inline': images go as base64 data URLs (VLM endpoints). 'placeholder': each image becomes the
-    # text "[image]" and the content a plain string, for text-only endpoints (llama.cpp without a
-    # vision projector silently drops list-form content, text parts included).
-    "image_mode": "inline",
-}
 
 
 def _content(message, image_mode: str = "inline") -> str | list[dict[str, Any]]:
@@ -49,20 +48,21 @@ def _content(message, image_mode: str = "inline") -> str | list[dict[str, Any]]:
 
 
 def build_openai_payload(
-    request: ChatRequest, model: str, structured_output: str, image_mode: str = "inline"
+    request: ChatRequest, model: str, structured_output: str, image_mode: str = "inline", *,
+    dialect: str = "openai", reasoning_effort: str | None = None, notes: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The keyword arguments of `chat.completions.create` for a request (pure, unit-tested)."""
+    """The JSON body of a chat completion for a request, in the endpoint's dialect (pure, unit-tested).
+
+    Sampling keys the dialect does not take are left out; why, one line per key, is appended to `notes`."""
     if image_mode not in ("inline", "placeholder"):
         raise ValueError(f"image_mode must be 'inline' or 'placeholder', got {image_mode!r}")
     payload: dict[str, Any] = {
         "model": model,
         "messages": [{"role": m.role, "content": _content(m, image_mode)} for m in request.messages],
     }
-    extra: dict[str, Any] = {}
-    for key, value in request.sampling.items():
-        (payload if key in _STANDARD_SAMPLING else extra)[key] = value
-    if request.seed is not None and "seed" not in payload:
-        payload["seed"] = request.seed
+    sampling = dict(request.sampling)
+    if request.seed is not None and sampling.get("seed") is None:
+        sampling["seed"] = request.seed
     if request.response_schema is not None:
         if structured_output == "json_schema":  # OpenAI, vLLM
             payload["response_format"] = {
@@ -71,9 +71,10 @@ def build_openai_payload(
             }
         elif structured_output == "json_object":  # llama.cpp server: JSON mode constrained by a schema
             payload["response_format"] = {"type": "json_object", "schema": request.response_schema}
-    if extra:
-        payload["extra_body"] = extra
-    return payload
+    body, dropped = adapt_body(payload, sampling, dialect, model, reasoning_effort)
+    if notes is not None:
+        notes.extend(dropped)
+    return body
 
 
 class OpenAIChatModel:
@@ -92,7 +93,9 @@ class OpenAIChatModel:
             raise BackendUnavailableError("backend 'openai' needs the openai package") from error
         self.spec = spec
         self.identity = spec.identity
-        self.options = spec.options_with_defaults(OPTION_DEFAULTS)
+        self.options = spec.resolved_options()
+        self.dialect = resolve_dialect(spec.api_dialect, spec.base_url)
+        self._noted: set[str] = set()
         self._openai = openai
         # The SDK's HTTP library (httpx, or httpx2 in recent releases): its generic POST returns that
         # library's Response unparsed when asked for it.
@@ -110,15 +113,16 @@ class OpenAIChatModel:
             "max_retries": self.spec.max_retries,
         }
 
-    def _payload(self, request: ChatRequest) -> dict[str, Any]:
-        return build_openai_payload(request, self.spec.model, self.spec.structured_output, self.options["image_mode"])
-
     def _body(self, request: ChatRequest) -> dict[str, Any]:
-        """The JSON body: the payload with its server extensions (`extra_body`) merged in, as the SDK's
-        `create` would send it."""
-        payload = self._payload(request)
-        extra = payload.pop("extra_body", {})
-        return {**payload, **extra}
+        """The JSON body for this entry's dialect; each sampling key left out is logged once."""
+        notes: list[str] = []
+        body = build_openai_payload(request, self.spec.model, self.spec.structured_output, self.options["image_mode"],
+                                    dialect=self.dialect, reasoning_effort=self.options["reasoning_effort"], notes=notes)
+        for note in notes:
+            if note not in self._noted:
+                self._noted.add(note)
+                log.warning("models.%s: not sent: %s", self.spec.name, note)
+        return body
 
     def _response(self, http_response) -> ChatResponse:
         """A ChatResponse from the raw HTTP answer. Read as plain JSON: the SDK's typed `create` spends

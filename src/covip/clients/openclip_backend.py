@@ -23,9 +23,6 @@ from covip.clients.base import BackendUnavailableError
 from covip.clients.spec import ModelSpec
 from covip.core.io import decode_image
 
-OPTION_DEFAULTS = {"batch_size": 32, "model_config": None, "cache_dir": None, "precision": "fp32", "background": (255, 255, 255)}
-
-
 def resolve_device(device: str) -> str:
     """'auto' means the first GPU when torch sees one, else the CPU."""
     import torch
@@ -55,7 +52,7 @@ class OpenClipEmbedder:
     """Embeds images with an open_clip model; rows come out float32 and L2-normalised."""
 
     def __init__(self, spec: ModelSpec):
-        options = spec.options_with_defaults(OPTION_DEFAULTS)
+        options = spec.resolved_options()
         try:
             import open_clip
             import torch

@@ -6,8 +6,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from covip.clients.backends import BACKENDS, STAND_IN_BACKENDS, UnknownBackendError
+from covip.clients.backends import BACKENDS, STAND_IN_BACKENDS, UnknownBackendError, resolved_options
 from covip.clients.base import MissingCredentialsError
+from covip.clients.dialects import DIALECTS, check_reasoning_effort, check_sampling, resolve_dialect
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class ModelSpec:
     backend: str
     model: str = ""
     base_url: str | None = None
+    api_dialect: str | None = None  # backend 'openai': 'openai' | 'vllm' | 'llama_cpp' (covip.clients.dialects)
     api_key_env: str | None = None
     sampling: dict[str, Any] = field(default_factory=dict)
     structured_output: str = "json_schema"  # 'json_schema' | 'json_object' | 'none'
@@ -42,14 +44,35 @@ class ModelSpec:
         if entry.get("backend") not in BACKENDS:
             raise UnknownBackendError(f"models.{name}.backend: unknown backend {entry.get('backend')!r} "
                                       f"(choose from {sorted(BACKENDS)})")
-        return cls(name=name, **entry)
+        spec = cls(name=name, **entry)
+        spec.check()
+        return spec
 
-    def options_with_defaults(self, defaults: dict[str, Any]) -> dict[str, Any]:
-        """This entry's backend options over `defaults`; a key the backend does not know is an error."""
-        unknown = sorted(set(self.options) - set(defaults))
-        if unknown:
-            raise ValueError(f"models.{self.name}.options: unknown key(s) {unknown}; known: {sorted(defaults)}")
-        return {**defaults, **self.options}
+    def check(self) -> None:
+        """What can be checked of this entry alone: its options against those its backend declares, and
+        for backend 'openai' its dialect, its own sampling keys and reasoning_effort (each error names
+        the entry, the key and the known alternatives)."""
+        where = f"models.{self.name}"
+        options = self.resolved_options()
+        if self.api_dialect is not None and self.backend != "openai":
+            raise ValueError(f"{where}.api_dialect: only entries of backend 'openai' have a dialect "
+                             f"(this one is '{self.backend}')")
+        if self.backend == "openai":
+            if self.api_dialect is not None and self.api_dialect not in DIALECTS:
+                raise ValueError(f"{where}.api_dialect: unknown dialect {self.api_dialect!r} (choose from {list(DIALECTS)})")
+            check_sampling(self.sampling, self.dialect, self.model, where)
+            check_reasoning_effort(options.get("reasoning_effort"), self.dialect, self.model, where)
+
+    def resolved_options(self) -> dict[str, Any]:
+        """This entry's `options:` over the defaults its backend declares (covip.clients.backends); a key
+        the backend does not read is an error naming the entry, the key and the known keys."""
+        return resolved_options(self.backend, self.options, f"models.{self.name}")
+
+    @property
+    def dialect(self) -> str | None:
+        """The API dialect of an 'openai' entry (explicit, else 'openai' without a base_url and 'vllm'
+        with one: covip.clients.dialects); None for other backends."""
+        return resolve_dialect(self.api_dialect, self.base_url) if self.backend == "openai" else None
 
     @property
     def is_local(self) -> bool:

@@ -40,8 +40,6 @@ from covip.clients.lora import require_adapter
 from covip.core.io import decode_image
 from covip.core.seeding import derive_seed
 
-OPTION_DEFAULTS: dict[str, Any] = {"dtype": "auto", "batch_size": 8, "max_new_tokens": 512, "attn_implementation": None,
-                                   "adapter": None, "merge_adapter": True}
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 # Sampling keys this backend applies, and those it knows but cannot apply (OpenAI/vLLM extensions).
@@ -163,7 +161,7 @@ class TransformersChatModel:
     """A transformers model generating in this process; implements `complete` and `complete_batch`."""
 
     def __init__(self, spec):
-        options = spec.options_with_defaults(OPTION_DEFAULTS)
+        options = spec.resolved_options()
         try:
             import torch
             import transformers

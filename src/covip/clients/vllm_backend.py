@@ -11,7 +11,10 @@ optional):
 - `batch_size` (int, default 64): conversations per `LLM.chat` call when the registry's
   `complete_many` batches (vLLM schedules inside a call, so big chunks keep the GPU busy; smaller
   ones show progress and checkpoint into the response cache more often);
-- `max_images` (int, default 8): the most images one prompt may carry (`limit_mm_per_prompt`);
+- `max_images` (int): the most images one prompt may carry (`limit_mm_per_prompt`). Left unset, the
+  workflow sets it when it parses the config to the most images a request of that config can carry
+  (the largest context plus the query: `covip.config.prepare`), and a smaller value fails `snakemake -n`;
+  outside the workflow, set it;
 - `dtype` (default 'auto'), `max_model_len` (default: the model's), `gpu_memory_utilization`
   (default 0.9), `tensor_parallel_size` (default 1), `enforce_eager` (default false),
   `trust_remote_code` (default false), `seed` (engine seed, default 0): passed to `vllm.LLM`;
@@ -40,23 +43,6 @@ from typing import Any
 from covip.clients.base import BackendUnavailableError, ChatRequest, ChatResponse, ImagePart, TextPart, Usage
 from covip.clients.lora import require_adapter, vllm_rank
 
-OPTION_DEFAULTS: dict[str, Any] = {
-    "batch_size": 64,
-    "max_images": 8,
-    "dtype": "auto",
-    "max_model_len": None,
-    "gpu_memory_utilization": 0.9,
-    "tensor_parallel_size": 1,
-    "enforce_eager": False,
-    "trust_remote_code": False,
-    "seed": 0,
-    "max_new_tokens": 512,
-    "image_format": "data_url",
-    "chat_template": None,
-    "mm_processor_kwargs": None,
-    "adapter": None,
-    "max_lora_rank": None,
-}
 IMAGE_FORMATS = ("data_url", "pil")
 # Our sampling keys that are SamplingParams fields of the same name.
 SAMPLING_KEYS = {
@@ -145,7 +131,7 @@ class VLLMChatModel:
     """A vLLM offline engine in this process; implements `complete` and `complete_batch`."""
 
     def __init__(self, spec):
-        options = spec.options_with_defaults(OPTION_DEFAULTS)
+        options = spec.resolved_options()
         try:
             import vllm
             import vllm.sampling_params as vllm_sampling
@@ -159,6 +145,9 @@ class VLLMChatModel:
             raise ValueError(f"models.{spec.name}: backend 'vllm' needs `model` (a local model folder or hub id)")
         if options["image_format"] not in IMAGE_FORMATS:
             raise ValueError(f"models.{spec.name}.options.image_format must be one of {IMAGE_FORMATS}, got {options['image_format']!r}")
+        if options["max_images"] is None:
+            raise ValueError(f"models.{spec.name}.options.max_images is not set: the workflow derives it from the config "
+                             "when it parses it; outside the workflow, set it to the most images one request carries")
         for name in ("batch_size", "max_images", "max_new_tokens", "tensor_parallel_size"):
             if int(options[name]) < 1:
                 raise ValueError(f"models.{spec.name}.options.{name} must be >= 1, got {options[name]}")

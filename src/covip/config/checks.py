@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 
-from covip.clients.spec import check_credentials
 from covip.config.prepare import Prepared
-from covip.workflow.gpu_slots import check_requests
+from covip.config.preflight import PreflightError, job_roles, preflight
 
 
 def gpu_requests(jobs: Iterable) -> dict[str, int]:
@@ -18,11 +18,18 @@ def gpu_requests(jobs: Iterable) -> dict[str, int]:
     return requests
 
 
-def check_before_run(prepared: Prepared, requests: Mapping[str, int] | None) -> None:
-    """A remote backend without its API key fails here, naming the environment variable (the key is
-    never printed); on one machine (`requests` given), a job that wants more GPUs than the machine
-    has fails now, not hours into the run. Cluster jobs are checked by the scheduler on their node."""
-    for spec in prepared.models.values():
-        check_credentials(spec)
-    if requests is not None:
-        check_requests(requests)
+def check_before_run(prepared: Prepared, requests: Mapping[str, int] | None, jobs: Iterable | None = None, *,
+                     local: bool = True, own_envs: bool = False) -> None:
+    """`covip preflight` for the jobs about to run (`jobs`; None: every entry the config names): API keys
+    set (named, never printed), endpoints answering (on one machine; a cluster's nodes may see other
+    hosts), weights in the cache when offline, packages importable (unless every job runs in its own
+    conda env: `own_envs`), and on one machine (`requests` given) no job wanting more GPUs than it has.
+    Raises PreflightError with one line per problem; what passed goes to stderr."""
+    jobs = list(jobs) if jobs is not None else None
+    roles = job_roles(prepared, jobs) if jobs is not None else set(prepared.models)
+    runs = sorted({job.wildcards["run"] for job in jobs if job.rule.name == "train_gspo"}) if jobs is not None else []
+    report = preflight(prepared, roles, requests, training_runs=runs, check_endpoints=local, check_packages=not own_envs)
+    if report.notes:
+        print("\n".join(f"preflight ok: {finding.line()}" for finding in report.notes), file=sys.stderr)
+    if not report.ok:
+        raise PreflightError("the run cannot start (covip preflight):\n" + "\n".join(f.line() for f in report.problems))

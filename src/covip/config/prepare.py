@@ -20,6 +20,7 @@ from covip.clients.backends import BACKENDS, ENV_ORDER, backend_module
 from covip.config.general import ConfigError, GeneralLayout, check_general  # noqa: F401 - ConfigError is public here
 from covip.config.layout import Layout
 from covip.config.protocol import ProtocolChoice, apply_protocol
+from covip.config.models import STAGE_ROLES, RegistryCheckError, check_roles, settle_image_limits
 from covip.clients.spec import ModelSpec
 from covip.content.book import content_fingerprint
 from covip.core.fingerprint import code_fingerprint, imported_modules
@@ -27,14 +28,6 @@ from covip.core.settings import settings_from
 from covip.prompts import PromptBook
 from covip.training.settings import TrainingSettings, launch_command
 
-# Fixed roles of stages 2-6 and the capability each asks of its model (for backend fingerprints).
-STAGE_ROLES = {
-    "synthesize_queries": [("image", "image_generator")],
-    "filter_queries": [("chat", "verifier")],
-    "embed_concepts": [("embed", "embedder")],
-    "write_dialogues": [("chat", "dialogue_writer")],
-    "write_mcqas": [("chat", "mcqa_writer")],
-}
 # Rules whose GPU count is their model's `gpus:` (the wildcard that names the model).
 MODEL_GPU_WILDCARD = {"caption": "policy", "capeval": "judge", "score_released": "judge", "diagnose": "policy",
                       "general_benchmark": "policy"}
@@ -281,24 +274,10 @@ def check_test_source(config: Mapping) -> None:
                               "is not set (the JSONL of samples, its QAS_GT_test.json and the image folder)")
 
 
-def check_backend_options(models: Mapping[str, ModelSpec]) -> None:
-    """The options of every in-process model entry are ones its backend declares (its OPTION_DEFAULTS;
-    the modules import their heavy dependencies only when a model is built), and a LoRA adapter
-    that is a local folder holds an adapter_config.json."""
-    import importlib
-
+def check_adapters(models: Mapping[str, ModelSpec]) -> None:
+    """A LoRA adapter an in-process entry names is a folder or hub id, and a local folder holds an
+    adapter_config.json (the option keys themselves are checked against covip.clients.backends)."""
     for name, spec in models.items():
-        backend = BACKENDS[spec.backend]
-        if backend.kind != "in_process":
-            continue
-        for target in backend.serves.values():
-            declared = getattr(importlib.import_module(target.split(":")[0]), "OPTION_DEFAULTS", None)
-            if declared is None:
-                continue
-            unknown = sorted(set(spec.options) - set(declared))
-            if unknown:
-                raise ConfigError(f"models.{name}.options: unknown key(s) {unknown} for backend '{spec.backend}'; "
-                                  f"known: {sorted(declared)}")
         adapter = spec.options.get("adapter")
         if adapter is not None:
             if not isinstance(adapter, str) or not adapter.strip():
@@ -328,25 +307,22 @@ def prepare(config: dict, root: str | Path) -> Prepared:
     """Check `config` (already validated against its JSON schema) and resolve what the rules need.
 
     Resolves "{outdir}" in registry entries (a GSPO-trained policy lives under the run's outdir),
-    builds every registry entry (unknown keys and backends are errors), checks that every role the
-    evaluation and training name is an entry, reads the training settings, and fills the measurement
-    protocol's switches (`covip.config.protocol`) before checking every stage's settings.
+    builds every registry entry (unknown keys, backends, options and sampling keys its dialect cannot
+    take are errors), checks that every role the config names is an entry whose backend serves it,
+    reads the training settings, fills the measurement protocol's switches (`covip.config.protocol`)
+    before checking every stage's settings, and settles the image limit of every in-process vLLM
+    entry (covip.config.models).
     """
     outdir = config["outdir"].rstrip("/")
     for entry in config["models"].values():
         if isinstance(entry.get("model"), str) and "{outdir}" in entry["model"]:
             entry["model"] = entry["model"].replace("{outdir}", outdir)
     models = {name: ModelSpec.from_config(name, entry) for name, entry in config["models"].items()}
-    evaluation = config["evaluation"]
-    for section, roles in (("evaluation.policies", evaluation["policies"]), ("evaluation.judges", evaluation["judges"]),
-                           ("evaluation.diagnostic_judge", [evaluation["diagnostic_judge"]])):
-        for role in roles:
-            if role not in models:
-                raise ConfigError(f"{section}: '{role}' is not an entry of the models registry (have: {sorted(models)})")
     training = settings_from(TrainingSettings, config.get("training"), "config 'training'")
-    if training.judge is not None and training.judge not in models:
-        raise ConfigError(f"training.judge: '{training.judge}' is not an entry of the models registry "
-                          f"(have: {sorted(models)})")
+    try:
+        check_roles(config, models)  # every role an entry, serving what the role asks
+    except RegistryCheckError as error:
+        raise ConfigError(str(error)) from None
     for run in training.runs:
         training.for_run(run)  # unknown or missing settings of a run fail now, not in its job
     for role in [*(config["human_eval"].get("policies") or []), *(config["human_eval"].get("judges") or [])]:
@@ -355,7 +331,11 @@ def prepare(config: dict, root: str | Path) -> Prepared:
     protocol = apply_protocol(config)  # fills the null protocol switches before the settings are checked
     check_stage_settings(config)
     check_test_source(config)
-    check_backend_options(models)
+    check_adapters(models)
+    try:
+        models = settle_image_limits(config, models)  # vLLM's image limit fits the largest request
+    except RegistryCheckError as error:
+        raise ConfigError(str(error)) from None
     trained = {os.path.normpath(f"{outdir}/training/{run}/model"): run for run in training.runs}
     prepared = Prepared(config=config, root=Path(root), models=models, training=training,
                         prompts=PromptBook(config.get("prompts") or {}), trained_models=trained, protocol=protocol)

@@ -33,6 +33,7 @@ STAGE_SETTINGS = {
     "controls": "covip.stages.controls.settings:ControlSettings",
     "human_eval": "covip.human_eval.settings:HumanEvalSettings",
     "general_benchmarks": "covip.stages.general.settings:GeneralSettings",
+    "plan": "covip.planning.settings:PlanSettings",
 }
 BEGIN = "  # BEGIN GENERATED STAGE SECTIONS (covip config-schema)"
 END = "  # END GENERATED STAGE SECTIONS"

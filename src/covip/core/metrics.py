@@ -167,15 +167,32 @@ class TallyError(ValueError):
     """CapEval-QA answer rows that disagree about a sample; the message names the row and field."""
 
 
+def caption_failed(row: Mapping) -> bool:
+    """Whether a CapEval-QA answer row belongs to a sample whose caption failed (no question was asked)."""
+    return bool(row.get("caption_failed"))
+
+
+def failed_caption_samples(answer_rows: Iterable[Mapping]) -> dict[tuple[str, str], dict[str, int]]:
+    """(policy, judge) -> sample_id -> num_positives of every sample whose caption failed."""
+    groups: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+    for row in answer_rows:
+        if caption_failed(row):
+            groups[(row["policy"], row["judge"])][row["sample_id"]] = int(row["num_positives"])
+    return groups
+
+
 def capeval_sample_tallies(answer_rows: Iterable[Mapping], *, drop_failed_samples: bool = False
                            ) -> dict[tuple[str, str], dict[str, list[int]]]:
     """(policy, judge) -> sample_id -> [num_positives, positives correct, positives, negatives correct,
     negatives, unparseable, judge failed]: the per-sample counts every Acc+/Acc- number is pooled from.
+    Samples whose caption failed are not in it (`failed_caption_samples` counts them).
 
     `drop_failed_samples` (capeval.failed_calls 'drop_sample', the authors' code): a sample with a
     failed judge call counts no question at all; its unparseable and failed counts stay reported."""
     groups: dict[tuple[str, str], dict[str, list[int]]] = defaultdict(dict)
     for position, row in enumerate(answer_rows):
+        if caption_failed(row):
+            continue
         sample = groups[(row["policy"], row["judge"])].setdefault(row["sample_id"], [row["num_positives"], 0, 0, 0, 0, 0, 0])
         if sample[0] != row["num_positives"]:
             raise TallyError(

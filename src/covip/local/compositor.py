@@ -3,7 +3,8 @@
 It cannot read the instruction: it works from `request.task` (the concept ids and the wanted image
 size) and the reference images, and hands them to `covip.content.scenes.SceneComposer`, which pastes
 the cut-outs onto a real texture scene, with a deliberate defect at the configured rate. The options
-of its registry entry are the composer's (see that module).
+of its registry entry are the composer's (see that module), declared with their defaults in
+`covip.clients.backends`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ class Compositor:
     """Deterministic scene compositor standing in for an image-generation model."""
 
     def __init__(self, spec: ModelSpec):
-        self.composer = SceneComposer(spec.options, where=f"models.{spec.name}.options")
+        self.composer = SceneComposer(spec.resolved_options(), where=f"models.{spec.name}.options")
         self.spec = spec
         self.identity = spec.identity
 

@@ -29,8 +29,6 @@ from covip.clients.spec import ModelSpec
 from covip.core.io import decode_image
 
 DEFAULT_WEIGHTS = {"color": 0.5, "texture": 0.3, "shape": 0.2}
-OPTION_DEFAULTS = {"size": 64, "weights": {}, "mask_threshold": 0.5}
-
 # Joint CIELAB histogram bins: L* over [0, 100], a* and b* over [-60, 60] (clipped; saturated
 # colours rarely leave this box and finer bins there would only split near-identical hues).
 _L_BINS, _AB_BINS, _AB_RANGE = 4, 6, 60.0
@@ -41,7 +39,7 @@ class ColorTextureEmbedder:
     """Deterministic colour/texture/shape embedder (backend 'local_color_texture')."""
 
     def __init__(self, spec: ModelSpec):
-        options = spec.options_with_defaults(OPTION_DEFAULTS)
+        options = spec.resolved_options()
         self.spec = spec
         self.identity = spec.identity
         self.size = int(options["size"])

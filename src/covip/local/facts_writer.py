@@ -26,8 +26,6 @@ from covip.content.facts import alternative_fact_texts, fact_family, fake_first_
 from covip.core.seeding import pyrandom_for
 from covip.core.schemas import NONE_OPTION
 
-_OPTIONS = {"malformed_rate": 0.0, "error_rate": 0.0, "format_variety": True}
-
 DIALOGUE_FAULTS = ("too_few_turns", "starts_with_model", "no_name", "prose", "no_facts")
 MCQA_FAULTS = ("not_json", "truncated", "too_few", "duplicate_options", "two_answers", "answer_d", "wrong_d")
 
@@ -132,7 +130,7 @@ class FactsFirstWriter:
         self.spec = spec
         self.identity = spec.identity
         self.model = spec.model or "facts-first-writer"
-        self.options = spec.options_with_defaults(_OPTIONS)
+        self.options = spec.resolved_options()
         for key in ("malformed_rate", "error_rate"):
             if not 0.0 <= float(self.options[key]) <= 1.0:
                 raise ValueError(f"models.{spec.name}.options.{key} must be in [0, 1], got {self.options[key]}")

@@ -48,7 +48,6 @@ from covip.clients.base import ChatRequest, ChatResponse, Usage
 from covip.core.seeding import pyrandom_for
 from covip.core.text import content_tokens
 
-_OPTIONS = {"support_threshold": 0.6, "answer_style": "boxed", "garble_rate": 0.0, "error_rate": 0.0}
 ANSWER_STYLES = ("boxed", "varied", "letter")
 CHOICES = ("A", "B", "C")
 
@@ -140,7 +139,7 @@ class LexicalJudge:
         self.spec = spec
         self.identity = spec.identity
         self.model = spec.model or "lexical-judge"
-        self.options = spec.options_with_defaults(_OPTIONS)
+        self.options = spec.resolved_options()
         threshold = float(self.options["support_threshold"])
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"models.{spec.name}.options.support_threshold must be in (0, 1], got {threshold}")

@@ -31,7 +31,6 @@ import re
 
 from covip.clients.base import ChatRequest, ChatResponse, Usage
 
-_OPTIONS = {"threshold": 0.3, "margin": 0.05}
 CHOICES = ("A", "B", "C")
 
 
@@ -69,7 +68,7 @@ class NgramJudge:
         self.spec = spec
         self.identity = spec.identity
         self.model = spec.model or "ngram-judge"
-        self.options = spec.options_with_defaults(_OPTIONS)
+        self.options = spec.resolved_options()
         for key in ("threshold", "margin"):
             if not 0.0 <= float(self.options[key]) <= 1.0:
                 raise ValueError(f"models.{spec.name}.options.{key} must be in [0, 1], got {self.options[key]}")

@@ -47,21 +47,12 @@ import numpy as np
 from PIL import Image, ImageFilter
 from scipy import fft as sfft
 
+from covip.clients.backends import PIXEL_VERIFIER_OPTIONS
 from covip.clients.base import ChatRequest, ChatResponse
 from covip.clients.spec import ModelSpec
 from covip.core.io import decode_image
 
-DEFAULT_OPTIONS = {
-    "threshold": 0.68,
-    "work_size": 160,
-    "coarse_size": 128,
-    "min_template_side": 56,
-    "scale_range": [0.14, 0.56],
-    "scale_step": 1.08,
-    "gain_tolerance": 0.4,
-    "cast_tolerance": 0.12,
-    "contrast_tolerance": 0.5,
-}
+DEFAULT_OPTIONS = PIXEL_VERIFIER_OPTIONS  # declared once, in covip.clients.backends
 _MIN_MASK_PIXELS = 40
 _MIN_STD = 2.0  # grey levels; a reference flatter than this has nothing to match
 _REFINE_TOP = 3
@@ -72,7 +63,7 @@ class PixelVerifier:
     """Deterministic template-matching verifier standing in for a VLM judge of visual fidelity."""
 
     def __init__(self, spec: ModelSpec):
-        options = spec.options_with_defaults(DEFAULT_OPTIONS)
+        options = spec.resolved_options()
         where = f"models.{spec.name}.options"
         self.threshold = float(options["threshold"])
         if not 0.0 < self.threshold < 1.0:

@@ -13,7 +13,7 @@ the items both answered (policy, condition, sample, concept, question), this mod
 - every item the two judges answered differently, for reading.
 
 Rows are given per (condition, policy), per condition over all policies ('all'), and over
-everything ('all', 'all').
+everything ('all', 'all'). Questions of a sample whose caption failed were never asked and are left out.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from itertools import combinations
 
+from covip.core.metrics import caption_failed
 from covip.core.schemas import OPTION_LETTERS
 
 ALL = "all"
@@ -51,6 +52,8 @@ def judge_agreement(answers: Mapping[str, Sequence[Mapping]]) -> tuple[list[dict
     stand_in: dict[str, bool] = {}
     for condition, rows in answers.items():
         for position, row in enumerate(rows):
+            if caption_failed(row):  # no caption, no question asked: nothing to agree on
+                continue
             judge = row["judge"]
             identity.setdefault(judge, row["judge_identity"])
             stand_in[judge] = stand_in.get(judge, False) or bool(row["stand_in"])

@@ -52,6 +52,17 @@ class NegativeSettings:
         metadata={"help": "Draw negatives only from the categories of the sample's positives (person, animal, object, place). Needs concepts_rows."},
     )
 
+    def most_negatives(self, num_positives: int) -> int:
+        """The most negatives `build_contexts` adds to a sample with `num_positives` positives (the
+        config check sizes image limits with it: keep it in step with `_negative_count`)."""
+        return self.max_negatives if self.per_positive is None else self.per_positive * num_positives
+
+    def mean_negatives(self, num_positives: int) -> float:
+        """The expected number of negatives of a sample with `num_positives` positives (for `covip plan`)."""
+        if self.per_positive is None:
+            return (self.min_negatives + self.max_negatives) / 2
+        return float(self.per_positive * num_positives)
+
     def __post_init__(self):
         if self.per_positive is not None and (
             isinstance(self.per_positive, bool) or not isinstance(self.per_positive, int) or self.per_positive < 0

@@ -42,6 +42,11 @@ class SynthesisSettings:
     max_attempts: int = field(default=2, metadata={"help": "Generation attempts per sample (each with a new derived seed) before the row is recorded as failed."})
     distinct_kinds: bool = field(default=True, metadata={"help": "Never put two concepts of the same kind (two mugs) in one query, so each positive is unambiguous in the image; hard negatives of the same kind come in stage 4."})
 
+    @property
+    def most_positives(self) -> int:
+        """The most positive concepts a sample of these settings can have (the largest count with weight)."""
+        return max(k + 1 for k, weight in enumerate(self.positives_weights) if weight > 0)
+
     def __post_init__(self):
         if self.num_samples < 1:
             raise ValueError(f"synthesis.num_samples must be >= 1, got {self.num_samples}")

@@ -1,8 +1,13 @@
 """Train split rows -> TRL's multimodal conversational records (SPEC section 2 layout).
 
-Each record is ``{"prompt": [one user message], "images": [PIL images], "task": str, "truth": JSON,
-"sample_id": str}``. The user message's content interleaves ``{"type": "text"}`` and
+Each record is ``{"prompt": [one user message], "images": [{"bytes", "path"}], "task": str, "truth":
+JSON, "sample_id": str}``. The user message's content interleaves ``{"type": "text"}`` and
 ``{"type": "image"}`` parts; TRL fills the image placeholders from ``images`` in order.
+
+Images stay encoded: `write_records` streams the records into one Arrow file (a row group at a time)
+and `load_records` memory-maps it as a `datasets.Dataset` whose image column decodes to RGB PIL
+images only when the trainer reads a batch, so memory stays flat however large the train split
+(decoding every train image up front is ~20 GB at paper scale).
 
 The `caption` prompt is exactly the evaluation prompt (`covip.protocol.requests.build_caption_request`),
 so the policy is trained on what it is scored on. `joint` keeps that context layout and swaps the final
@@ -21,11 +26,10 @@ Which task a sample gets is drawn per sample from the run seed, in the configure
 
 from __future__ import annotations
 
-import io
 import json
-from collections.abc import Mapping, Sequence
-
-from PIL import Image
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 
 from covip.clients.base import ChatRequest, ImagePart, Message, TextPart
 from covip.prompts import PromptBook
@@ -39,15 +43,15 @@ class TrainingDataError(ValueError):
     """A train split row that cannot become a training record; the message names row and field."""
 
 
-def _content(message: Message) -> tuple[list[dict], list[Image.Image]]:
-    """A covip Message as TRL content parts plus its images (in order)."""
+def _content(message: Message) -> tuple[list[dict], list[dict]]:
+    """A covip Message as TRL content parts plus its images (in order, still encoded)."""
     parts, images = [], []
     for part in message.parts:
         if isinstance(part, TextPart):
             parts.append({"type": "text", "text": part.text})
         elif isinstance(part, ImagePart):
             parts.append({"type": "image", "text": None})
-            images.append(Image.open(io.BytesIO(part.data)).convert("RGB"))
+            images.append({"bytes": part.data, "path": None})
         else:  # pragma: no cover - Message only holds these two
             raise TypeError(f"unexpected message part {type(part).__name__}")
     return parts, images
@@ -65,7 +69,7 @@ def _record(request: ChatRequest, task: str, truth: Mapping, sample_id: str) -> 
     }
 
 
-def _questions(row: Mapping, where: str) -> list[list[dict]]:
+def row_questions(row: Mapping, where: str) -> list[list[dict]]:
     mcqa = row.get("mcqa")
     if mcqa is None:
         raise TrainingDataError(f"{where} field 'mcqa': missing (the caption reward needs the questions)")
@@ -88,7 +92,7 @@ def build_record(row: Mapping, task: str, prompts: PromptBook, *, seed: int, whe
     caption_request = build_caption_request(row, prompts, where=where)
     positives = sorted(int(i) for i in row.get("positive_indices") or [])
     if task == "caption":
-        truth = {"sample_id": sample_id, "positive_indices": positives, "questions": _questions(row, here)}
+        truth = {"sample_id": sample_id, "positive_indices": positives, "questions": row_questions(row, here)}
         return _record(caption_request, task, truth, sample_id)
     sections = prompts.sections(TRAIN_PROMPT)
     if task == "multi_vision":
@@ -106,7 +110,7 @@ def build_record(row: Mapping, task: str, prompts: PromptBook, *, seed: int, whe
         # it asks for the memory numbers that layout shows (from 1).
         parts = message.parts[:-1] + (TextPart(sections[task].substitute().strip()),)
         truth: dict = {"indices": [i + 1 for i in positives], "sample_id": sample_id, "positive_indices": positives,
-                       "questions": _questions(row, here)}
+                       "questions": row_questions(row, here)}
         return _record(ChatRequest((Message("user", parts),)), task, truth, sample_id)
     if task == "vision":
         names = list(row.get("context_names") or [])
@@ -139,16 +143,55 @@ def assign_tasks(sample_ids: Sequence[str], mixture: Mapping[str, float], seed: 
     return [pyrandom_for(seed, "train_task", sid).choices(tasks, weights)[0] for sid in sample_ids]
 
 
+def iter_records(rows: Iterable[Mapping], mixture: Mapping[str, float], prompts: PromptBook, *, seed: int,
+                 where: str = "train split") -> Iterator[dict]:
+    """Training records for every row, one at a time; task types drawn per sample from `mixture`
+    (task -> weight), independently per sample id, so streaming changes nothing."""
+    for i, row in enumerate(rows):
+        (task,) = assign_tasks([str(row.get("sample_id"))], mixture, seed)
+        yield build_record(row, task, prompts, seed=seed, where=f"{where} row {i}")
+
+
 def build_records(rows: Sequence[Mapping], mixture: Mapping[str, float], prompts: PromptBook, *, seed: int,
                   where: str = "train split") -> list[dict]:
-    """Training records for every row; task types drawn per sample from `mixture` (task -> weight)."""
-    ids = [str(r.get("sample_id")) for r in rows]
-    tasks = assign_tasks(ids, mixture, seed)
-    return [build_record(row, task, prompts, seed=seed, where=f"{where} row {i}") for i, (row, task) in enumerate(zip(rows, tasks))]
+    """Training records for every row (a list; `write_records` streams them instead)."""
+    return list(iter_records(rows, mixture, prompts, seed=seed, where=where))
+
+
+def record_features():
+    """The `datasets` features of a record: images decode to RGB PIL images when a batch is read."""
+    from datasets import Features, Image, List, Value
+
+    part = {"type": Value("string"), "text": Value("string")}
+    return Features({"prompt": List({"role": Value("string"), "content": List(part)}), "images": List(Image(mode="RGB")),
+                     "task": Value("string"), "truth": Value("string"), "sample_id": Value("string")})
+
+
+def write_records(records: Iterable[dict], path: str | Path) -> int:
+    """Stream records into one Arrow file at `path` (written beside it, then renamed into place); the
+    number written. Memory holds one writer batch of encoded records, not the split."""
+    from datasets.arrow_writer import ArrowWriter
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with ArrowWriter(features=record_features(), path=str(partial), writer_batch_size=64) as writer:
+        for record in records:
+            writer.write(record)
+        count, _ = writer.finalize()
+    os.replace(partial, path)
+    return int(count)
+
+
+def load_records(path: str | Path):
+    """The records Arrow file as a memory-mapped `datasets.Dataset` (images decoded per access)."""
+    import datasets
+
+    return datasets.Dataset.from_file(str(path))
 
 
 def to_dataset(records: Sequence[dict]):
-    """A `datasets.Dataset` of the records (images become an Image sequence column)."""
+    """A `datasets.Dataset` of in-memory records (tests; images as PIL or encoded {'bytes','path'})."""
     import datasets
 
-    return datasets.Dataset.from_list(list(records))
+    return datasets.Dataset.from_list(list(records), features=record_features())

@@ -17,11 +17,20 @@ The scores per task (the shared ones are metrics of `covip.core.metrics`):
 per-function means are means over the rows that task owns. The caption and joint rewards send every
 question of a batch to the judge at once through `CachedChatModel.complete_many`, the client and
 SQLite cache CapEval-QA uses, with CapEval-QA's own request builder and letter parser.
+
+A judge call that failed (after the client's retries) is not a letter: the completion it was asked
+about gets no reward (None; TRL then gives it no advantage and leaves it out of its group's
+baseline), never the D that would score a caption as if the judge had read it. Each batch logs its
+judge calls and failures (`judge/calls`, `judge/failed`, `judge/failure_rate` in the training log),
+and a batch where more than `max_judge_failure_rate` of the calls failed, over all ranks, stops
+training with `JudgeFailureError`: with the judge down, the caption reward would otherwise be flat
+for hours. `preflight` asks the judge one question, uncached, before training starts.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +42,13 @@ from covip.core.text import strip_boxed
 from covip.prompts import PromptBook
 from covip.protocol.judging import build_judge_request, judge_seed, parse_judge_letter
 
+log = logging.getLogger("covip.training")
+
 TASKS = ("caption", "multi_vision", "vision", "joint")
+
+
+class JudgeFailureError(RuntimeError):
+    """The caption reward's judge failed too often (or did not answer the pre-flight call)."""
 
 # ---------------------------------------------------------------------------------------------------
 # vision: yes / no
@@ -151,11 +166,31 @@ class RewardSuite:
     judge requests so a sampled judge is reproducible and cacheable.
     """
 
-    def __init__(self, judge=None, prompts: PromptBook | None = None, *, max_tokens: int = 511, seed: int = 0):
+    def __init__(self, judge=None, prompts: PromptBook | None = None, *, max_tokens: int = 511, seed: int = 0,
+                 max_judge_failure_rate: float = 0.2):
         self.judge = judge
         self.prompts = prompts or PromptBook()
         self.max_tokens = max_tokens
         self.seed = seed
+        self.max_judge_failure_rate = max_judge_failure_rate
+        self.judge_calls = 0  # over the run, this rank
+        self.judge_failures = 0
+        self.unrewarded = 0  # completions left without a reward by a failed judge call
+
+    def preflight(self, question: Mapping) -> None:
+        """One judge call (a real question, an empty caption), past the response cache, before training
+        starts: a judge that is down fails the job now, not after hours of flat rewards. A stand-in
+        judge (code in this process) cannot be down, so it is not called: a rerun from the cache then
+        calls nothing."""
+        spec = getattr(self.judge, "spec", None)
+        if self.judge is None or (spec is not None and spec.is_local):
+            return
+        request = build_judge_request("", question, self.prompts, seed=judge_seed(self.seed, "preflight"))
+        probe = getattr(self.judge, "probe", None)
+        response = probe(request) if probe is not None else self.judge.complete(request)
+        if not response.ok:
+            raise JudgeFailureError(f"the caption reward's judge ({getattr(self.judge, 'identity', 'judge')}) did not answer "
+                                    f"a pre-flight call: {response.error}; training has not started")
 
     def functions(self, tasks: Sequence[str]) -> list[Callable]:
         """One TRL reward function per task type used by the run, named so TRL logs `rewards/<task>`."""
@@ -178,14 +213,38 @@ class RewardSuite:
             for c, k, t in zip(completions, task, truth)
         ]
 
-    def caption(self, prompts, completions, task, truth, completion_ids=None, **_) -> list[float | None]:
-        return self._judged(completions, task, truth, completion_ids, "caption")
+    def caption(self, prompts, completions, task, truth, completion_ids=None, log_metric=None, **_) -> list[float | None]:
+        return self._judged(completions, task, truth, completion_ids, "caption", log_metric)
 
-    def joint(self, prompts, completions, task, truth, completion_ids=None, **_) -> list[float | None]:
-        return self._judged(completions, task, truth, completion_ids, "joint")
+    def joint(self, prompts, completions, task, truth, completion_ids=None, log_metric=None, **_) -> list[float | None]:
+        return self._judged(completions, task, truth, completion_ids, "joint", log_metric)
 
-    def _judged(self, completions, task, truth, completion_ids, kind: str) -> list[float | None]:
-        """Judge every question of every row of `kind` in one `complete_many` call, then score."""
+    def _judged(self, completions, task, truth, completion_ids, kind: str, log_metric=None) -> list[float | None]:
+        """Judge and score every row of `kind`; then account for the judge calls of this batch (every
+        rank gets here once per batch, so the failure share is summed over ranks)."""
+        rewards, calls, errors, unrewarded = self._score(completions, task, truth, completion_ids, kind)
+        self.judge_calls += calls
+        self.judge_failures += len(errors)
+        all_calls, all_failed = _sum_over_ranks(calls, len(errors))
+        if log_metric is not None:
+            log_metric("judge/calls", float(calls))
+            log_metric("judge/failed", float(len(errors)))
+            log_metric("judge/failure_rate", len(errors) / calls if calls else 0.0)
+        if errors:
+            log.warning("%s reward: %d of %d judge calls failed in this batch (%d completions get no reward), e.g. %s",
+                        kind, len(errors), calls, unrewarded, errors[0])
+        if all_calls and all_failed / all_calls > self.max_judge_failure_rate:
+            raise JudgeFailureError(
+                f"{kind} reward: {all_failed} of {all_calls} judge calls failed in one generation batch "
+                f"({all_failed / all_calls:.0%} > training.max_judge_failure_rate {self.max_judge_failure_rate:.0%}); "
+                f"first error: {errors[0] if errors else 'on another rank'}. Training stopped: check the judge, then "
+                "rerun (the run resumes from its last checkpoint)")
+        return rewards
+
+    def _score(self, completions, task, truth, completion_ids, kind: str):
+        """(rewards, judge calls, errors of the failed calls, completions left without a reward): every
+        question of every row of `kind` goes to the judge in one `complete_many` call; a row with a failed
+        call gets None."""
         rewards: list[float | None] = [None] * len(completions)
         jobs = []  # (row, caption, positive questions, negative questions, ground truth)
         for row, (completion, k, t) in enumerate(zip(completions, task, truth)):
@@ -199,7 +258,7 @@ class RewardSuite:
                 continue
             jobs.append((row, caption, json.loads(t)))
         if not jobs:
-            return rewards
+            return rewards, 0, [], 0
         if self.judge is None:
             raise ValueError(f"the '{kind}' reward needs a judge model (training.judge)")
         requests, slots = [], []
@@ -212,17 +271,40 @@ class RewardSuite:
         responses = self.judge.complete_many(requests, desc=f"{kind} reward judge")
         letters: dict[int, tuple[list, list]] = {row: ([], []) for row, _, _ in jobs}
         positives = {row: set(gt["positive_indices"]) for row, _, gt in jobs}
+        errors, unjudged = [], set()
         for (row, ci, q), response in zip(slots, responses):
-            judged = (parse_judge_letter(response.text, q["options"]) if response.ok else None) or NONE_LETTER
+            if not response.ok:  # not a letter: this completion gets no reward (module docstring)
+                errors.append(response.error or "no text returned")
+                unjudged.add(row)
+                continue
+            judged = parse_judge_letter(response.text, q["options"]) or NONE_LETTER  # unreadable: D, the authors' rule
             if ci in positives[row]:
                 letters[row][0].append((judged, q["answer"]))
             else:
                 letters[row][1].append(judged)
+        self.unrewarded += len(unjudged)
         for row, _, gt in jobs:
+            if row in unjudged:
+                continue
             pos, neg = letters[row]
             if kind == "caption":
                 rewards[row] = caption_score(pos, neg)
             else:
                 text = completion_text(completions[row])
                 rewards[row] = boxed_index_f1(text, gt["indices"]) + joint_caption_score(pos, neg)
-        return rewards
+        return rewards, len(requests), errors, len(unjudged)
+
+
+def _sum_over_ranks(calls: int, failed: int) -> tuple[int, int]:
+    """(calls, failed) summed over every training process (itself alone when not distributed)."""
+    try:
+        import torch
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - training always has torch
+        return calls, failed
+    if not (dist.is_available() and dist.is_initialized()):
+        return calls, failed
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    totals = torch.tensor([calls, failed], dtype=torch.long, device=device)
+    dist.all_reduce(totals)
+    return int(totals[0]), int(totals[1])

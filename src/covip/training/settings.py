@@ -45,6 +45,7 @@ class TrainingSettings:
     reward_mode: str = field(default="mixture", metadata={"help": "'mixture': each sample gets one task type of task_mixture and only that task's reward (authors' code); 'joint': the paper's r_vis + r_caps on one answer.", "enum": list(REWARD_MODES)})
     task_mixture: dict[str, float] = field(default_factory=lambda: {"caption": 1.0, "multi_vision": 1.0, "vision": 1.0}, metadata={"help": "Relative weights of the task types caption, multi_vision, vision (mixture mode)."})
     judge: str | None = field(default=None, metadata={"help": "Registry entry that judges the caption reward's questions (same client and cache as CapEval-QA)."})
+    max_judge_failure_rate: float = field(default=0.2, metadata={"help": "A failed judge call gives its completion no reward; a generation batch where more than this share of the caption reward's judge calls failed (over all ranks) stops training with an error. One uncached judge call before training starts checks the judge is up.", "minimum": 0, "maximum": 1})
     max_samples: int | None = field(default=None, metadata={"help": "Train on the first N rows of the train split only (null: all)."})
     num_generations: int = field(default=4, metadata={"help": "Rollouts per prompt (group size).", "minimum": 2})
     per_device_train_batch_size: int = field(default=1, metadata={"help": "Completions (not prompts) per device per micro-step, as TRL counts them (authors: 1). One optimiser step sees this x devices x gradient_accumulation_steps completions; with the authors' 1 x 4 x 1 that is one prompt's 4 rollouts.", "minimum": 1})
@@ -92,6 +93,8 @@ class TrainingSettings:
             raise ValueError(f"training.task_mixture: unknown task type(s) {unknown}; known: caption, multi_vision, vision")
         if any(w < 0 for w in self.task_mixture.values()) or not any(w > 0 for w in self.task_mixture.values()):
             raise ValueError(f"training.task_mixture needs non-negative weights, at least one positive: {self.task_mixture}")
+        if not 0.0 <= self.max_judge_failure_rate <= 1.0:
+            raise ValueError(f"training.max_judge_failure_rate must be in [0, 1], got {self.max_judge_failure_rate}")
         if self.num_generations < 2:
             raise ValueError(f"training.num_generations must be >= 2 (group-relative advantages), got {self.num_generations}")
         if self.deepspeed is not None and self.deepspeed not in DEEPSPEED:

@@ -5,25 +5,31 @@ linear layers and lm_head (vision tower frozen), runs `GRPOTrainer`, resuming fr
 `checkpoint_dir` when there is one, and saves the merged policy as an ordinary model folder (weights
 plus processor) that `AutoModelForImageTextToText` / `AutoProcessor` and the captioning backends
 load. `TrainingLogCallback` writes every logged step to Parquet (schemas.TRAINING_LOG).
+
+Under several ranks (`accelerate launch`), rank 0 alone prepares the checkpoint folder (clearing a
+foreign configuration's checkpoints) and streams the records into `<checkpoint_dir>/records/`
+(images still encoded), behind a barrier; every rank then memory-maps the same file and decodes the
+images of its own batches only. Rank 0 alone writes the training log and the merged model.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import re
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from covip.core import schemas
 from covip.core.io import write_artifact
 from covip.prompts import PromptBook
-from covip.training.records import build_records, to_dataset
+from covip.training.records import iter_records, load_records, row_questions, to_dataset, write_records
 from covip.training.rewards import RewardSuite
 from covip.training.settings import TrainingSettings
 
@@ -42,6 +48,9 @@ _LOG_COLUMNS = {
     "learning_rate": "learning_rate",
     "grad_norm": "grad_norm",
     "epoch": "epoch",
+    "judge/calls": "judge_calls",
+    "judge/failed": "judge_failed",
+    "judge/failure_rate": "judge_failure_rate",
 }
 
 
@@ -179,21 +188,23 @@ def lora_config(settings: TrainingSettings):
     )
 
 
-def build_trainer(settings: TrainingSettings, records: list[dict], reward_funcs, checkpoint_dir: str | Path, seed: int,
-                  callbacks=()):
-    """A GRPOTrainer for these settings and records (no training yet)."""
+def build_trainer(settings: TrainingSettings, records, reward_funcs, checkpoint_dir: str | Path, seed: int,
+                  callbacks=(), args=None):
+    """A GRPOTrainer for these settings and records (a list, or a `datasets.Dataset` from `load_records`);
+    `args`: the GRPOConfig when the caller made it already (it sets up the process group)."""
+    import datasets
     import torch
     from trl import GRPOTrainer
 
     cuda = torch.cuda.is_available()
     # The config comes first: under ZeRO-3 it must exist before the weights load, so they load sharded.
-    args = grpo_config(settings, checkpoint_dir, seed, cuda=cuda)
+    args = args if args is not None else grpo_config(settings, checkpoint_dir, seed, cuda=cuda)
     model, processor = load_base(settings, cuda=cuda)
     return GRPOTrainer(
         model=model,
         reward_funcs=list(reward_funcs),
         args=args,
-        train_dataset=to_dataset(records),
+        train_dataset=records if isinstance(records, datasets.Dataset) else to_dataset(records),
         processing_class=processor,
         peft_config=lora_config(settings) if settings.lora else None,
         callbacks=list(callbacks),
@@ -244,20 +255,19 @@ def save_merged(trainer, settings: TrainingSettings, out_dir: str | Path) -> Pat
     return out
 
 
-def _prepare_checkpoints(checkpoint_dir: Path, key: str) -> str | None:
-    """The checkpoint to resume from: the newest one, but only if it was written by a job with the
-    same resume key (settings, seed, data, base model); checkpoints of another configuration are
-    cleared rather than silently continued."""
+def _prepare_checkpoints(checkpoint_dir: Path, key: str) -> None:
+    """Make `checkpoint_dir` this configuration's (rank 0 only, before the others look at it): checkpoints
+    written by a job with another resume key (settings, seed, data, base model) are cleared rather than
+    silently continued; the newest of our own is resumed from (`last_checkpoint`)."""
     marker = checkpoint_dir / "resume_key.json"
     if checkpoint_dir.is_dir() and (not marker.is_file() or json.loads(marker.read_text()).get("key") != key):
         log.info("clearing %s: its checkpoints belong to another configuration", checkpoint_dir)
         shutil.rmtree(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"key": key}))
-    return last_checkpoint(checkpoint_dir)
 
 
-def resume_key(settings: TrainingSettings, rows: Sequence[Mapping], seed: int) -> str:
+def resume_key(settings: TrainingSettings, rows: Iterable[Mapping], seed: int) -> str:
     """A digest of what a run's result depends on, so a rerun resumes only its own checkpoints."""
     digest = hashlib.sha256(json.dumps(dataclasses.asdict(settings), sort_keys=True, default=str).encode())
     digest.update(str(seed).encode())
@@ -267,10 +277,28 @@ def resume_key(settings: TrainingSettings, rows: Sequence[Mapping], seed: int) -
     return digest.hexdigest()[:16]
 
 
+class _FirstRows:
+    """The first `limit` rows of a re-iterable source (a list, or rows streamed from Parquet), re-iterable."""
+
+    def __init__(self, rows: Iterable[Mapping], limit: int | None):
+        self.rows, self.limit = rows, limit
+
+    def __iter__(self):
+        return itertools.islice(iter(self.rows), self.limit)
+
+
+def _first_question(rows: Iterable[Mapping]) -> dict | None:
+    for i, row in enumerate(rows):
+        for questions in row_questions(row, f"train split row {i}"):
+            if questions:
+                return questions[0]
+    return None
+
+
 def train_policy(
     run: str,
     settings: TrainingSettings,
-    train_rows: Sequence[Mapping],
+    train_rows: Iterable[Mapping],
     *,
     model_dir: str | Path,
     log_path: str | Path,
@@ -283,30 +311,56 @@ def train_policy(
 ) -> dict:
     """Train run `run` (settings already merged with `for_run`) and save the merged policy.
 
-    Resumes from the last checkpoint in `checkpoint_dir` when there is one; `callbacks` are extra
-    transformers TrainerCallbacks. Checkpoints are removed once the merged model is saved (they exist
-    to survive a kill) unless `keep_checkpoints`. Returns a small summary
-    (steps, resumed-from, wall time).
+    `train_rows` is re-iterable (a list, or rows streamed from the split file: it is read twice, for
+    the resume key and for the records, and never held whole). Resumes from the last checkpoint in
+    `checkpoint_dir` when there is one; `callbacks` are extra transformers TrainerCallbacks. Before
+    anything heavy, one uncached judge call checks that the caption reward's judge answers.
+    Checkpoints (and the records file) are removed once the merged model is saved (they exist to
+    survive a kill) unless `keep_checkpoints`. Returns a small summary (steps, resumed-from, wall time).
     """
+    import torch
+    from accelerate import PartialState
+
     prompts = prompts or PromptBook()
-    rows = list(train_rows)[: settings.max_samples] if settings.max_samples else list(train_rows)
-    if not rows:
+    rows = _FirstRows(train_rows, settings.max_samples)
+    if next(iter(rows), None) is None:
         raise ValueError(f"training run '{run}': the train split has no rows")
-    records = build_records(rows, settings.mixture(), prompts, seed=seed)
     tasks = settings.tasks()
-    if any(t in ("caption", "joint") for t in tasks) and judge is None:
+    needs_judge = any(t in ("caption", "joint") for t in tasks)
+    if needs_judge and judge is None:
         raise ValueError(f"training run '{run}': the {tasks} reward(s) need a judge; set training.judge")
-    suite = RewardSuite(judge, prompts, max_tokens=settings.caption_token_limit, seed=seed)
-    callback = TrainingLogCallback(run, log_path, Path(checkpoint_dir) / "log.jsonl", tasks)
-    trainer = build_trainer(settings, records, suite.functions(tasks), checkpoint_dir, seed, [callback, *callbacks])
-    resume = _prepare_checkpoints(Path(checkpoint_dir), resume_key(settings, rows, seed))
+    suite = RewardSuite(judge, prompts, max_tokens=settings.caption_token_limit, seed=seed,
+                        max_judge_failure_rate=settings.max_judge_failure_rate)
+    if needs_judge:
+        suite.preflight(_first_question(rows))  # every rank, before any barrier: a dead judge stops them all
+    checkpoints = Path(checkpoint_dir)
+    records_path = checkpoints / "records" / "train.arrow"
+    # The config sets up the process group (nccl on GPUs, gloo on CPUs, DeepSpeed when launched with it)
+    # under accelerate launch; a single process otherwise.
+    args = grpo_config(settings, checkpoint_dir, seed, cuda=torch.cuda.is_available())
+    state = PartialState()
+    if state.is_main_process:
+        _prepare_checkpoints(checkpoints, resume_key(settings, rows, seed))
+        count = write_records(iter_records(rows, settings.mixture(), prompts, seed=seed), records_path)
+        log.info("run %s: %d training records in %s; world size %d (%s)", run, count, records_path,
+                 state.num_processes, state.backend or "single process")
+    state.wait_for_everyone()
+    records = load_records(records_path)
+    resume = last_checkpoint(checkpoints)
+    callback = TrainingLogCallback(run, log_path, checkpoints / "log.jsonl", tasks)
+    trainer = build_trainer(settings, records, suite.functions(tasks), checkpoint_dir, seed, [callback, *callbacks],
+                            args=args)
     if resume:
         log.info("resuming run %s from %s", run, resume)
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
     wall = time.perf_counter() - started
     save_merged(trainer, settings, model_dir)
-    if not keep_checkpoints and trainer.accelerator.is_main_process:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    state.wait_for_everyone()
+    if not keep_checkpoints and state.is_main_process:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    if suite.judge_failures:
+        log.warning("run %s: %d of %d judge calls failed on this rank; %d completions got no reward", run,
+                    suite.judge_failures, suite.judge_calls, suite.unrewarded)
     return {"run": run, "steps": int(trainer.state.global_step), "resumed_from": resume, "wall_s": wall,
-            "records": len(records)}
+            "records": len(records), "judge_calls": suite.judge_calls, "judge_failures": suite.judge_failures}

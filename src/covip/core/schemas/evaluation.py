@@ -40,17 +40,20 @@ CAPEVAL_ANSWERS = _schema(
         ("question_id", pa.string()),
         ("is_positive", pa.bool_()),  # the question's concept is in the query image
         ("answer", pa.string()),  # the correct letter
-        ("raw_answer", pa.string()),  # the judge's text (null if the call failed)
-        # A-D; an unparseable answer counts as 'D', as in the authors' code. Under capeval.letter_match
-        # 'substring', a first box that holds more than one letter keeps its text here (it scored by substring).
+        ("raw_answer", pa.string()),  # the judge's text (null if the call failed or was never made)
+        # A-D; an unparseable answer counts as 'D', as in the authors' code; null if caption_failed. Under
+        # capeval.letter_match 'substring', a first box holding more than one letter keeps its text here.
         ("parsed", pa.string()),
         ("unparseable", pa.bool_()),
-        ("correct", pa.bool_()),  # positive: parsed == answer; negative: parsed == 'D'
+        ("correct", pa.bool_()),  # positive: parsed == answer; negative: parsed == 'D'; null if caption_failed
         ("judge_identity", pa.string()),
         ("stand_in", pa.bool_()),
+        # The policy produced no caption for the sample: the question was not asked and is left out of
+        # Acc+/Acc- (the summary counts the sample in n_caption_failed). Null in older tables: false.
+        ("caption_failed", pa.bool_()),
     ],
     ["policy", "judge", "sample_id", "num_positives", "context_index", "question_id", "is_positive", "answer",
-     "parsed", "unparseable", "correct", "judge_identity", "stand_in"],
+     "unparseable", "judge_identity", "stand_in"],
 )
 
 CAPEVAL_SUMMARY = _schema(
@@ -70,6 +73,7 @@ CAPEVAL_SUMMARY = _schema(
         ("n_neg_questions", pa.int32()),
         ("n_unparseable", pa.int32()),  # judge replies with no letter, judge call failures included
         ("n_judge_failed", pa.int32()),  # judge calls that failed (counted as 'D' and as unparseable)
+        ("n_caption_failed", pa.int32()),  # samples whose caption failed: left out of Acc+/Acc-, never scored
         ("policy_identity", pa.string()),
         ("judge_identity", pa.string()),
         ("stand_in", pa.bool_()),

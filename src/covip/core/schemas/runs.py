@@ -30,6 +30,30 @@ USAGE = _schema(
 )
 
 
+PLAN = _schema(
+    "plan",
+    "`covip plan`: model calls, tokens, dollars and GPU-hours a config will take, per rule and registry entry, "
+    "estimated before anything runs (the assumptions are printed with it).",
+    [
+        ("rule", pa.string()),
+        ("role", pa.string()),  # registry entry, or training.runs.<run> for the policy a GSPO run trains
+        ("backend", pa.string()),
+        ("model", pa.string()),
+        ("kind", pa.string()),  # 'api' | 'in_process' | 'stand_in'
+        ("jobs", pa.int64()),  # workflow jobs of this rule that call the role (conditions x policies x ...)
+        ("calls", pa.int64()),  # model calls (requests; images embedded for an embedder), first attempts only
+        ("images", pa.int64()),  # images sent with those calls
+        ("input_tokens", pa.int64()),  # text (characters / 4) plus image tokens (the backend's own rule)
+        ("output_tokens", pa.int64()),
+        ("estimated_cost_usd", pa.float64()),  # from the config's prices; 0 without a price
+        ("gpu_hours", pa.float64()),  # in-process models and training, at plan.throughput of plan.gpu; null for APIs
+        ("basis", pa.string()),  # how the calls were counted
+    ],
+    ["rule", "role", "backend", "model", "kind", "jobs", "calls", "images", "input_tokens", "output_tokens",
+     "estimated_cost_usd", "basis"],
+)
+
+
 TRAINING_LOG = _schema(
     "training_log",
     "Stage 8: one row per logged GSPO optimiser step (TRL's metrics, averaged over the logging interval).",
@@ -52,6 +76,9 @@ TRAINING_LOG = _schema(
         ("completion_truncated_ratio", pa.float64()),
         ("learning_rate", pa.float64()),
         ("grad_norm", pa.float64()),
+        ("judge_calls", pa.float64()),  # caption reward's judge calls per generation batch and rank (mean)
+        ("judge_failed", pa.float64()),  # of which failed: their completions got no reward
+        ("judge_failure_rate", pa.float64()),
     ],
     ["run", "step"],
 )

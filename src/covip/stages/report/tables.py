@@ -45,16 +45,18 @@ def _paper_rows(paper: pd.DataFrame, table: str, cells) -> list[str]:
     lines = []
     for system, rows in paper[paper["table"] == table].groupby("system", sort=False):
         values = {(r.setting, r.metric): r.value for r in rows.itertuples()}
-        lines.append(f"| {system} (paper) | paper | " + " | ".join(cells(values)) + " |")
+        lines.append(f"| {system} (paper) | paper | " + " | ".join(cells(values)) + " | |")
     return lines
 
 
 def capeval_table(summary: Sequence[Mapping], paper: pd.DataFrame, protocol: str = "default",
                   comparable: bool = True) -> str:
     """The CapEval-QA table (Acc+ / Acc- by number of concepts): the paper's rows, when our protocol is
-    the authors' (`comparable`), then ours, each with the protocol that measured it."""
-    header = "| system | protocol | " + " | ".join(f"{k}: Acc+ | {k}: Acc-" for k in COUNT_SETTINGS) + " |"
-    lines = [header, "|---|---|" + "---:|" * (2 * len(COUNT_SETTINGS))]
+    the authors' (`comparable`), then ours, each with the protocol that measured it, and per row of ours
+    the samples whose caption failed (left out of every accuracy, never scored as an empty caption)."""
+    header = ("| system | protocol | " + " | ".join(f"{k}: Acc+ | {k}: Acc-" for k in COUNT_SETTINGS)
+              + " | captions failed |")
+    lines = [header, "|---|---|" + "---:|" * (2 * len(COUNT_SETTINGS) + 1)]
     if comparable:
         lines += _paper_rows(paper, "capeval", lambda values: [
             _fmt(values.get((setting, metric))) for setting in COUNT_SETTINGS.values() for metric in ("acc_pos", "acc_neg")])
@@ -65,16 +67,20 @@ def capeval_table(summary: Sequence[Mapping], paper: pd.DataFrame, protocol: str
     for (policy, judge), counts in sorted(by_policy.items()):
         first = next(iter(counts.values()))
         cells = [_fmt(counts.get(k, {}).get(metric)) for k in COUNT_SETTINGS for metric in ("acc_pos", "acc_neg")]
-        lines.append(f"| {_label(first, len(judges) > 1)} | {protocol} | " + " | ".join(cells) + " |")
+        failed = counts.get(0, {}).get("n_caption_failed") or 0
+        lines.append(f"| {_label(first, len(judges) > 1)} | {protocol} | " + " | ".join(cells) + f" | {failed} |")
     return "\n".join(lines)
 
 
 def downstream_table(summary: Sequence[Mapping], paper: pd.DataFrame, protocol: str = "default",
                      comparable: bool = True) -> str:
-    """The diagnostic table (LSD / LAR / ITR, direct and CAG): the paper's rows when `comparable`, then ours."""
+    """The diagnostic table (LSD / LAR / ITR, direct and CAG): the paper's rows when `comparable`, then
+    ours, each with the items that have no score (a failed response, a failed or unreadable verdict),
+    which no mean includes."""
     columns = [(task, mode) for task in TASKS for mode in MODES]
-    header = "| system | protocol | " + " | ".join(f"{task.upper()} {mode}" for task, mode in columns) + " |"
-    lines = [header, "|---|---|" + "---:|" * len(columns)]
+    header = ("| system | protocol | " + " | ".join(f"{task.upper()} {mode}" for task, mode in columns)
+              + " | failed / items |")
+    lines = [header, "|---|---|" + "---:|" * (len(columns) + 1)]
     if comparable:
         lines += _paper_rows(paper, "downstream", lambda values: [_fmt(values.get((mode, task))) for task, mode in columns])
     by_policy: dict[str, dict[tuple[str, str], Mapping]] = {}
@@ -83,7 +89,9 @@ def downstream_table(summary: Sequence[Mapping], paper: pd.DataFrame, protocol: 
     for policy, cells in sorted(by_policy.items()):
         first = next(iter(cells.values()))
         values = [_fmt(cells.get(c, {}).get("score")) for c in columns]
-        lines.append(f"| {_label(first, False)} | {protocol} | " + " | ".join(values) + " |")
+        failed = sum(int(cell.get("n_failed") or 0) for cell in cells.values())
+        items = failed + sum(int(cell.get("n") or 0) for cell in cells.values())
+        lines.append(f"| {_label(first, False)} | {protocol} | " + " | ".join(values) + f" | {failed} / {items} |")
     return "\n".join(lines)
 
 
@@ -124,13 +132,14 @@ def render_summary(
     config's `protocol`, or a 'custom (...)' label); `comparable` is False when the run deviates from a
     named protocol, and the paper's rows are then left out."""
     pooled = [r for r in capeval if int(r["num_positives"]) == 0]
-    pooled_lines = ["| policy | judge | protocol | Acc+ (95% CI) | Acc- (95% CI) | questions +/- | unparseable |",
-                    "|---|---|---|---|---|---|---:|"]
+    pooled_lines = ["| policy | judge | protocol | Acc+ (95% CI) | Acc- (95% CI) | questions +/- | unparseable | "
+                    "judge failed | captions failed |", "|---|---|---|---|---|---|---:|---:|---:|"]
     for r in sorted(pooled, key=lambda r: (r["policy"], r["judge"])):
         pooled_lines.append(
             f"| {r['policy']} | {r['judge']} | {protocol} | {_fmt(r['acc_pos'])} ({_fmt(r['acc_pos_low'])}–{_fmt(r['acc_pos_high'])}) | "
             f"{_fmt(r['acc_neg'])} ({_fmt(r['acc_neg_low'])}–{_fmt(r['acc_neg_high'])}) | "
-            f"{r['n_pos_questions']}/{r['n_neg_questions']} | {r['n_unparseable']} |"
+            f"{r['n_pos_questions']}/{r['n_neg_questions']} | {r['n_unparseable']} | {r.get('n_judge_failed') or 0} | "
+            f"{r.get('n_caption_failed') or 0} |"
         )
     sections = [
         f"# CoViP evaluation report — {run_name}",
@@ -140,6 +149,8 @@ def render_summary(
         "not comparable with the paper's rows.",
         protocol_note(protocol, comparable),
         "## CapEval-QA (SPEC §3): Acc+ / Acc- by number of concepts in the query image",
+        "A caption a policy could not produce is a failed row: it is counted under 'captions failed' and left "
+        "out of Acc+ and Acc-, never judged as an empty caption.",
         capeval_table(capeval, paper, protocol, comparable),
         "### All concept counts pooled",
         "\n".join(pooled_lines),
