@@ -1,5 +1,6 @@
 # Config validation and the helpers every rule calls. The logic lives in covip.config (tested in
 # Python); these are one-line adapters so that each rule names only its own rule name.
+import os
 import sys
 from pathlib import Path
 
@@ -7,6 +8,7 @@ from snakemake.utils import validate
 
 from covip.config.prepare import check_rule_names as _check_rule_names, prepare
 from covip.core.names import CONDITIONS, CONTROL_CONDITIONS, DATASETS, DIAGNOSTIC_MODES, DIAGNOSTIC_TASKS, NAME_PATTERN
+from covip.serving.lifeline import OWNER_ENV, owner_token
 
 
 validate(config, schema="../config/schemas/config.schema.yaml")
@@ -14,6 +16,11 @@ validate(config, schema="../config/schemas/config.schema.yaml")
 PREP = prepare(config, Path(workflow.basedir))
 OUT = PREP.outdir
 LOGS = PREP.logs
+# Every job inherits these from the Snakemake process that starts it (here, or inside a SLURM
+# allocation): HF_HOME and HF_HUB_OFFLINE=1 (rule download_models fetched the weights), and this
+# process as the run's owner, so a job, its model servers and their GPUs end when it is killed.
+os.environ.update(PREP.job_environment())
+os.environ[OWNER_ENV] = owner_token()
 if config["human_eval"]["votes"] and not PREP.human_eval_enabled:
     print(f"human_eval.votes: {config['human_eval']['votes']} does not exist yet; no human-evaluation summary "
           "this run", file=sys.stderr)
@@ -29,15 +36,32 @@ wildcard_constraints:
     condition="|".join(CONDITIONS),
     dataset="|".join(DATASETS),
     shard=r"\d+",
+    weights=r"(hub|local|open_clip)--[^/]+",
 
 
 onstart:
     # Keys present, and (on one machine) no job asking for more GPUs than the machine has. Snakemake
     # offers no public view of the jobs about to run, so their requests come from its DAG here.
-    from covip.config.checks import check_before_run, gpu_requests
+    from covip.config.checks import check_before_run, gpu_requests, merge_response_cache
 
     local = workflow.local_exec and not workflow.remote_exec
     check_before_run(PREP, gpu_requests(workflow.dag.needrun_jobs()) if local else None)
+    if workflow.is_main_process:  # no job runs yet: the one moment the shared cache file may be written
+        merge_response_cache(PREP)
+
+
+onsuccess:
+    from covip.config.checks import merge_response_cache
+
+    if workflow.is_main_process:
+        merge_response_cache(PREP)
+
+
+onerror:
+    from covip.config.checks import merge_response_cache
+
+    if workflow.is_main_process:
+        merge_response_cache(PREP)
 
 
 def check_rule_names(rules):
@@ -86,10 +110,23 @@ def models_of(rule):
 
 
 def inputs_of(rule, **named):
-    """Named inputs plus the folders of the workflow-built models a job of `rule` runs."""
-    return lambda wildcards: PREP.model_inputs(*PREP.role_names(rule, wildcards), **{
+    """Named inputs plus the folders of the workflow-built models a job of `rule` runs, and the
+    markers of the weights it needs (ancient: a refetch does not rerun the jobs that use them)."""
+    return lambda wildcards: with_ancient_weights(PREP.model_inputs(*PREP.role_names(rule, wildcards), **{
         key: value(wildcards) if callable(value) else value for key, value in named.items()
-    })
+    }))
+
+
+def training_inputs(run):
+    return with_ancient_weights(PREP.training_inputs(run))
+
+
+def with_ancient_weights(inputs):
+    return {key: ancient(path) if key.startswith("weights_") else path for key, path in inputs.items()}
+
+
+def weights_marker(slug):
+    return PREP.weights_marker(slug)
 
 
 def prompts_of(*names):

@@ -1,7 +1,7 @@
 """The package's layers, checked on its import graph (read from the source, nothing imported).
 
 One direction only: core <- content, clients <- local, protocol <- stages, training <- config,
-workflow <- cli. No stage imports another stage; stages and training import no stand-in; training
+clients <- serving <- workflow <- cli. No stage imports another stage; stages and training import no stand-in; training
 imports no stage; nothing imports the command line; and there is no import cycle.
 """
 
@@ -25,7 +25,9 @@ ALLOWED = {
     "protocol": {"protocol", "clients", "core", "prompts", "content"},
     "stages": {"clients", "core", "prompts", "content", "protocol"},
     "training": {"training", "clients", "core", "prompts", "content", "protocol"},
-    "workflow": {"workflow", "clients", "core", "prompts"},
+    # The model servers a job starts: built from registry entries (clients), nothing above.
+    "serving": {"serving", "clients", "core"},
+    "workflow": {"workflow", "serving", "clients", "core", "prompts"},
     "config": {"config", "clients", "core", "prompts", "content", "workflow", "training"},
     "human_eval": {"human_eval", "core"},
     "cli": {"*"},

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Mapping
 
-from covip.clients.registry import ModelRegistry
+from covip.clients.registry import ModelRegistry, served_from_env
 from covip.core import schemas
 from covip.core.io import read_rows
 from covip.core.settings import settings_from
@@ -31,13 +31,19 @@ def run_training_job(config: Mapping, run: str, *, train: str, model_dir: str, l
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
     settings = settings_from(TrainingSettings, config.get("training"), "config 'training'").for_run(run)
     prompts = PromptBook(config.get("prompts") or {})
-    judge = None
+    judge, registry = None, None
     if settings.judge and any(task in ("caption", "joint") for task in settings.tasks()):
         cache = (config.get("cache") or {}).get("path") or f"{config['outdir']}/cache/responses.sqlite"
-        judge = ModelRegistry(config.get("models", {}), cache_path=cache).chat(settings.judge)
+        # A served judge was started by `covip gpu-run` for this job, which passes its address on.
+        registry = ModelRegistry(config.get("models", {}), cache_path=cache, served=served_from_env())
+        judge = registry.chat(settings.judge)
     rows = read_rows(train, schemas.SPLIT)
-    summary = train_policy(run, settings, rows, model_dir=model_dir, log_path=log, checkpoint_dir=checkpoints,
-                           seed=int(config.get("seed", 0)), judge=judge, prompts=prompts)
+    try:
+        summary = train_policy(run, settings, rows, model_dir=model_dir, log_path=log, checkpoint_dir=checkpoints,
+                               seed=int(config.get("seed", 0)), judge=judge, prompts=prompts)
+    finally:
+        if registry is not None:
+            registry.close()
     logging.getLogger("covip.training").info("training run %s finished in %.1f s: %s", run,
                                              time.perf_counter() - started, json.dumps(summary))
     return summary
