@@ -75,12 +75,13 @@ def test_a_served_entry_is_reached_through_openai_and_gets_its_address_from_the_
         ModelSpec.from_config("p", {"backend": "vllm", "model": "m", "serve": {}})
     with pytest.raises(ValueError, match="both `serve` and `base_url`"):
         ModelSpec.from_config("p", {"backend": "openai", "model": "m", "base_url": "http://x/v1", "serve": {}})
-    spec = ModelSpec.from_config("judge", {"backend": "openai", "model": "Qwen/Q", "serve": {"args": ["--max-model-len", 4096]}})
-    assert spec.serve == ServeSpec(command="vllm", gpus=1, args=("--max-model-len", "4096"))
+    spec = ModelSpec.from_config("judge", {"backend": "openai", "model": "Qwen/Q", "serve": {
+        "args": ["--max-model-len", 4096, "--limit-mm-per-prompt", '{"image": 8}']}})
+    assert spec.serve == ServeSpec(command="vllm", gpus=1, args=("--max-model-len", "4096", "--limit-mm-per-prompt", '{"image": 8}'))
     assert spec.key_env is None  # a server of our own takes no API key
     assert server_argv(spec, "/w/snap", 8123) == [
         "vllm", "serve", "/w/snap", "--host", "127.0.0.1", "--port", "8123", "--served-model-name", "Qwen/Q",
-        "--max-model-len", "4096"]
+        "--max-model-len", "4096", "--limit-mm-per-prompt", '{"image": 8}']
     with pytest.raises(ServerNotStartedError, match="started no server"):
         ModelRegistry({"judge": {"backend": "openai", "model": "m", "serve": {}}}).chat("judge")
 

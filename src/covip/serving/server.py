@@ -46,13 +46,15 @@ def free_port(host: str = HOST) -> int:
 
 
 def server_argv(spec: ModelSpec, weights: str, port: int, host: str = HOST) -> list[str]:
-    """The server's command line for this entry (placeholders filled in)."""
+    """The server's command line for this entry, with {python}, {weights}, {model}, {host} and {port}
+    filled in; any other brace is left alone (vLLM takes JSON flags such as '{"image": 8}')."""
     values = {"python": sys.executable, "weights": weights, "model": spec.model, "host": host, "port": str(port)}
-    try:
-        return [part.format(**values) for part in spec.serve.argv_template]
-    except (KeyError, IndexError) as error:
-        raise ServerError(f"models.{spec.name}.serve.command: unknown placeholder {error} "
-                          f"(use {sorted(values)})") from error
+    argv = []
+    for part in spec.serve.argv_template:
+        for name, value in values.items():
+            part = part.replace("{" + name + "}", value)
+        argv.append(part)
+    return argv
 
 
 def answers(base_url: str, timeout_s: float = 5.0) -> bool:

@@ -213,14 +213,6 @@ def acquire(
         time.sleep(POLL_S * (1 + random.random()))
 
 
-def acquire_into_env(count: int, rule: str = "job") -> GpuSlots:
-    """Take the devices and point CUDA_VISIBLE_DEVICES at them (empty for a job without GPUs, so a
-    CPU job cannot wander onto a device another job holds)."""
-    slots = acquire(count, rule)
-    os.environ["CUDA_VISIBLE_DEVICES"] = slots.visible
-    return slots
-
-
 def status() -> dict:
     """The pool, where its locks live, and who holds each device (`covip gpu-status`)."""
     pool = device_pool()
