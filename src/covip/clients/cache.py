@@ -378,6 +378,15 @@ def model_fingerprint(spec: ModelSpec) -> str:
     """What identifies the model behind an entry beyond its name (see `cache_context`)."""
     if spec.backend in STAND_IN_BACKENDS:
         return "code:" + code_fingerprint(*backend_modules(spec.backend))
+    if spec.serve is not None:  # a server the workflow starts: its weights are on this disk
+        from covip.clients.weights import local_path, source_of
+
+        source = source_of(spec)
+        try:
+            path = local_path(source) if source is not None else (spec.model if os.path.exists(spec.model) else None)
+        except Exception:  # noqa: BLE001 - not fetched (yet): the name alone keys the cache
+            path = None
+        return f"files:{path_fingerprint(os.path.abspath(path))}" if path else f"served:{spec.model}"
     if spec.backend in IN_PROCESS_BACKENDS:
         weights = spec.pretrained if spec.backend == "open_clip" else spec.model
         path = _local_model_path(weights)

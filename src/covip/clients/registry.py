@@ -54,11 +54,16 @@ class ModelRegistry:
     def spec(self, name: str) -> ModelSpec:
         if name not in self.specs:
             raise KeyError(f"no model named '{name}' in the config's models registry (have: {sorted(self.specs)})")
-        spec = self.specs[name]
+        return self.specs[name]
+
+    def _to_build(self, name: str) -> ModelSpec:
+        """The entry to build a client for: its key present, and its server started when it is served."""
+        spec = self.spec(name)
         if spec.serve is not None and not spec.base_url:
             raise ServerNotStartedError(
                 f"models.{name} is served by the workflow (`serve:`), but this job started no server for it; "
                 "a job starts the servers of the roles its rule calls (params.models)")
+        check_credentials(spec)
         return spec
 
     def _response_cache(self, spec: ModelSpec) -> ResponseCache | None:
@@ -75,22 +80,19 @@ class ModelRegistry:
 
     def chat(self, name: str) -> CachedChatModel:
         if name not in self._built:
-            spec = self.spec(name)
-            check_credentials(spec)
+            spec = self._to_build(name)
             self._built[name] = CachedChatModel(spec, _build_chat_backend(spec), self._response_cache(spec))
         return self._built[name]
 
     def image_generator(self, name: str) -> CachedImageGenerator:
         if name not in self._built:
-            spec = self.spec(name)
-            check_credentials(spec)
+            spec = self._to_build(name)
             self._built[name] = CachedImageGenerator(spec, _build_image_backend(spec), self._response_cache(spec))
         return self._built[name]
 
     def embedder(self, name: str) -> ImageEmbedder:
         if name not in self._built:
-            spec = self.spec(name)
-            check_credentials(spec)
+            spec = self._to_build(name)
             self._built[name] = CachedEmbedder(spec, _build_embedder_backend(spec), self._response_cache(spec))
         return self._built[name]
 
