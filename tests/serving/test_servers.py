@@ -253,3 +253,58 @@ def test_llama_cpp_serves_the_gemma_gguf_through_the_managed_path(tmp_path):
     finally:
         server.stop()
     wait_for(lambda: not live_pids(str(gguf)), 15, "llama.cpp's server to end")
+
+
+# -- a job's StageRun --------------------------------------------------------------------------------
+class _Named(list):
+    """Snakemake's Namedlist, as much of it as StageRun reads."""
+
+    def __init__(self, items=(), **named):
+        super().__init__(items)
+        self.__dict__.update(named)
+
+
+def fake_job(tmp_path: Path, models: dict, roles: list[str], gpu: int) -> object:
+    class Job:
+        config = {"seed": 1, "outdir": str(tmp_path / "out"), "models": models}
+        rule = "capeval"
+        log = _Named([str(tmp_path / "out" / "logs" / "capeval" / "intact" / "p.j.log")])
+        params = _Named(models={role: models[role] for role in roles})
+        resources = _Named(gpu=gpu)
+        wildcards = _Named()
+        input = _Named()
+        output = _Named()
+
+    return Job()
+
+
+def test_a_stage_run_serves_the_entries_its_rule_calls_on_devices_of_its_own(tmp_path, monkeypatch):
+    from covip.clients.base import ChatRequest, Message
+    from covip.workflow.run import StageRun
+
+    locks = tmp_path / "locks"
+    for name in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_JOB_ID", "COVIP_RUN_OWNER"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("COVIP_GPU_COUNT", "3")
+    monkeypatch.setenv("COVIP_GPU_LOCK_DIR", str(locks))
+    ledger = tmp_path / "ledger.jsonl"
+    models = {"judge": responder_entry(ledger, gpus=1), "other": responder_entry(tmp_path / "unused.jsonl", gpus=1)}
+    pool = device_pool({"COVIP_GPU_COUNT": "3"})
+    with StageRun(fake_job(tmp_path, models, ["judge"], gpu=2)) as run:
+        own = os.environ["CUDA_VISIBLE_DEVICES"].split(",")
+        assert len(own) == 1  # 2 devices: 1 for the job's own model, 1 for the judge's server
+        held = {device for device, holder in holders(locks, pool).items() if holder}
+        assert len(held) == 2 and set(own) < held
+        reply = run.models.chat("judge").complete(ChatRequest((Message.user("Reply with one letter only."),), {}))
+        assert reply.ok and len(ledger.read_text().splitlines()) == 1
+        assert not (tmp_path / "unused.jsonl").exists() and not live_pids("unused.jsonl")  # not called: not started
+    assert not live_pids(str(ledger)) and not any(holders(locks, pool).values())
+    log = (tmp_path / "out" / "logs" / "servers" / "capeval.intact.p.j.judge.log").read_text()
+    assert "serving models.judge on GPU(s)" in log
+
+    # A server that cannot start fails the job at its start, and gives its devices back.
+    broken = {"judge": {"backend": "openai", "model": "m", "serve": {"command": ["{python}", "-c", "raise SystemExit(1)"], "gpus": 1}}}
+    with pytest.raises(ServerError, match="exited before answering"):
+        with StageRun(fake_job(tmp_path, broken, ["judge"], gpu=1)):
+            pass
+    assert not any(holders(locks, pool).values())
