@@ -26,7 +26,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from covip.clients.registry import SERVED_ENV, served_from_env  # noqa: F401 - re-exported for gpu-run
 from covip.clients.spec import ModelSpec
 from covip.clients.weights import local_path, source_of
 
