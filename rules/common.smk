@@ -1,5 +1,6 @@
 # Config validation and the helpers every rule calls. The logic lives in covip.config (tested in
 # Python); these are one-line adapters so that each rule names only its own rule name.
+import os
 import sys
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from covip.config.load import switched_entries
 from covip.config.prepare import check_rule_names as _check_rule_names, prepare
 from covip.config.general import download_entry, hub_data_names
 from covip.core.names import CONDITIONS, CONTROL_CONDITIONS, DATASETS, DIAGNOSTIC_MODES, DIAGNOSTIC_TASKS, NAME_PATTERN
+from covip.serving.lifeline import OWNER_ENV, owner_token
 
 
 # A config file that gives a registry entry another backend replaces the entry (no options of the old
@@ -19,6 +21,11 @@ validate(config, schema="../config/schemas/config.schema.yaml")
 PREP = prepare(config, Path(workflow.basedir))
 OUT = PREP.outdir
 LOGS = PREP.logs
+# Every job inherits these from the Snakemake process that starts it (here, or inside a SLURM
+# allocation): HF_HOME and HF_HUB_OFFLINE=1 (rule download_models fetched the weights), and this
+# process as the run's owner, so a job, its model servers and their GPUs end when it is killed.
+os.environ.update(PREP.job_environment())
+os.environ[OWNER_ENV] = owner_token()
 if config["human_eval"]["votes"] and not PREP.human_eval_enabled:
     print(f"human_eval.votes: {config['human_eval']['votes']} does not exist yet; no human-evaluation summary "
           "this run", file=sys.stderr)
@@ -36,18 +43,35 @@ wildcard_constraints:
     shard=r"\d+",
     benchmark="|".join(PREP.general_benchmarks) or "none",
     hub_data="|".join(hub_data_names()),
+    weights=r"(hub|local|open_clip)--[^/]+",
 
 
 onstart:
     # `covip preflight` for the jobs about to run: keys present, endpoints answering, weights cached
     # when offline, packages importable, and (on one machine) no job asking for more GPUs than the
     # machine has. Snakemake offers no public view of the jobs about to run, so they come from its DAG.
-    from covip.config.checks import check_before_run, gpu_requests
+    from covip.config.checks import check_before_run, gpu_requests, merge_response_cache
 
     local = workflow.local_exec and not workflow.remote_exec
     jobs = list(workflow.dag.needrun_jobs())
     own_envs = "conda" in {str(m).lower() for m in (workflow.deployment_settings.deployment_method or ())}
     check_before_run(PREP, gpu_requests(jobs) if local else None, jobs, local=local, own_envs=own_envs)
+    if workflow.is_main_process:  # no job runs yet: the one moment the shared cache file may be written
+        merge_response_cache(PREP)
+
+
+onsuccess:
+    from covip.config.checks import merge_response_cache
+
+    if workflow.is_main_process:
+        merge_response_cache(PREP)
+
+
+onerror:
+    from covip.config.checks import merge_response_cache
+
+    if workflow.is_main_process:
+        merge_response_cache(PREP)
 
 
 def check_rule_names(rules):
@@ -102,10 +126,23 @@ def models_of(rule):
 
 
 def inputs_of(rule, **named):
-    """Named inputs plus the folders of the workflow-built models a job of `rule` runs."""
-    return lambda wildcards: PREP.model_inputs(*PREP.role_names(rule, wildcards), **{
+    """Named inputs plus the folders of the workflow-built models a job of `rule` runs, and the
+    markers of the weights it needs (ancient: a refetch does not rerun the jobs that use them)."""
+    return lambda wildcards: with_ancient_weights(PREP.model_inputs(*PREP.role_names(rule, wildcards), **{
         key: value(wildcards) if callable(value) else value for key, value in named.items()
-    })
+    }))
+
+
+def training_inputs(run):
+    return with_ancient_weights(PREP.training_inputs(run))
+
+
+def with_ancient_weights(inputs):
+    return {key: ancient(path) if key.startswith("weights_") else path for key, path in inputs.items()}
+
+
+def weights_marker(slug):
+    return PREP.weights_marker(slug)
 
 
 def prompts_of(*names):

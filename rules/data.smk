@@ -26,7 +26,7 @@ rule build_concept_pool:
 
 rule synthesize_queries:
     input:
-        concepts=rules.build_concept_pool.output[0],
+        unpack(inputs_of("synthesize_queries", concepts=rules.build_concept_pool.output[0])),
     output:
         stage_output("synthesize_queries", "queries/queries.parquet"),
     log:
@@ -51,8 +51,8 @@ rule synthesize_queries:
 
 rule filter_queries:
     input:
-        queries=out("queries/queries.parquet"),
-        concepts=rules.build_concept_pool.output[0],
+        unpack(inputs_of("filter_queries", queries=out("queries/queries.parquet"),
+                         concepts=rules.build_concept_pool.output[0])),
     output:
         out("filtering/decisions.parquet"),
     log:
@@ -76,7 +76,7 @@ rule filter_queries:
 
 rule embed_concepts:
     input:
-        concepts=rules.build_concept_pool.output[0],
+        unpack(inputs_of("embed_concepts", concepts=rules.build_concept_pool.output[0])),
     output:
         out("negatives/concept_embeddings.parquet"),
     log:
@@ -122,8 +122,8 @@ rule build_contexts:
 
 rule write_dialogues:
     input:
-        contexts=rules.build_contexts.output[0],
-        concepts=rules.build_concept_pool.output[0],
+        unpack(inputs_of("write_dialogues", contexts=rules.build_contexts.output[0],
+                         concepts=rules.build_concept_pool.output[0])),
     output:
         stage_output("write_dialogues", "dialogues/dialogues.parquet"),
     log:
@@ -149,7 +149,7 @@ rule write_dialogues:
 
 rule write_mcqas:
     input:
-        dialogues=out("dialogues/dialogues.parquet"),
+        unpack(inputs_of("write_mcqas", dialogues=out("dialogues/dialogues.parquet"))),
     output:
         stage_output("write_mcqas", "mcqa/mcqas.parquet"),
     log:

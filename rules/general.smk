@@ -59,7 +59,6 @@ rule general_benchmark:
         models=models_of("general_benchmark"),
         task=lambda wc: PREP.general_task_params(wc.benchmark),
         model_type=lambda wc: PREP.general_model_type(wc.policy),
-        base_url=lambda wc: PREP.general_base_url(wc.policy),
         code=code_of("general_benchmark.py", "general_benchmark"),
     threads: threads_of("general_benchmark")
     resources:

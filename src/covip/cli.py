@@ -155,18 +155,27 @@ def _train(args) -> int:
 
 
 def _gpu_run(args) -> int:
-    from covip.workflow.gpu_slots import GpuRequestError, exec_with_gpus
+    from covip.serving.server import ServerError
+    from covip.workflow.gpu_slots import GpuRequestError
+    from covip.workflow.launch import run_with_gpus
 
     command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not command:
         print("error: gpu-run needs the command after --", file=sys.stderr)
         return 2
+    models = None
+    if args.serve:  # the run's served entries come from the Snakemake process (covip.config.prepare)
+        entries = json.loads(os.environ.get("COVIP_SERVE_ENTRIES") or "{}")
+        missing = [role for role in args.serve.split(",") if role not in entries]
+        if missing:
+            print(f"covip gpu-run: no served registry entry {missing} in COVIP_SERVE_ENTRIES", file=sys.stderr)
+            return 2
+        models = {role: entries[role] for role in args.serve.split(",")}
     try:
-        exec_with_gpus(args.gpus, args.rule, command)  # replaces this process
-    except GpuRequestError as error:
+        return run_with_gpus(args.gpus, args.rule, command, models=models, log_dir=args.log_dir, job=args.job)
+    except (GpuRequestError, ServerError) as error:
         print(f"covip gpu-run: {error}", file=sys.stderr)
         return 2
-    return 127  # not reached
 
 
 def _gpu_status(args) -> int:
@@ -241,9 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", required=True, help="checkpoint folder (kept across reruns, for resume)")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("gpu-run", help="take N GPUs from the machine's pool, set CUDA_VISIBLE_DEVICES, exec a command")
+    p = sub.add_parser("gpu-run", help="take N GPUs from the machine's pool, start the served models, run a command on the rest")
     p.add_argument("--gpus", type=int, required=True)
     p.add_argument("--rule", default="command", help="who holds the devices (shown by gpu-status)")
+    p.add_argument("--serve", help="comma-separated served registry entries to start (from $COVIP_SERVE_ENTRIES)")
+    p.add_argument("--log-dir", help="the run's log folder; server logs go to <log-dir>/servers/")
+    p.add_argument("--job", help="the job's name, for the server logs (default: the rule)")
     p.add_argument("cmd", nargs=argparse.REMAINDER)
     p.set_defaults(func=_gpu_run)
 

@@ -68,29 +68,41 @@ def test_endpoints_reachable_listing_the_model_or_served_by_the_workflow(default
     assert f"endpoint: models.up: {server.base_url}/models answers" in report.text()
 
 
-def test_an_entry_the_workflow_serves_is_not_probed(default_config):
-    prep = _prepared(default_config, served={"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1"})
-    prep.config["models"]["served"]["serve"] = {"command": "vllm serve m"}  # another part of the workflow adds these
-    report = preflight(prep, ["served"], env={})
+def test_an_entry_the_workflow_serves_is_not_probed(default_config, tmp_path):
+    hub_home = tmp_path / "hf"  # an empty hub cache: the weights are fetched by rule download_models
+    config = copy.deepcopy(default_config)
+    config["weights"] = {"hf_home": str(hub_home)}
+    prep = _prepared(config, served={"backend": "openai", "model": "org/served", "serve": {"command": "vllm"}})
+    report = preflight(prep, ["served"], env={}, check_packages=False)
     assert report.ok and "endpoint: models.served: served by the workflow" in report.text()
+    assert "hf://org/served is not in the hub cache of weights.hf_home" in report.text()
 
 
-def test_weights_must_be_cached_when_offline(default_config, tmp_path, monkeypatch):
-    import huggingface_hub.constants
+def _seed_hub_cache(hub: Path, repo: str) -> None:
+    """A hub cache entry as huggingface_hub lays it out: refs/main naming a snapshot with config.json."""
+    folder = hub / f"models--{repo.replace('/', '--')}"
+    (folder / "snapshots" / "abc").mkdir(parents=True)
+    (folder / "snapshots" / "abc" / "config.json").write_text("{}")
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("abc")
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    snapshot = tmp_path / "hub" / "models--org--cached" / "snapshots" / "abc"
-    snapshot.mkdir(parents=True)
-    (snapshot / "config.json").write_text("{}")
-    (tmp_path / "hub" / "models--org--cached" / "refs").mkdir()
-    (tmp_path / "hub" / "models--org--cached" / "refs" / "main").write_text("abc")
-    prep = _prepared(default_config, cached={"backend": "transformers", "model": "org/cached"},
+
+def test_weights_are_looked_up_in_the_runs_hub_cache(default_config, tmp_path):
+    hf_home = tmp_path / "hf"
+    _seed_hub_cache(hf_home / "hub", "org/cached")
+    config = copy.deepcopy(default_config)
+    config["weights"] = {"hf_home": str(hf_home), "offline": True}
+    prep = _prepared(config, cached={"backend": "transformers", "model": "org/cached"},
                      missing={"backend": "transformers", "model": "org/missing"})
-    offline = preflight(prep, ["cached", "missing"], env={"HF_HUB_OFFLINE": "1"}, check_packages=False)
-    assert _lines(offline) == ["weights: models.missing: 'org/missing' is neither a local folder nor in the Hugging Face "
-                               "cache, and HF_HUB_OFFLINE=1 forbids downloading it; fetch it first (`hf download org/missing`)"]
-    assert "models.cached: org/cached is in the Hugging Face cache" in offline.text()
-    assert preflight(prep, ["missing"], env={}, check_packages=False).ok  # online: a job may download it
+    offline = preflight(prep, ["cached", "missing"], env={}, check_packages=False)
+    assert _lines(offline) == [f"weights: models.missing: 'hf://org/missing' is not in the hub cache of weights.hf_home "
+                               f"({hf_home}), and weights.offline: true forbids rule download_models to fetch it; seed "
+                               "the cache (`hf download org/missing`) or set weights.offline: false"]
+    assert "models.cached: hf://org/cached is in the hub cache of weights.hf_home" in offline.text()
+    config["weights"]["offline"] = False  # the workflow fetches what is missing: not a problem
+    online = preflight(_prepared(config, missing={"backend": "transformers", "model": "org/missing"}), ["missing"],
+                       env={}, check_packages=False)
+    assert online.ok and "rule download_models fetches it first" in online.text()
 
 
 def test_a_backend_package_missing_here(default_config, monkeypatch):

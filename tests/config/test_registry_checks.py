@@ -147,3 +147,15 @@ def test_dialect_defaults_and_what_passes(default_config):
     prep = prepare(config, ROOT)
     assert [prep.models[n].dialect for n in ("hosted", "served", "llama", "thinker")] == ["openai", "vllm", "llama_cpp", "openai"]
     assert prep.models["oracle"].dialect is None
+
+
+def test_a_served_vllm_image_limit_below_the_largest_request_fails_at_parse_time(paper_config):
+    config = copy.deepcopy(paper_config)
+    prepare(copy.deepcopy(config), ROOT)  # the paper's verifier: 8 images allowed, 4 positives + the query sent
+    config["models"]["verifier"]["serve"]["args"] = ["--limit-mm-per-prompt", '{"image": 3}']
+    with pytest.raises(ConfigError, match=r"models\.verifier\.serve\.args: --limit-mm-per-prompt allows 3 image\(s\), "
+                                          r"but a request of this config sends it 5 \(4 positives \+ the query"):
+        prepare(config, ROOT)
+    config["models"]["verifier"]["serve"]["args"] = ["--limit-mm-per-prompt=image=3"]  # not JSON
+    with pytest.raises(ConfigError, match="is not a JSON mapping"):
+        prepare(config, ROOT)

@@ -1,7 +1,8 @@
 """The package's layers, checked on its import graph (read from the source, nothing imported).
 
 One direction only: core <- content, clients <- local, protocol <- stages, training <- config,
-workflow <- cli (planning, like the CLI, sits on top of config and protocol). No stage imports another stage; stages and training import no stand-in; training
+clients <- serving <- workflow <- cli (planning, like the CLI, sits on top of config and protocol). No stage
+imports another stage; stages and training import no stand-in; training
 imports no stage; nothing imports the command line; and there is no import cycle.
 """
 
@@ -28,7 +29,9 @@ ALLOWED = {
     "protocol": {"protocol", "clients", "core", "prompts", "content"},
     "stages": {"clients", "core", "prompts", "content", "protocol", "harness"},
     "training": {"training", "clients", "core", "prompts", "content", "protocol"},
-    "workflow": {"workflow", "clients", "core", "prompts"},
+    # The model servers a job starts: built from registry entries (clients), nothing above.
+    "serving": {"serving", "clients", "core"},
+    "workflow": {"workflow", "serving", "clients", "core", "prompts"},
     "config": {"config", "clients", "core", "prompts", "content", "workflow", "training", "harness"},
     "human_eval": {"human_eval", "core"},
     # `covip plan`: reads the checked config and renders the stages' prompts; nothing imports it but the CLI

@@ -102,6 +102,9 @@ SchedulerType=sched/backfill
 MinJobAge=300
 NodeName=$NODE CPUs=$CPUS RealMemory=$MEM State=UNKNOWN
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
+# A second partition, not the default: the tests submit to it with SBATCH_PARTITION, which the
+# workflow must honour (the SLURM plugin would otherwise pass -p debug).
+PartitionName=covip Nodes=$NODE Default=NO MaxTime=INFINITE State=UP
 EOF
 cat >"$STATE/etc/cgroup.conf" <<EOF
 CgroupAutomount=no

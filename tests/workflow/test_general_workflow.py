@@ -1,5 +1,6 @@
-"""The general_benchmark rule against a real OpenAI-compatible endpoint (llama.cpp serving Gemma 3 270M,
-text-only): the tiny benchmark's text variant, through lmms-eval's OpenAI-compatible model, offline."""
+"""The general_benchmark rule with a policy the workflow serves: its job starts llama.cpp's server on
+Gemma 3 270M (text-only, `serve: {command: llama_cpp}`), and lmms-eval's OpenAI-compatible model
+answers the tiny benchmark's text variant through it, offline."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from support.workflow import copy_workflow, snakemake
 pytestmark = pytest.mark.integration
 
 
-def test_general_benchmark_through_an_openai_compatible_endpoint(tmp_path, llama_server):
+def test_general_benchmark_of_a_served_policy(tmp_path, gemma_gguf):
     workdir = copy_workflow(tmp_path)
+    serve = {"command": "llama_cpp", "gpus": 0, "startup_timeout_s": 180, "grace_s": 5,
+             "args": ["--n_ctx", "4096", "--n_threads", "2", "--chat_format", "gemma"]}
     overlay = {
-        "models": {"gemma": {"backend": "openai", "model": "gemma-3-270m", "base_url": llama_server,
-                             "sampling": {"temperature": 0.0, "max_tokens": 8}, "concurrency": 2}},
+        "models": {"gemma": {"backend": "openai", "model": "gemma-3-270m", "weights": f"local://{gemma_gguf}",
+                             "serve": serve, "sampling": {"temperature": 0.0, "max_tokens": 8}, "concurrency": 2}},
         "evaluation": {"general_benchmarks": ["tiny_multi_image_text"], "general_policies": ["gemma"]},
     }
     (workdir / "gemma.yaml").write_text(yaml.safe_dump(overlay))
@@ -25,9 +28,10 @@ def test_general_benchmark_through_an_openai_compatible_endpoint(tmp_path, llama
     scores = pq.read_table(workdir / target).to_pylist()
     assert len(scores) == 1
     row = scores[0]
-    assert (row["harness_model"], row["route"], row["task"], row["n"]) == ("openai", "api", "covip_tiny_multi_image_text", 6)
+    assert (row["harness_model"], row["route"], row["task"], row["n"]) == ("openai", "served", "covip_tiny_multi_image_text", 6)
     assert row["harness"] == "lmms-eval 0.7.3" and row["stand_in"] and 0.0 <= row["value"] <= 100.0
     samples = pq.read_table(workdir / "results/general/gemma/tiny_multi_image_text.samples.parquet").to_pylist()
     assert len(samples) == 6 and all(s["score"] in (0.0, 1.0) for s in samples)
     assert all(s["response"] and "LMMS_EVAL_REQUEST_FAILED" not in s["response"] for s in samples)  # the server answered
     assert abs(100.0 * sum(s["score"] for s in samples) / 6 - row["value"]) < 1e-9
+    assert list((workdir / "results" / "logs" / "servers").glob("*.gemma.log"))  # the job started its own server

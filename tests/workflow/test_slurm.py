@@ -110,17 +110,20 @@ def test_workflow_on_slurm_matches_a_local_run(slurm_cluster, tmp_path):
         "--profile", "profiles/slurm",
         "--slurm-init-seconds-before-status-checks", "2",
         "--configfile", "tiny.yaml", "cluster.yaml",
-        env={"SLURM_CONF": slurm_cluster["SLURM_CONF"]},
+        # Not the cluster's default partition: every job must land in it all the same.
+        env={"SLURM_CONF": slurm_cluster["SLURM_CONF"], "SBATCH_PARTITION": "covip"},
     )
     print(f"\ntiny workflow: local --cores 2 {local_s:.0f} s, SLURM executor {cluster_s:.0f} s")
 
     # Every job really went through SLURM and finished there.
     accounted = subprocess.run(
-        ["sacct", "-X", "-n", "-P", "-o", "JobName,State", "-S", submitted_after],
+        ["sacct", "-X", "-n", "-P", "-o", "JobName,State,Partition", "-S", submitted_after],
         env=dict(os.environ, SLURM_CONF=slurm_cluster["SLURM_CONF"]), capture_output=True, text=True, timeout=60, check=True,
     ).stdout.split()
     states = [line.split("|")[1] for line in accounted if "|" in line]
     assert len(states) >= 20 and set(states) == {"COMPLETED"}, accounted
+    # SBATCH_PARTITION was honoured (the plugin's `-p <default partition>` did not override it).
+    assert {line.split("|")[2] for line in accounted if "|" in line} == {"covip"}, accounted
 
     local, cluster = artifacts(workdir / "local"), artifacts(workdir / "cluster")
     assert set(local) == set(cluster) and len(local) >= 20

@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from covip.clients.base import BackendUnavailableError, ChatRequest, ChatResponse, ImagePart, TextPart, Usage
-from covip.clients.dialects import adapt_body, resolve_dialect
+from covip.clients.dialects import adapt_body
 
 log = logging.getLogger("covip.clients")
 
@@ -94,7 +94,7 @@ class OpenAIChatModel:
         self.spec = spec
         self.identity = spec.identity
         self.options = spec.resolved_options()
-        self.dialect = resolve_dialect(spec.api_dialect, spec.base_url)
+        self.dialect = spec.dialect
         self._noted: set[str] = set()
         self._openai = openai
         # The SDK's HTTP library (httpx, or httpx2 in recent releases): its generic POST returns that

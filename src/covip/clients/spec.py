@@ -12,6 +12,82 @@ from covip.clients.dialects import DIALECTS, check_reasoning_effort, check_sampl
 
 
 @dataclass(frozen=True)
+class ServerCommand:
+    """How to start one kind of OpenAI-compatible server. The argv may use {python} (the job's
+    interpreter), {weights} (the local weights: a folder or file), {model} (the name the server
+    answers to, the entry's `model`), {host} and {port}."""
+
+    argv: tuple[str, ...]
+    env: str  # the conda env (envs/<env>.yaml) that has the server installed
+    summary: str = ""
+
+
+# The server commands a registry entry's `serve.command` may name; a list of strings is a command of
+# your own (same placeholders). `vllm serve` is the production server; the tests serve the Gemma 3
+# GGUF with llama.cpp's server through the very same path.
+SERVER_COMMANDS = {
+    "vllm": ServerCommand(("vllm", "serve", "{weights}", "--host", "{host}", "--port", "{port}",
+                           "--served-model-name", "{model}"), "vllm", "vLLM's OpenAI-compatible server"),
+    "llama_cpp": ServerCommand(("{python}", "-m", "llama_cpp.server", "--model", "{weights}", "--host", "{host}",
+                                "--port", "{port}", "--model_alias", "{model}"), "data",
+                               "llama-cpp-python's server (a GGUF file)"),
+}
+
+
+@dataclass(frozen=True)
+class ServeSpec:
+    """`serve:` of a registry entry: the workflow starts this server for each job that calls the entry,
+    on GPUs of the job's own, and writes the entry's base_url itself (covip.serving)."""
+
+    command: str | tuple[str, ...] = "vllm"
+    gpus: int = 1
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    startup_timeout_s: float = 1800.0
+    grace_s: float = 30.0
+
+    @classmethod
+    def from_config(cls, name: str, entry: Any) -> "ServeSpec":
+        where = f"models.{name}.serve"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected a mapping (command, gpus, args, env, startup_timeout_s, grace_s), got {entry!r}")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(entry) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        command = entry.get("command", "vllm")
+        if isinstance(command, str):
+            if command not in SERVER_COMMANDS:
+                raise ValueError(f"{where}.command: unknown server '{command}' (choose from {sorted(SERVER_COMMANDS)}, "
+                                 "or give the command as a list of strings)")
+        elif isinstance(command, (list, tuple)) and command and all(isinstance(part, str) for part in command):
+            command = tuple(command)
+        else:
+            raise ValueError(f"{where}.command: a server name {sorted(SERVER_COMMANDS)} or a non-empty list of strings, got {command!r}")
+        gpus = entry.get("gpus", 1)
+        if not isinstance(gpus, int) or gpus < 0:
+            raise ValueError(f"{where}.gpus: a whole number >= 0, got {gpus!r}")
+        args = entry.get("args", ())
+        if not isinstance(args, (list, tuple)):
+            raise ValueError(f"{where}.args: a list of command-line arguments, got {args!r}")
+        env = entry.get("env", {})
+        if not isinstance(env, dict):
+            raise ValueError(f"{where}.env: a mapping of environment variables, got {env!r}")
+        return cls(command=command, gpus=gpus, args=tuple(str(a) for a in args),
+                   env={str(k): str(v) for k, v in env.items()},
+                   startup_timeout_s=float(entry.get("startup_timeout_s", 1800.0)), grace_s=float(entry.get("grace_s", 30.0)))
+
+    @property
+    def argv_template(self) -> tuple[str, ...]:
+        base = SERVER_COMMANDS[self.command].argv if isinstance(self.command, str) else self.command
+        return (*base, *self.args)
+
+    @property
+    def conda_env(self) -> str:
+        return SERVER_COMMANDS[self.command].env if isinstance(self.command, str) else "data"
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One entry of the config's `models:` registry."""
 
@@ -34,6 +110,11 @@ class ModelSpec:
     stand_in: bool | None = None  # None: offline stand-ins and reference policies; set true for e.g. a random-weight model
     cache: bool | None = None  # None or true: every call goes through the response cache; false: never
     options: dict[str, Any] = field(default_factory=dict)
+    # Where the weights come from (rule download_models fetches them before any job that needs them):
+    # a hub id ('org/name' or 'hf://org/name[@revision]'), 'local://path' or a path. Default: `model`,
+    # for an entry the workflow serves or runs in-process when `model` names a hub repository.
+    weights: str | None = None
+    serve: ServeSpec | None = None  # the workflow starts this entry's server (covip.serving)
 
     @classmethod
     def from_config(cls, name: str, entry: dict[str, Any]) -> "ModelSpec":
@@ -44,6 +125,17 @@ class ModelSpec:
         if entry.get("backend") not in BACKENDS:
             raise UnknownBackendError(f"models.{name}.backend: unknown backend {entry.get('backend')!r} "
                                       f"(choose from {sorted(BACKENDS)})")
+        entry = dict(entry)
+        if entry.get("serve") is not None:
+            entry["serve"] = ServeSpec.from_config(name, entry["serve"])
+            if entry["backend"] != "openai":
+                raise ValueError(f"models.{name}.serve: a served model is reached through backend 'openai' "
+                                 f"(an OpenAI-compatible server), not '{entry['backend']}'")
+            if entry.get("base_url"):
+                raise ValueError(f"models.{name}: has both `serve` and `base_url`; the workflow writes the base_url "
+                                 "of a model it serves, so drop `base_url` (or drop `serve` to use your own server)")
+            if not entry.get("model"):
+                raise ValueError(f"models.{name}.serve: set `model` (the name the server answers to, e.g. the hub id)")
         spec = cls(name=name, **entry)
         spec.check()
         return spec
@@ -70,9 +162,14 @@ class ModelSpec:
 
     @property
     def dialect(self) -> str | None:
-        """The API dialect of an 'openai' entry (explicit, else 'openai' without a base_url and 'vllm'
-        with one: covip.clients.dialects); None for other backends."""
-        return resolve_dialect(self.api_dialect, self.base_url) if self.backend == "openai" else None
+        """The API dialect of an 'openai' entry (explicit; else, served by the workflow, its server's:
+        `vllm` or `llama_cpp`, and 'openai' for a command of your own; else 'openai' without a base_url
+        and 'vllm' with one: covip.clients.dialects); None for other backends."""
+        if self.backend != "openai":
+            return None
+        if self.api_dialect is None and self.serve is not None:
+            return self.serve.command if isinstance(self.serve.command, str) else "openai"
+        return resolve_dialect(self.api_dialect, self.base_url)
 
     @property
     def is_local(self) -> bool:
@@ -95,7 +192,7 @@ class ModelSpec:
             return None
         if self.api_key_env:
             return self.api_key_env
-        if self.backend == "openai" and self.base_url:
+        if self.backend == "openai" and (self.base_url or self.serve is not None):
             return None  # a self-hosted server (vLLM, llama.cpp) that takes any key
         return backend.key_env
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Mapping
 
+from covip.clients.cache import merge_journals
 from covip.config.prepare import Prepared
 from covip.config.preflight import PreflightError, job_roles, preflight
 
@@ -33,3 +34,19 @@ def check_before_run(prepared: Prepared, requests: Mapping[str, int] | None, job
         print("\n".join(f"preflight ok: {finding.line()}" for finding in report.notes), file=sys.stderr)
     if not report.ok:
         raise PreflightError("the run cannot start (covip preflight):\n" + "\n".join(f.line() for f in report.problems))
+
+
+def cache_path(config: Mapping) -> str:
+    """The response cache's store: cache.path, else <outdir>/cache/responses.sqlite."""
+    return (config.get("cache") or {}).get("path") or f"{config['outdir'].rstrip('/')}/cache/responses.sqlite"
+
+
+def merge_response_cache(prepared: Prepared) -> dict[str, int]:
+    """Merge the jobs' cache journals into the store (Snakemake's main process, while no job runs)."""
+    import sys
+
+    stats = merge_journals(cache_path(prepared.config))
+    if stats["journals"]:
+        print(f"response cache: merged {stats['answers']} answers from {stats['journals']} job journal(s) into "
+              f"{cache_path(prepared.config)} ({stats['removed']} finished journal(s) removed)", file=sys.stderr)
+    return stats

@@ -73,11 +73,6 @@ class GeneralLayout:
                 pairs[policy] = match[0]
         return pairs
 
-    def general_base_url(self, policy: str) -> str | None:
-        """The base_url of a policy the workflow serves itself (then reached as an OpenAI-compatible
-        endpoint). None until managed servers exist: every policy here is run by its own backend."""
-        return None
-
     # -- per-rule helpers --------------------------------------------------------------------------------
     def general_data_manifest(self, name: str) -> str:
         """The manifest a general_benchmark job reads its data folder from (built here or downloaded)."""
@@ -124,11 +119,10 @@ def check_general(config: Mapping, models: Mapping[str, ModelSpec], layout: Gene
         if policy not in models:
             raise ConfigError(f"evaluation.general_policies: '{policy}' is not an entry of the models registry "
                               f"(have: {sorted(models)})")
-        if layout.general_base_url(policy) is None:
-            try:
-                check_drivable(models[policy], layout.general_model_type(policy), "evaluation.general_policies")
-            except ValueError as error:
-                raise ConfigError(str(error)) from None
+        try:
+            check_drivable(models[policy], layout.general_model_type(policy), "evaluation.general_policies")
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
     for trained, base in ((config.get("general_benchmarks") or {}).get("base_of") or {}).items():
         for role in (trained, base):
             if role not in (evaluation.get("general_policies") or []):

@@ -9,11 +9,13 @@ and the key, where a job would otherwise die at its start or fail every request:
 - an in-process vLLM entry can take the largest request the config builds for it: its `max_images`
   (vLLM's `limit_mm_per_prompt`) is at least the most context images plus the query, computed from the
   stage settings (synthesis.positives_weights, the negatives settings, diagnostics.dialogues_per_item).
-  Left unset, it is set to exactly that.
+  Left unset, it is set to exactly that. A served vLLM entry (`serve: {command: vllm}`) whose args set
+  `--limit-mm-per-prompt` is held to the same bound (left out, vLLM's own default applies).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -115,6 +117,8 @@ def settle_image_limits(config: dict, models: dict[str, ModelSpec]) -> dict[str,
     needed = images_per_request(config)
     settled = dict(models)
     for name, spec in models.items():
+        if spec.serve is not None and spec.serve.command == "vllm":
+            _check_served_image_limit(name, spec, needed)
         if spec.backend != "vllm":
             continue
         # An entry no request sends images to (a judge) still needs a limit of at least 1 for vLLM.
@@ -130,3 +134,22 @@ def settle_image_limits(config: dict, models: dict[str, ModelSpec]) -> dict[str,
                 f"models.{name}.options.max_images is {given}, but a request of this config sends it {count} images "
                 f"({why}); set it to at least {count}, or leave it out and the workflow sets it")
     return settled
+
+
+def _check_served_image_limit(name: str, spec: ModelSpec, needed: Mapping[str, tuple[int, str]]) -> None:
+    """`vllm serve ... --limit-mm-per-prompt '{"image": N}'` of a served entry against its largest request."""
+    args = [str(arg) for arg in spec.serve.args]
+    for k, arg in enumerate(args):
+        value = arg.split("=", 1)[1] if arg.startswith("--limit-mm-per-prompt=") else (
+            args[k + 1] if arg == "--limit-mm-per-prompt" and k + 1 < len(args) else None)
+        if value is None:
+            continue
+        try:
+            limit = int(json.loads(value).get("image", 0))
+        except (ValueError, AttributeError, TypeError):
+            raise RegistryCheckError(f"models.{name}.serve.args: --limit-mm-per-prompt {value!r} is not a JSON "
+                                     "mapping such as '{\"image\": 8}'") from None
+        count, why = needed.get(name, (0, ""))
+        if limit < count:
+            raise RegistryCheckError(f"models.{name}.serve.args: --limit-mm-per-prompt allows {limit} image(s), but a "
+                                     f"request of this config sends it {count} ({why}); raise the limit")

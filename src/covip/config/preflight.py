@@ -7,8 +7,10 @@ about to run) it checks:
 - endpoints: an entry with a `base_url` answers `GET <base_url>/models` within a short timeout and
   lists the entry's model; an entry with a `serve:` section is started by the workflow itself, so it is
   reported as "served by the workflow" and not probed;
-- weights: with `HF_HUB_OFFLINE=1`, an in-process model (and a training run's base model) that is
-  not a local folder is in the Hugging Face cache (a cache lookup, never a download);
+- weights: the weights of an in-process or served model (and of a training run's base model) are in
+  the run's hub cache (`weights.hf_home`; a cache lookup, never a download), or else fetched by rule
+  `download_models` before the jobs that need them; with `weights.offline: true` the rule cannot
+  fetch, so a source missing from the cache is a problem;
 - packages: the modules each backend (and GSPO training) imports are importable in this environment;
 - GPUs: no job asks for more GPUs than are visible here.
 
@@ -33,7 +35,6 @@ from covip.workflow.gpu_slots import DevicePool, device_pool
 
 KINDS = ("key", "endpoint", "weights", "package", "gpus")
 TRAINING_MODULES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets")
-OFFLINE_VALUES = {"1", "true", "yes", "on"}
 
 
 @dataclass(frozen=True)
@@ -101,13 +102,18 @@ def _importable(module: str) -> bool:
         return False
 
 
-def _in_hf_cache(repo_id: str) -> bool:
+def _in_hf_cache(repo_id: str, hf_home: str | None = None, revision: str | None = None) -> bool:
+    """Whether the hub cache (HF_HOME/hub of `hf_home`, else the environment's) holds a snapshot of the repo."""
     from huggingface_hub import try_to_load_from_cache
 
-    try:
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-    except ValueError:  # not a valid repo id either
-        return False
+    cache_dir = os.path.join(os.path.abspath(hf_home), "hub") if hf_home else None
+    for name in ("config.json", "open_clip_config.json", "model_index.json"):  # a model repo has one of these
+        try:
+            if isinstance(try_to_load_from_cache(repo_id, name, cache_dir=cache_dir, revision=revision), str):
+                return True
+        except ValueError:  # not a valid repo id either
+            return False
+    return False
 
 
 def preflight(prepared: Prepared, roles: Iterable[str], gpu_requests: Mapping[str, int] | None = None, *,
@@ -121,12 +127,10 @@ def preflight(prepared: Prepared, roles: Iterable[str], gpu_requests: Mapping[st
     report = PreflightReport()
     problem = lambda kind, subject, message: report.problems.append(Finding(kind, subject, message))  # noqa: E731
     note = lambda kind, subject, message: report.notes.append(Finding(kind, subject, message))  # noqa: E731
-    offline = str(env.get("HF_HUB_OFFLINE", "")).strip().lower() in OFFLINE_VALUES
     probed: dict[str, list[str] | str] = {}
     needed_backends: dict[str, set[str]] = {}
     for role in sorted(set(roles)):
         spec = prepared.models[role]
-        entry = prepared.config["models"].get(role) or {}
         subject = f"models.{role}"
         needed_backends.setdefault(spec.backend, set()).add(role)
         if spec.key_env:
@@ -134,10 +138,12 @@ def preflight(prepared: Prepared, roles: Iterable[str], gpu_requests: Mapping[st
                 note("key", subject, f"{spec.key_env} is set")
             else:
                 problem("key", subject, f"the environment variable {spec.key_env} is not set")
-        if spec.backend == "openai" and spec.base_url:
-            if entry.get("serve"):
-                note("endpoint", subject, "served by the workflow (started, health-checked and stopped by it)")
-            elif check_endpoints:
+        if spec.serve is not None:
+            note("endpoint", subject, "served by the workflow (started, health-checked and stopped by it)")
+            if spec.serve.command == "vllm":  # `vllm serve` runs in the job's environment
+                needed_backends.setdefault("vllm", set()).add(role)
+        elif spec.backend == "openai" and spec.base_url:
+            if check_endpoints:
                 url = spec.base_url.rstrip("/") + "/models"
                 if url not in probed:
                     try:
@@ -153,11 +159,12 @@ def preflight(prepared: Prepared, roles: Iterable[str], gpu_requests: Mapping[st
                                                  "server's served model name")
                 else:
                     note("endpoint", subject, f"{url} answers")
-        if BACKENDS[spec.backend].kind == "in_process" and spec.backend != "open_clip":
-            _check_weights(prepared, spec.model, subject, offline, problem, note)
+        if BACKENDS[spec.backend].kind == "in_process" or spec.serve is not None:
+            _check_weights(prepared, prepared.weights_source_of(role), spec.model, subject, problem, note)
     for run in training_runs:
         settings = prepared.training_settings(run)
-        _check_weights(prepared, settings.base_model, f"training.runs.{run}.base_model", offline, problem, note)
+        _check_weights(prepared, prepared.training_base_weights(run), settings.base_model,
+                       f"training.runs.{run}.base_model", problem, note)
     if check_packages:
         for backend, users in sorted(needed_backends.items()):
             for module in BACKENDS[backend].modules:
@@ -180,19 +187,28 @@ def preflight(prepared: Prepared, roles: Iterable[str], gpu_requests: Mapping[st
     return report
 
 
-def _check_weights(prepared: Prepared, model: str | None, subject: str, offline: bool, problem, note) -> None:
-    if not model:
+def _check_weights(prepared: Prepared, source, model: str | None, subject: str, problem, note) -> None:
+    """`source`: the entry's WeightsSource (None: built by the workflow, a local folder, or no weights)."""
+    if source is None:
+        if model and prepared.is_built_here(model):
+            note("weights", subject, f"{model} is built by the workflow")
+        elif model and Path(model).exists():
+            note("weights", subject, f"{model} is on local disk")
         return
-    if prepared.is_built_here(model):
-        note("weights", subject, f"{model} is built by the workflow")
-    elif Path(model).is_dir():
-        note("weights", subject, f"{model} is a local folder")
-    elif offline:
-        if _in_hf_cache(model):
-            note("weights", subject, f"{model} is in the Hugging Face cache")
-        else:
-            problem("weights", subject, f"'{model}' is neither a local folder nor in the Hugging Face cache, and "
-                                        f"HF_HUB_OFFLINE=1 forbids downloading it; fetch it first (`hf download {model}`)")
+    if source.kind != "hub":
+        note("weights", subject, f"{source.text}: checked by rule download_models")
+        return
+    settings = prepared.config.get("weights") or {}
+    hf_home = settings.get("hf_home")
+    where = f"the hub cache of weights.hf_home ({hf_home})" if hf_home else "the Hugging Face cache"
+    if _in_hf_cache(source.location, hf_home, source.revision):
+        note("weights", subject, f"{source.text} is in {where}")
+    elif settings.get("offline"):
+        problem("weights", subject, f"'{source.text}' is not in {where}, and weights.offline: true forbids rule "
+                                    f"download_models to fetch it; seed the cache (`hf download {source.location}`) "
+                                    "or set weights.offline: false")
+    else:
+        note("weights", subject, f"{source.text} is not in {where} yet: rule download_models fetches it first")
 
 
 def preflight_configfiles(configfiles: Iterable[str], *, timeout_s: float = 5.0) -> PreflightReport:

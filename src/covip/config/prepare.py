@@ -18,6 +18,7 @@ from typing import Any
 
 from covip.clients.backends import BACKENDS, ENV_ORDER, backend_module
 from covip.config.general import ConfigError, GeneralLayout, check_general  # noqa: F401 - ConfigError is public here
+from covip.clients.weights import WeightsSource, parse_source, source_of
 from covip.config.layout import Layout
 from covip.config.protocol import ProtocolChoice, apply_protocol
 from covip.config.models import STAGE_ROLES, RegistryCheckError, check_roles, settle_image_limits
@@ -31,7 +32,10 @@ from covip.training.settings import TrainingSettings, launch_command
 # Rules whose GPU count is their model's `gpus:` (the wildcard that names the model).
 MODEL_GPU_WILDCARD = {"caption": "policy", "capeval": "judge", "score_released": "judge", "diagnose": "policy",
                       "general_benchmark": "policy"}
-RESOURCE_KEYS = ("mem_mb", "runtime")
+RESOURCE_KEYS = ("mem_mb", "runtime", "slurm_partition")
+# Where rule download_models writes one marker per weights source it fetched (covip.clients.weights).
+WEIGHTS_MARKERS = "resources/weights"
+SERVE_ENTRIES_ENV = "COVIP_SERVE_ENTRIES"  # JSON {entry: registry entry} of the run's served entries
 
 
 @dataclass
@@ -76,17 +80,66 @@ class Prepared(Layout, GeneralLayout):
 
     def model_inputs(self, *roles: str, **named) -> dict:
         """Named inputs plus, for a model the workflow builds itself, its folder, so the job waits for
-        build_tiny_vlm / train_gspo."""
+        build_tiny_vlm / train_gspo; and for weights fetched from elsewhere, the marker of rule
+        download_models (key `weights_<source>`, wrapped in ancient() by rules/common.smk)."""
         inputs = dict(named)
         for role in roles:
             spec = self.models[role]
-            if BACKENDS[spec.backend].kind == "in_process" and self.is_built_here(spec.model):
+            if (BACKENDS[spec.backend].kind == "in_process" or spec.serve is not None) and self.is_built_here(spec.model):
                 inputs[f"model_{role}"] = spec.model
+            source = self.weights_source_of(role)
+            if source is not None:
+                inputs[f"weights_{source.slug}"] = self.weights_marker(source.slug)
         return inputs
 
     def model_params(self, *roles: str) -> dict:
-        """The registry entries a job uses; part of params, so switching a backend reruns the job."""
-        return {role: self.config["models"][role] for role in roles}
+        """The registry entries a job uses; part of params, so switching a backend reruns the job. How
+        a model is served (`serve:`: GPUs, server flags) is deployment, not result: left out."""
+        return {role: {k: v for k, v in self.config["models"][role].items() if k != "serve"} for role in roles}
+
+    def served_roles(self, rule: str, wildcards: Mapping | None = None) -> list[str]:
+        """The entries a job calls that the workflow serves (each started once, in the job)."""
+        return [role for role in dict.fromkeys(self.role_names(rule, wildcards)) if self.models[role].serve is not None]
+
+    def served_role_list(self, rule: str, wildcards: Mapping | None = None) -> str:
+        """The served entries of a shell rule's job, comma-separated, for `covip gpu-run --serve`."""
+        return ",".join(self.served_roles(rule, wildcards))
+
+    # -- weights (rule download_models) ------------------------------------------------------------
+    def weights_source_of(self, role: str) -> WeightsSource | None:
+        return source_of(self.models[role], self.is_built_here)
+
+    @property
+    def weights_sources(self) -> dict[str, WeightsSource]:
+        """slug -> source, for every weights source some job of this run may need."""
+        sources = [self.weights_source_of(role) for role in self.models]
+        for run in self.training.runs:
+            sources.append(self.training_base_weights(run))
+        return {source.slug: source for source in sources if source is not None}
+
+    def weights_marker(self, slug: str) -> str:
+        return f"{WEIGHTS_MARKERS}/{slug}.json"
+
+    def weights_params(self, slug: str) -> dict:
+        """What a download job fetches (a param: another source or hf_home refetches)."""
+        if slug not in self.weights_sources:
+            raise ConfigError(f"rule download_models: no weights source '{slug}' (have: {sorted(self.weights_sources)})")
+        return {"source": self.weights_sources[slug].text, "hf_home": self.config["weights"].get("hf_home")}
+
+    def job_environment(self) -> dict[str, str]:
+        """Environment every job of this run gets (set in the Snakemake process at parse time, so jobs
+        on this machine and in a SLURM allocation inherit it): HF_HOME, and HF_HUB_OFFLINE=1 so no job
+        goes to the hub (rule download_models fetched what they need)."""
+        settings = self.config["weights"]
+        env = {}
+        if settings.get("hf_home"):
+            env["HF_HOME"] = os.path.abspath(settings["hf_home"])
+        if settings.get("jobs_offline", True):
+            env["HF_HUB_OFFLINE"] = "1"
+        served = {name: entry for name, entry in self.config["models"].items() if entry.get("serve") is not None}
+        if served:  # what `covip gpu-run --serve` starts; not a param, so server flags rerun nothing
+            env[SERVE_ENTRIES_ENV] = json.dumps(served, sort_keys=True)
+        return env
 
     def prompt_params(self, *names: str) -> str:
         return self.prompts.fingerprint(*names)
@@ -132,17 +185,29 @@ class Prepared(Layout, GeneralLayout):
         return code_fingerprint(*roots)
 
     def gpus(self, rule: str, wildcards: Mapping | None = None) -> int:
-        """GPUs a job needs: its model's `gpus:` for model rules, the run's for train_gspo, else config."""
+        """GPUs a job needs: its in-process model's `gpus:` for model rules, the run's for train_gspo,
+        else config; plus `serve.gpus` of every entry it calls that the workflow serves (the job starts
+        those servers on devices of its own, so Snakemake counts them against --resources gpu=N)."""
+        served = sum(self.models[role].serve.gpus for role in self.served_roles(rule, wildcards))
         if rule == "train_gspo":
-            return self.training_settings(wildcards["run"]).gpus
+            return self.training_settings(wildcards["run"]).gpus + served
         if rule in MODEL_GPU_WILDCARD:
-            return max(self.models[role].gpus for role in self.role_names(rule, wildcards))
-        return int(self.resource(rule, "gpu"))
+            own = [self.models[role].gpus for role in self.role_names(rule, wildcards) if self.models[role].serve is None]
+            return max(own, default=0) + served
+        return int(self.resource(rule, "gpu")) + served
 
     def conda_env(self, rule: str, wildcards: Mapping | None = None) -> str:
-        """The env of the heaviest backend a job runs (envs/<env>.yaml, relative to rules/)."""
-        envs = [BACKENDS[self.models[role].backend].env for role in self.role_names(rule, wildcards)]
-        if rule in ("train_gspo", "build_tiny_vlm"):
+        """The env of the heaviest backend a job runs, or of the servers it starts (envs/<env>.yaml,
+        relative to rules/). GSPO with vLLM rollouts, or with a vLLM-served judge, needs the rollout
+        env (TRL's vLLM range, envs/rollout.yaml)."""
+        roles = self.role_names(rule, wildcards)
+        envs = [BACKENDS[self.models[role].backend].env for role in roles]
+        envs += [self.models[role].serve.conda_env for role in self.served_roles(rule, wildcards)]
+        if rule == "train_gspo":
+            settings = self.training_settings(wildcards["run"])
+            rollouts = settings.use_vllm is True or (settings.use_vllm is None and settings.gpus > 0)
+            return f"../envs/{'rollout' if rollouts or 'vllm' in envs else 'train'}.yaml"
+        if rule == "build_tiny_vlm":
             envs.append("train")
         return f"../envs/{max(envs or ['data'], key=ENV_ORDER.index)}.yaml"
 
@@ -156,8 +221,13 @@ class Prepared(Layout, GeneralLayout):
         return int(self.resource(rule, "threads"))
 
     def resources(self, rule: str) -> dict:
-        """The `resources:` of a rule: mem_mb and runtime from config, gpu from its model or config."""
+        """The `resources:` of a rule: mem_mb, runtime (minutes) and slurm_partition from config, gpu
+        from its model or config. Without a partition in config, $SBATCH_PARTITION becomes the rule's
+        slurm_partition: the SLURM plugin passes `-p <cluster default>` to sbatch when a job has none,
+        and that flag would win over the variable (docs/gpus-and-slurm.md)."""
         found = {key: self.resource(rule, key) for key in RESOURCE_KEYS if self.resource(rule, key) is not None}
+        if "slurm_partition" not in found and os.environ.get("SBATCH_PARTITION"):
+            found["slurm_partition"] = os.environ["SBATCH_PARTITION"]
         if rule in MODEL_GPU_WILDCARD or rule == "train_gspo":
             found["gpu"] = lambda wildcards: self.gpus(rule, wildcards)
         else:
@@ -175,12 +245,24 @@ class Prepared(Layout, GeneralLayout):
         needs_judge = any(task in ("caption", "joint") for task in settings.tasks())
         return [settings.judge] if needs_judge and settings.judge else []
 
+    def training_base_weights(self, run: str) -> WeightsSource | None:
+        """The base model's weights when they come from the hub (or a local:// source)."""
+        base = self.training_settings(run).base_model
+        if self.is_built_here(base):
+            return None
+        source = parse_source(base)
+        return source if source.kind == "hub" or base.startswith("local://") else None
+
     def training_inputs(self, run: str) -> dict:
-        """The train split, the base model's folder when the workflow builds it, and the judge's inputs."""
+        """The train split, the base model's folder when the workflow builds it (else its weights
+        marker), and the judge's inputs."""
         named = {"train": self.out("splits/train.parquet")}
         base = self.training_settings(run).base_model
         if self.is_built_here(base):
             named["base_model"] = base
+        source = self.training_base_weights(run)
+        if source is not None:
+            named[f"weights_{source.slug}"] = self.weights_marker(source.slug)
         return self.model_inputs(*self.training_roles(run), **named)
 
     def training_job_config(self, run: str) -> str:
@@ -314,9 +396,11 @@ def prepare(config: dict, root: str | Path) -> Prepared:
     entry (covip.config.models).
     """
     outdir = config["outdir"].rstrip("/")
+    config.setdefault("weights", {})
     for entry in config["models"].values():
-        if isinstance(entry.get("model"), str) and "{outdir}" in entry["model"]:
-            entry["model"] = entry["model"].replace("{outdir}", outdir)
+        for key in ("model", "weights"):
+            if isinstance(entry.get(key), str) and "{outdir}" in entry[key]:
+                entry[key] = entry[key].replace("{outdir}", outdir)
     models = {name: ModelSpec.from_config(name, entry) for name, entry in config["models"].items()}
     training = settings_from(TrainingSettings, config.get("training"), "config 'training'")
     try:
@@ -339,5 +423,9 @@ def prepare(config: dict, root: str | Path) -> Prepared:
     trained = {os.path.normpath(f"{outdir}/training/{run}/model"): run for run in training.runs}
     prepared = Prepared(config=config, root=Path(root), models=models, training=training,
                         prompts=PromptBook(config.get("prompts") or {}), trained_models=trained, protocol=protocol)
+    try:
+        prepared.weights_sources  # a malformed `weights:` source fails the dry run
+    except ValueError as error:
+        raise ConfigError(f"models: {error}") from error
     check_general(config, models, prepared)
     return prepared

@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Mapping
 
-from covip.clients.registry import ModelRegistry
+from covip.clients.registry import ModelRegistry, served_from_env
 from covip.core import schemas
 from covip.clients.usage import usage_rows
 from covip.core.io import iter_rows, write_artifact
@@ -59,18 +59,19 @@ def run_training_job(config: Mapping, run: str, *, train: str, model_dir: str, l
                         force=True)
     settings = settings_from(TrainingSettings, config.get("training"), "config 'training'").for_run(run)
     prompts = PromptBook(config.get("prompts") or {})
-    judge = None
-    registry = None
+    judge, registry = None, None
     if settings.judge and any(task in ("caption", "joint") for task in settings.tasks()):
         cache = (config.get("cache") or {}).get("path") or f"{config['outdir']}/cache/responses.sqlite"
-        registry = ModelRegistry(config.get("models", {}), cache_path=cache)
+        # A served judge was started by `covip gpu-run` for this job, which passes its address on.
+        registry = ModelRegistry(config.get("models", {}), cache_path=cache, served=served_from_env())
         judge = registry.chat(settings.judge)
     try:
-        summary = train_policy(run, settings, SplitRows(train), model_dir=model_dir, log_path=log,
-                               checkpoint_dir=checkpoints, seed=int(config.get("seed", 0)), judge=judge, prompts=prompts)
+        summary = train_policy(run, settings, SplitRows(train), model_dir=model_dir, log_path=log, checkpoint_dir=checkpoints,
+                               seed=int(config.get("seed", 0)), judge=judge, prompts=prompts)
     finally:
         if registry is not None:
             write_judge_usage(registry, config, run)
+            registry.close()
     logging.getLogger("covip.training").info("training run %s finished in %.1f s: %s", run,
                                              time.perf_counter() - started, json.dumps(summary))
     return summary

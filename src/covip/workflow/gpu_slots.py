@@ -15,8 +15,9 @@ Environment: `COVIP_GPU_LOCK_DIR` (default `.snakemake/gpu_slots` under the work
 a SLURM job a per-job subfolder, since device numbers there are relative to the allocation),
 `COVIP_GPU_WAIT_S` (how long to wait for busy devices, default 3600).
 
-Shell rules wrap their command: `covip gpu-run --gpus N --rule NAME -- cmd ...`
-(the command is exec'd with the locks inherited, so its workers hold them until they all exit).
+Shell rules wrap their command: `covip gpu-run --gpus N --rule NAME -- cmd ...` (covip.workflow.launch:
+the command and the model servers it calls run with the locks inherited, so the devices stay taken
+until every process of the job has exited).
 """
 
 from __future__ import annotations
@@ -94,6 +95,10 @@ class GpuSlots:
     @property
     def visible(self) -> str:
         return ",".join(self.devices)
+
+    def fds_of(self, devices) -> tuple[int, ...]:
+        """The lock descriptors of some of the held devices (to hand to a process that uses them)."""
+        return tuple(self._fds[self.devices.index(device)] for device in devices)
 
     def release(self) -> None:
         for fd in self._fds:
@@ -199,7 +204,8 @@ def acquire(
     while True:
         slots = _try_take(directory, order, count, who)
         if slots is not None:
-            slots.devices = tuple(sorted(slots.devices, key=pool.devices.index))  # in the pool's order
+            pairs = sorted(zip(slots.devices, slots._fds), key=lambda pair: pool.devices.index(pair[0]))
+            slots.devices, slots._fds = tuple(d for d, _ in pairs), [fd for _, fd in pairs]  # in the pool's order
             return slots
         if time.monotonic() >= deadline:
             busy = {d: h for d, h in holders(directory, pool).items() if h}
@@ -207,26 +213,7 @@ def acquire(
         time.sleep(POLL_S * (1 + random.random()))
 
 
-def acquire_into_env(count: int, rule: str = "job") -> GpuSlots:
-    """Take the devices and point CUDA_VISIBLE_DEVICES at them (empty for a job without GPUs, so a
-    CPU job cannot wander onto a device another job holds)."""
-    slots = acquire(count, rule)
-    os.environ["CUDA_VISIBLE_DEVICES"] = slots.visible
-    return slots
-
-
 def status() -> dict:
     """The pool, where its locks live, and who holds each device (`covip gpu-status`)."""
     pool = device_pool()
     return {"source": pool.source, "lock_dir": str(lock_dir()), "devices": holders(pool=pool)}
-
-
-def exec_with_gpus(count: int, rule: str, command: Sequence[str]) -> None:
-    """Take `count` devices and replace this process with `command` (`covip gpu-run`).
-
-    exec keeps the locked descriptors open in the command (and in the workers it forks), so the
-    devices stay taken exactly as long as something of the job is alive."""
-    slots = acquire_into_env(count, rule)
-    for fd in slots._fds:
-        os.set_inheritable(fd, True)
-    os.execvp(command[0], list(command))

@@ -20,7 +20,9 @@ from typing import Any
 
 from covip.core import schemas
 from covip.clients.registry import ModelRegistry
-from covip.workflow.gpu_slots import acquire_into_env
+from covip.serving.lifeline import watch_owner
+from covip.serving.server import ServerSet, served_specs, split_devices, start_servers
+from covip.workflow.gpu_slots import acquire
 from covip.core.io import ArtifactWriter, ColumnLookup, iter_rows, read_columns, read_rows, write_artifact, write_artifact_stream
 from covip.prompts import PromptBook
 from covip.core.reliability import FailureReport, check_failure_rate
@@ -52,11 +54,17 @@ class StageRun:
         self.rule = smk.rule
         self.seed = int(self.config["seed"])
         self.prompts = PromptBook(self.config.get("prompts") or {})
-        cache_path = (self.config.get("cache") or {}).get("path") or f"{self.config['outdir']}/cache/responses.sqlite"
-        self.models = ModelRegistry(self.config.get("models", {}), cache_path=cache_path)
+        self._cache_path = (self.config.get("cache") or {}).get("path") or f"{self.config['outdir']}/cache/responses.sqlite"
+        self.models = ModelRegistry(self.config.get("models", {}), cache_path=self._cache_path)
         self.log_file = None
         self._started = 0.0
         self.gpus = None
+        self.servers = ServerSet()
+
+    @property
+    def roles(self) -> list[str]:
+        """The registry entries this job calls (the rule's `models` param), [] for a rule without models."""
+        return list(getattr(self.smk.params, "models", None) or {})
 
     # -- inputs / outputs -------------------------------------------------------------------------
     def read(self, name: str, schema: ArtifactSchema, columns: list[str] | None = None) -> list[dict]:
@@ -90,6 +98,17 @@ class StageRun:
         path = self.smk.output[name]
         count = write_artifact_stream(rows, path, schema)
         log.info("wrote %d rows of %s to %s", count, schema.name, path)
+
+    def write_json(self, data, name: str | int = 0) -> None:
+        """A small JSON output (a marker or manifest), written atomically."""
+        import json
+
+        path = Path(self.smk.output[name])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        partial.replace(path)
+        log.info("wrote %s", path)
 
     @property
     def shard(self) -> Shard | None:
@@ -167,15 +186,25 @@ class StageRun:
             force=True,
         )
         log.info("rule %s started (seed %d)", self.rule, self.seed)
+        watch_owner()  # ends this job if the Snakemake process that started it is killed
         # Before any model is built: torch and vLLM read CUDA_VISIBLE_DEVICES when CUDA initialises.
         wanted = int(getattr(self.smk.resources, "gpu", 0) or 0)
         try:
-            self.gpus = acquire_into_env(wanted, self.rule)
+            self.gpus = acquire(wanted, self.rule)
+            served = served_specs(self.config.get("models", {}), self.roles)
+            own, server_devices = split_devices(self.gpus.devices, served)
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(own)
+            if wanted:
+                log.info("rule %s holds GPU(s) %s", self.rule, self.gpus.visible)
+            if served:
+                # Every server answers before the first request; the registry then points at them.
+                logs = Path(self.config["outdir"]) / "logs" / "servers"
+                self.servers = start_servers(served, server_devices, logs, self.job, fds_of=self.gpus.fds_of)
+                self.models = ModelRegistry(self.config.get("models", {}), cache_path=self._cache_path,
+                                            served=self.servers.urls)
         except Exception as error:
             self.__exit__(type(error), error, error.__traceback__)
             raise
-        if wanted:
-            log.info("rule %s holds GPU(s) %s", self.rule, self.gpus.visible)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -188,6 +217,11 @@ class StageRun:
         else:
             # The exact peak of this job's process (Snakemake's benchmark files sample it every 30 s).
             log.info("rule %s finished in %.1f s, peak RSS %.0f MB", self.rule, time.perf_counter() - self._started, _peak_rss_mb())
+        try:
+            self.models.close()
+        except Exception as error:  # noqa: BLE001 - the journal is merged later even if left open
+            log.warning("could not close the response cache journal: %s", error)
+        self.servers.stop()  # before the devices are released: nothing else may land on a server's GPU
         if self.gpus is not None:
             self.gpus.release()
         if self.log_file is not None:
