@@ -4,7 +4,7 @@
 
 rule build_diagnostic_set:
     input:
-        unpack(lambda wc: PREP.diagnostic_source(wc.task)),
+        unpack(lambda wc: with_ancient_weights(PREP.diagnostic_source(wc.task))),
     output:
         out("diagnostics/sets/{task}.parquet"),
     log:

@@ -1,4 +1,5 @@
-"""Stage 11a: the LSD / LAR / ITR set: generated from the concept pool, or a user's hub-format file."""
+"""Stage 11a: the LSD / LAR / ITR set: generated from the concept pool, or the hub's (or a user's) set."""
+from covip.clients.weights import local_path, parse_source
 from covip.core import schemas
 from covip.stages.diagnostics.hub import load_diagnostic_set
 from covip.stages.diagnostics.sets import build_diagnostic_set
@@ -8,7 +9,10 @@ from covip.workflow.run import StageRun
 with StageRun(snakemake) as run:  # noqa: F821
     task = snakemake.wildcards.task  # noqa: F821
     settings = run.settings(DiagnosticSettings, "diagnostics")
-    if "source" in snakemake.input.keys():  # noqa: F821
+    if "weights_set" in snakemake.input.keys():  # noqa: F821 - a hub dataset rule download_models fetched
+        folder = local_path(parse_source(snakemake.params.source))  # noqa: F821 - in the job's HF_HOME, offline
+        items = load_diagnostic_set(folder, task, prompts=run.prompts, lsd_box=settings.lsd_box)
+    elif "source" in snakemake.input.keys():  # noqa: F821
         items = load_diagnostic_set(snakemake.input.source, task, prompts=run.prompts, lsd_box=settings.lsd_box)  # noqa: F821
     else:
         concepts = run.read("concepts", schemas.CONCEPTS)

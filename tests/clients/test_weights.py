@@ -20,14 +20,16 @@ from covip.clients.weights import WeightsError, WeightsSource, download, fetch, 
     ("local:///abs/ckpt", WeightsSource("local", "/abs/ckpt")),
     ("open_clip://ViT-L-14-quickgelu/openai", WeightsSource("open_clip", "ViT-L-14-quickgelu/openai")),
     ("results/training/run/model", WeightsSource("local", "results/training/run/model")),
+    ("hf://datasets/Yeongtak/lsd", WeightsSource("hub", "Yeongtak/lsd", None, "dataset")),
+    ("hf://datasets/Yeongtak/lar@abc", WeightsSource("hub", "Yeongtak/lar", "abc", "dataset")),
 ])
 def test_sources_parse(text, expected):
     assert parse_source(text) == expected
 
 
-@pytest.mark.parametrize("text", ["hf://not-a-repo", "open_clip://ViT-B-32"])
+@pytest.mark.parametrize("text", ["hf://not-a-repo", "hf://datasets/lsd", "open_clip://ViT-B-32"])
 def test_malformed_sources_fail(text):
-    with pytest.raises(ValueError, match="weights"):
+    with pytest.raises(ValueError, match="source is"):
         parse_source(text)
 
 
@@ -86,9 +88,24 @@ def test_online_download_asks_snapshot_download_for_the_repository(tmp_path, mon
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     marker = download("hf://org/model@v1", hf_home=str(tmp_path / "hf"))
-    assert calls == [("org/model", {"revision": "v1", "cache_dir": str(tmp_path / "hf" / "hub"), "local_files_only": False})]
+    assert calls == [("org/model", {"revision": "v1", "repo_type": "model", "cache_dir": str(tmp_path / "hf" / "hub"),
+                                    "local_files_only": False})]
     assert marker["bytes"] == 5 and not marker["checked_only"]
     json.dumps(marker)  # the marker file is JSON
+    download("hf://datasets/Yeongtak/lsd", hf_home=str(tmp_path / "hf"))
+    assert calls[-1] == ("Yeongtak/lsd", {"revision": None, "repo_type": "dataset", "cache_dir": str(tmp_path / "hf" / "hub"),
+                                          "local_files_only": False})
+
+
+def test_a_hub_dataset_resolves_from_a_seeded_cache_and_differs_from_a_model_of_that_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hf_home = tmp_path / "hf"
+    snapshot = seed_hub_cache(hf_home, "Yeongtak/lsd", {"data/test-00000-of-00001.parquet": b"PAR1"}, repo_type="dataset")
+    dataset = parse_source("hf://datasets/Yeongtak/lsd")
+    assert local_path(dataset, str(hf_home)) == str(snapshot)
+    assert dataset.slug != parse_source("hf://Yeongtak/lsd").slug  # their markers are different files
+    with pytest.raises(WeightsError, match="hf://Yeongtak/lsd"):
+        local_path(parse_source("hf://Yeongtak/lsd"), str(hf_home))  # no model repository of that name is cached
 
 
 def test_open_clip_weights_come_through_open_clip(tmp_path, monkeypatch):

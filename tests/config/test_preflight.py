@@ -140,3 +140,19 @@ def test_the_command_exits_non_zero_with_one_line_per_problem(tmp_path, monkeypa
     out = capsys.readouterr().out
     assert "problem: key: models.gpt: the environment variable COVIP_TEST_KEY is not set" in out.splitlines()
     assert main(["preflight"]) == 0
+
+
+def test_a_hub_diagnostic_set_missing_from_an_offline_cache_is_a_problem(default_config, tmp_path):
+    from support.hub import seed_hub_cache
+
+    config = copy.deepcopy(default_config)
+    config["diagnostic_sources"] = {"lsd": "hf://datasets/Yeongtak/lsd", "lar": "hf://datasets/Yeongtak/lar"}
+    config["weights"] = {**config.get("weights", {}), "hf_home": str(tmp_path / "hf"), "offline": True}
+    seed_hub_cache(tmp_path / "hf", "Yeongtak/lsd", {"data/test-00000-of-00001.parquet": b"PAR1"}, repo_type="dataset")
+    prep = prepare(config, ROOT)
+    report = preflight(prep, [], diagnostic_tasks=["lsd", "lar"], env={})
+    assert _lines(report) == [
+        "weights: diagnostic_sources.lar: 'hf://datasets/Yeongtak/lar' is not in the hub cache of weights.hf_home "
+        f"({tmp_path / 'hf'}), and weights.offline: true forbids rule download_models to fetch it; seed the cache "
+        "(`hf download --repo-type dataset Yeongtak/lar`) or set weights.offline: false"]
+    assert "hf://datasets/Yeongtak/lsd is in the hub cache" in report.text()

@@ -211,3 +211,18 @@ def test_an_adapter_vllm_cannot_serve_fails_at_parse_time(default_config, tmp_pa
         prepare(config, ROOT)
     config["models"]["served"]["backend"] = "transformers"  # peft applies modules_to_save too
     prepare(config, ROOT)
+
+
+def test_hub_diagnostic_sets_are_fetched_by_the_download_rule_and_checked_at_parse_time(default_config):
+    prep = prepared(default_config, diagnostic_sources={"lsd": "hf://datasets/Yeongtak/lsd", "itr": "sets/itr.parquet"})
+    hub = prep.diagnostic_hub_source("lsd")
+    assert hub.text == "hf://datasets/Yeongtak/lsd" and hub.repo_type == "dataset"
+    assert prep.weights_sources[hub.slug] == hub  # one download_models job fetches it with the weights
+    assert prep.diagnostic_source("lsd") == {"weights_set": prep.weights_marker(hub.slug)}
+    assert prep.diagnostic_source("itr") == {"source": "sets/itr.parquet"}
+    assert "concepts" in prep.diagnostic_source("lar")  # generated
+    with pytest.raises(ConfigError, match=r"diagnostic_sources.lar: 'hf://Yeongtak/lar' names a model repository; "
+                                          r"a hub dataset is 'hf://datasets/Yeongtak/lar'"):
+        prepared(default_config, diagnostic_sources={"lar": "hf://Yeongtak/lar"})
+    with pytest.raises(ConfigError, match="diagnostic_sources.lar: 'hf://datasets/lar'"):
+        prepared(default_config, diagnostic_sources={"lar": "hf://datasets/lar"})

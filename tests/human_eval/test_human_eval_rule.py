@@ -24,7 +24,8 @@ pytestmark = pytest.mark.integration
 REPORT_INPUTS = {"capeval_summary.parquet": schemas.CAPEVAL_SUMMARY, "diagnostic_summary.parquet": schemas.DIAGNOSTIC_SUMMARY,
                  "control_effects.parquet": schemas.CONTROL_EFFECTS, "control_changes.parquet": schemas.CONTROL_CHANGES,
                  "judge_agreement.parquet": schemas.JUDGE_AGREEMENT,
-                 "judge_disagreements.parquet": schemas.JUDGE_DISAGREEMENTS}
+                 "judge_disagreements.parquet": schemas.JUDGE_DISAGREEMENTS,
+                 "general_summary.parquet": schemas.GENERAL_SUMMARY}  # tiny.yaml runs a general benchmark
 
 
 def _overlay(workdir, **human_eval):

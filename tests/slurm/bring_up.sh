@@ -6,7 +6,8 @@
 #   tests/slurm/bring_up.sh STATE_DIR        then   export SLURM_CONF=STATE_DIR/etc/slurm.conf
 #   tests/slurm/tear_down.sh STATE_DIR
 #
-# Needs root. Exit status 3: cannot provision here (not root, or no apt-get), so the caller may skip.
+# Needs root. Exit status 3: cannot provision here (not root, packages not installable, or daemons unable
+# to run as their users), so the caller may skip.
 set -euo pipefail
 
 STATE=$(realpath -m "${1:?usage: bring_up.sh STATE_DIR}")
@@ -20,8 +21,15 @@ if ((${#need[@]})); then
     command -v apt-get >/dev/null || { echo "bring_up.sh: ${need[*]} missing and no apt-get to install them" >&2; exit 3; }
     echo "installing slurm-wlm slurmdbd munge mariadb-server (missing: ${need[*]})"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq slurm-wlm slurmdbd munge mariadb-server >/dev/null
+    if ! { apt-get update -qq && apt-get install -y -qq slurm-wlm slurmdbd munge mariadb-server >/dev/null; }; then
+        echo "bring_up.sh: cannot install slurm-wlm slurmdbd munge mariadb-server on this machine (apt-get failed)" >&2
+        exit 3
+    fi
+fi
+# The daemons run as their own users and open /dev/null (munged at start): some sandboxes deny it.
+if ! runuser -u munge -- sh -c ': </dev/null >/dev/null' 2>/dev/null; then
+    echo "bring_up.sh: service users cannot open /dev/null on this machine ($(ls -l /dev/null)), so munged cannot start" >&2
+    exit 3
 fi
 
 mkdir -p "$STATE"/{etc,log,run,spool/ctld,spool/d}

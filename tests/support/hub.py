@@ -7,11 +7,13 @@ import shutil
 from pathlib import Path
 
 
-def seed_hub_cache(hf_home: Path, repo: str, source: Path | dict[str, bytes], revision: str = "main") -> Path:
-    """Put a model repository into `<hf_home>/hub` the way huggingface_hub lays it out (refs/<revision>
-    naming a commit, snapshots/<commit>/...), from a folder or {file name: bytes}; returns the snapshot."""
+def seed_hub_cache(hf_home: Path, repo: str, source: Path | dict[str, bytes], revision: str = "main",
+                   repo_type: str = "model") -> Path:
+    """Put a model (or dataset) repository into `<hf_home>/hub` the way huggingface_hub lays it out
+    (refs/<revision> naming a commit, snapshots/<commit>/...), from a folder or {file name: bytes};
+    returns the snapshot."""
     org, name = repo.split("/")
-    root = Path(hf_home) / "hub" / f"models--{org}--{name}"
+    root = Path(hf_home) / "hub" / f"{repo_type}s--{org}--{name}"
     commit = hashlib.sha1(f"{repo}@{revision}".encode()).hexdigest()
     snapshot = root / "snapshots" / commit
     snapshot.mkdir(parents=True, exist_ok=True)

@@ -62,7 +62,7 @@ def test_a_max_images_below_the_largest_context_fails_the_dry_run(workdir):
                           "options: {batch_size: 64, max_model_len: 32768, max_images: 8}")
     result = dry_run(workdir, small)
     assert result.returncode != 0
-    assert "max_images is 8, but a request of this config sends it 9 images" in result.stdout + result.stderr
+    assert "max_images is 8, but a request of this config sends it 13 images" in result.stdout + result.stderr
 
 
 def test_the_shipped_paper_config_passes_the_dry_run(workdir):

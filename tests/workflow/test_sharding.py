@@ -71,9 +71,8 @@ def test_sharded_captioning_and_judging_equal_one_job(tmp_path):
         # Latency differs from run to run; every other column must be equal.
         left, right = (t.drop_columns([c for c in ("latency_s",) if c in t.column_names]) for t in (whole[name], sharded[name]))
         assert right.equals(left), f"{name} differs between the sharded and the unsharded run"
-    shards = sorted((workdir / "sharded" / "captions" / "intact").glob("oracle.shards/*.parquet"))
-    sizes = [pq.read_metadata(p).num_rows for p in shards]
-    assert len(sizes) == 3 and sum(sizes) == whole["captions/intact/oracle.parquet"].num_rows
+    # The shards are scratch (temp()): gathered, then removed.
+    assert not list((workdir / "sharded" / "captions" / "intact").glob("oracle.shards/*.parquet"))
     # One log and one usage record per shard, so a failed shard is found and rerun alone.
     assert sorted(p.name for p in (workdir / "sharded" / "logs" / "capeval" / "intact").glob("oracle.lexical_judge.*.log")) == [
         "oracle.lexical_judge.0.log", "oracle.lexical_judge.1.log", "oracle.lexical_judge.2.log",

@@ -167,7 +167,7 @@ def test_editing_the_command_line_reruns_nothing(run_copy):
 
 
 def test_editing_capeval_reruns_scoring_but_not_training(run_copy):
-    jobs = edited(run_copy, "stages/capeval.py")
+    jobs = edited(run_copy, "stages/capeval/judging.py")
     assert jobs == {"capeval": 20, "collect_evaluation": 1, "summarize_controls": 1, "judge_agreement": 1, "report": 1,
                     "all": 1}
 

@@ -5,7 +5,9 @@ that uses it starts; the jobs themselves then run with `HF_HUB_OFFLINE=1`, so a 
 network works and no two jobs race on the same multi-GB download. A source is:
 
 - a hub repository: `org/name`, or `hf://org/name[@revision]`: huggingface_hub's `snapshot_download`
-  into the hub cache of `HF_HOME` (config `weights.hf_home`);
+  into the hub cache of `HF_HOME` (config `weights.hf_home`); a hub dataset is
+  `hf://datasets/org/name[@revision]` (huggingface_hub's own spelling; the authors' diagnostic sets
+  in `diagnostic_sources` come this way, through the same rule and cache);
 - `local://path` (or an existing path): a folder or file already on disk, standing in for the hub
   (the tests use it for the Gemma GGUF; on an air-gapped cluster, a copy of the weights);
 - `open_clip://architecture/tag`: open_clip's pretrained weights for a tag such as `openai` (they
@@ -27,6 +29,7 @@ from covip.clients.backends import IN_PROCESS_BACKENDS
 from covip.clients.spec import ModelSpec
 
 HUB = "hf://"
+HUB_DATASETS = "hf://datasets/"
 LOCAL = "local://"
 OPEN_CLIP = "open_clip://"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -41,11 +44,13 @@ class WeightsSource:
     kind: str  # 'hub' | 'local' | 'open_clip'
     location: str  # repo id, path, or 'architecture/tag'
     revision: str | None = None
+    repo_type: str = "model"  # a hub source: 'model' or 'dataset'
 
     @property
     def text(self) -> str:
         if self.kind == "hub":
-            return f"{HUB}{self.location}" + (f"@{self.revision}" if self.revision else "")
+            prefix = HUB_DATASETS if self.repo_type == "dataset" else HUB
+            return f"{prefix}{self.location}" + (f"@{self.revision}" if self.revision else "")
         return f"{LOCAL if self.kind == 'local' else OPEN_CLIP}{self.location}"
 
     @property
@@ -57,12 +62,14 @@ class WeightsSource:
 
 
 def parse_source(text: str) -> WeightsSource:
-    """'hf://org/name@rev', 'org/name', 'local://path', 'open_clip://arch/tag' or a path."""
+    """'hf://org/name@rev', 'hf://datasets/org/name@rev', 'org/name', 'local://path',
+    'open_clip://arch/tag' or a path."""
     if text.startswith(HUB):
-        repo, _, revision = text[len(HUB):].partition("@")
+        dataset = text.startswith(HUB_DATASETS)
+        repo, _, revision = text[len(HUB_DATASETS if dataset else HUB):].partition("@")
         if not _HUB_ID.fullmatch(repo):
-            raise ValueError(f"weights '{text}': a hub source is hf://org/name[@revision]")
-        return WeightsSource("hub", repo, revision or None)
+            raise ValueError(f"'{text}': a hub source is hf://org/name[@revision] (a dataset: hf://datasets/org/name[@revision])")
+        return WeightsSource("hub", repo, revision or None, "dataset" if dataset else "model")
     if text.startswith(LOCAL):
         return WeightsSource("local", text[len(LOCAL):])
     if text.startswith(OPEN_CLIP):
@@ -120,8 +127,8 @@ def fetch(source: WeightsSource, *, hf_home: str | None = None, offline: bool = 
     from huggingface_hub import snapshot_download
 
     try:
-        return snapshot_download(source.location, revision=source.revision, cache_dir=hub_cache(hf_home),
-                                 local_files_only=offline)
+        return snapshot_download(source.location, revision=source.revision, repo_type=source.repo_type,
+                                 cache_dir=hub_cache(hf_home), local_files_only=offline)
     except Exception as error:  # noqa: BLE001 - huggingface_hub's many error types, one message
         hint = (" (offline: seed the hub cache first, or set weights.offline: false so rule download_models fetches it)"
                 if offline else "")

@@ -29,7 +29,10 @@ def check_before_run(prepared: Prepared, requests: Mapping[str, int] | None, job
     jobs = list(jobs) if jobs is not None else None
     roles = job_roles(prepared, jobs) if jobs is not None else set(prepared.models)
     runs = sorted({job.wildcards["run"] for job in jobs if job.rule.name == "train_gspo"}) if jobs is not None else []
-    report = preflight(prepared, roles, requests, training_runs=runs, check_endpoints=local, check_packages=not own_envs)
+    tasks = ({job.wildcards["task"] for job in jobs if job.rule.name == "build_diagnostic_set"} if jobs is not None
+             else set(prepared.config["diagnostic_sources"]))
+    report = preflight(prepared, roles, requests, training_runs=runs, diagnostic_tasks=tasks, check_endpoints=local,
+                       check_packages=not own_envs)
     if report.notes:
         print("\n".join(f"preflight ok: {finding.line()}" for finding in report.notes), file=sys.stderr)
     if not report.ok:

@@ -102,14 +102,23 @@ def _importable(module: str) -> bool:
         return False
 
 
-def _in_hf_cache(repo_id: str, hf_home: str | None = None, revision: str | None = None) -> bool:
-    """Whether the hub cache (HF_HOME/hub of `hf_home`, else the environment's) holds a snapshot of the repo."""
+def _in_hf_cache(source, hf_home: str | None = None) -> bool:
+    """Whether the hub cache (HF_HOME/hub of `hf_home`, else the environment's) holds a snapshot of the
+    hub source (a model repository: one with a config file; a dataset: any snapshot of its revision)."""
     from huggingface_hub import try_to_load_from_cache
 
     cache_dir = os.path.join(os.path.abspath(hf_home), "hub") if hf_home else None
+    if source.repo_type == "dataset":
+        from covip.clients.weights import WeightsError, local_path
+
+        try:
+            local_path(source, hf_home and os.path.abspath(hf_home))
+        except WeightsError:
+            return False
+        return True
     for name in ("config.json", "open_clip_config.json", "model_index.json"):  # a model repo has one of these
         try:
-            if isinstance(try_to_load_from_cache(repo_id, name, cache_dir=cache_dir, revision=revision), str):
+            if isinstance(try_to_load_from_cache(source.location, name, cache_dir=cache_dir, revision=source.revision), str):
                 return True
         except ValueError:  # not a valid repo id either
             return False
@@ -117,11 +126,11 @@ def _in_hf_cache(repo_id: str, hf_home: str | None = None, revision: str | None 
 
 
 def preflight(prepared: Prepared, roles: Iterable[str], gpu_requests: Mapping[str, int] | None = None, *,
-              training_runs: Iterable[str] = (), env: Mapping[str, str] | None = None, timeout_s: float = 5.0,
+              training_runs: Iterable[str] = (), diagnostic_tasks: Iterable[str] = (), env: Mapping[str, str] | None = None, timeout_s: float = 5.0,
               check_endpoints: bool = True, check_packages: bool = True, pool: DevicePool | None = None,
               get_models: Callable[[str, str | None, float], list[str]] = _get_models) -> PreflightReport:
-    """Check what `roles` (registry entries), `training_runs` and the GPU `gpu_requests` (rule -> GPUs;
-    None: not checked) need. `check_endpoints` / `check_packages` off: cluster submission, where the
+    """Check what `roles` (registry entries), `training_runs`, the hub sets of `diagnostic_tasks` and the
+    GPU `gpu_requests` (rule -> GPUs; None: not checked) need. `check_endpoints` / `check_packages` off: cluster submission, where the
     nodes, not this host, reach the servers and run the jobs' environments."""
     env = os.environ if env is None else env
     report = PreflightReport()
@@ -165,6 +174,9 @@ def preflight(prepared: Prepared, roles: Iterable[str], gpu_requests: Mapping[st
         settings = prepared.training_settings(run)
         _check_weights(prepared, prepared.training_base_weights(run), settings.base_model,
                        f"training.runs.{run}.base_model", problem, note)
+    for task in sorted(set(diagnostic_tasks)):
+        if (source := prepared.diagnostic_hub_source(task)) is not None:
+            _check_weights(prepared, source, None, f"diagnostic_sources.{task}", problem, note)
     if check_packages:
         for backend, users in sorted(needed_backends.items()):
             for module in BACKENDS[backend].modules:
@@ -201,11 +213,12 @@ def _check_weights(prepared: Prepared, source, model: str | None, subject: str, 
     settings = prepared.config.get("weights") or {}
     hf_home = settings.get("hf_home")
     where = f"the hub cache of weights.hf_home ({hf_home})" if hf_home else "the Hugging Face cache"
-    if _in_hf_cache(source.location, hf_home, source.revision):
+    if _in_hf_cache(source, hf_home):
         note("weights", subject, f"{source.text} is in {where}")
     elif settings.get("offline"):
+        repo_flag = "--repo-type dataset " if source.repo_type == "dataset" else ""
         problem("weights", subject, f"'{source.text}' is not in {where}, and weights.offline: true forbids rule "
-                                    f"download_models to fetch it; seed the cache (`hf download {source.location}`) "
+                                    f"download_models to fetch it; seed the cache (`hf download {repo_flag}{source.location}`) "
                                     "or set weights.offline: false")
     else:
         note("weights", subject, f"{source.text} is not in {where} yet: rule download_models fetches it first")
@@ -217,4 +230,5 @@ def preflight_configfiles(configfiles: Iterable[str], *, timeout_s: float = 5.0)
 
     prepared = load_prepared(list(configfiles))
     return preflight(prepared, config_roles(prepared), config_gpu_requests(prepared),
-                     training_runs=sorted(prepared.training.runs), timeout_s=timeout_s)
+                     training_runs=sorted(prepared.training.runs), diagnostic_tasks=prepared.config["diagnostic_sources"],
+                     timeout_s=timeout_s)

@@ -18,7 +18,7 @@ from typing import Any
 
 from covip.clients.backends import BACKENDS, ENV_ORDER, backend_module
 from covip.config.general import ConfigError, GeneralLayout, check_general  # noqa: F401 - ConfigError is public here
-from covip.clients.weights import WeightsSource, parse_source, source_of
+from covip.clients.weights import HUB, HUB_DATASETS, WeightsSource, parse_source, source_of
 from covip.config.layout import Layout
 from covip.config.protocol import ProtocolChoice, apply_protocol
 from covip.config.models import STAGE_ROLES, RegistryCheckError, check_roles, settle_image_limits
@@ -115,6 +115,7 @@ class Prepared(Layout, GeneralLayout):
         sources = [self.weights_source_of(role) for role in self.models]
         for run in self.training.runs:
             sources.append(self.training_base_weights(run))
+        sources += [self.diagnostic_hub_source(task) for task in self.config["diagnostic_sources"]]
         return {source.slug: source for source in sources if source is not None}
 
     def weights_marker(self, slug: str) -> str:
@@ -283,8 +284,17 @@ class Prepared(Layout, GeneralLayout):
         return dataclasses.asdict(self.training_settings(run))
 
     # -- diagnostics and concept sources -------------------------------------------------------------
+    def diagnostic_hub_source(self, task: str) -> WeightsSource | None:
+        """The hub dataset (`hf://datasets/org/name[@revision]`) a diagnostic task's set comes from, if any."""
+        text = self.config["diagnostic_sources"].get(task)
+        return parse_source(text) if text and text.startswith(HUB_DATASETS) else None
+
     def diagnostic_source(self, task: str) -> dict:
-        """A user's hub-format Parquet for this diagnostic task, else the concept pool to generate from."""
+        """What build_diagnostic_set reads for `task`: the marker of a hub dataset rule download_models
+        fetched (key `weights_set`), a local copy in a hub layout (`source`), else the concept pool."""
+        hub = self.diagnostic_hub_source(task)
+        if hub is not None:
+            return {"weights_set": self.weights_marker(hub.slug)}
         source = self.config["diagnostic_sources"].get(task)
         return {"source": source} if source else {"concepts": self.out("concepts/concepts.parquet")}
 
@@ -376,6 +386,19 @@ def check_adapters(models: Mapping[str, ModelSpec]) -> None:
                                       "which vLLM cannot serve; merge it into the base, or use backend 'transformers'")
 
 
+def check_diagnostic_sources(config: Mapping) -> None:
+    """A hub source in `diagnostic_sources` names a dataset, spelled as huggingface_hub spells it."""
+    for task, text in config["diagnostic_sources"].items():
+        if text.startswith(HUB) and not text.startswith(HUB_DATASETS):
+            raise ConfigError(f"diagnostic_sources.{task}: '{text}' names a model repository; a hub dataset is "
+                              f"'{HUB_DATASETS}{text[len(HUB):]}'")
+        if text.startswith(HUB_DATASETS):
+            try:
+                parse_source(text)
+            except ValueError as error:
+                raise ConfigError(f"diagnostic_sources.{task}: {error}") from None
+
+
 def check_rule_names(config: Mapping, rules: list[str]) -> None:
     """Every rule named under resources.rules exists (a misspelled name would be silently ignored)."""
     optional = {"gather_shards", "summarize_capeval", "human_eval_summary", "general_benchmark", "collect_general",
@@ -415,6 +438,7 @@ def prepare(config: dict, root: str | Path) -> Prepared:
     protocol = apply_protocol(config)  # fills the null protocol switches before the settings are checked
     check_stage_settings(config)
     check_test_source(config)
+    check_diagnostic_sources(config)
     check_adapters(models)
     try:
         models = settle_image_limits(config, models)  # vLLM's image limit fits the largest request
