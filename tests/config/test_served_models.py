@@ -47,7 +47,19 @@ def test_a_job_counts_the_gpus_of_the_servers_it_starts(config):
 
 def test_serving_flags_are_deployment_not_params(config):
     prep = prepare(copy.deepcopy(config), ROOT)
-    assert prep.model_params("qwen3_judge") == {"qwen3_judge": {k: v for k, v in JUDGE.items() if k != "serve"}}
+    # The job gets the entry without `serve`, but with the dialect `vllm serve` implies: the body's shape.
+    assert prep.model_params("qwen3_judge") == {"qwen3_judge": {**{k: v for k, v in JUDGE.items() if k != "serve"},
+                                                                "api_dialect": "vllm"}}
+    flags = copy.deepcopy(config)
+    flags["models"]["qwen3_judge"]["serve"]["args"] = ["--max-model-len", "32768"]
+    assert prepare(flags, ROOT).model_params("qwen3_judge") == prep.model_params("qwen3_judge")  # no rerun
+    # A served entry's sampling keys of its dialect survive into the job's own registry.
+    from covip.clients.registry import ModelRegistry
+
+    sampled = copy.deepcopy(config)
+    sampled["models"]["qwen3_judge"]["sampling"] = {"temperature": 0.7, "top_k": 20, "min_p": 0.0}
+    params = prepare(sampled, ROOT).model_params("qwen3_judge")
+    assert ModelRegistry(params, served={"qwen3_judge": "http://127.0.0.1:1/v1"}).spec("qwen3_judge").dialect == "vllm"
     env = prep.job_environment()
     assert json.loads(env["COVIP_SERVE_ENTRIES"])["qwen3_judge"]["serve"]["args"] == ["--max-model-len", "16384"]
     assert env["HF_HUB_OFFLINE"] == "1" and "HF_HOME" not in env

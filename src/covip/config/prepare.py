@@ -94,8 +94,15 @@ class Prepared(Layout, GeneralLayout):
 
     def model_params(self, *roles: str) -> dict:
         """The registry entries a job uses; part of params, so switching a backend reruns the job. How
-        a model is served (`serve:`: GPUs, server flags) is deployment, not result: left out."""
-        return {role: {k: v for k, v in self.config["models"][role].items() if k != "serve"} for role in roles}
+        a model is served (`serve:`: GPUs, server flags) is deployment, not result: left out, except
+        the request dialect it implies (vLLM's or llama.cpp's sampling keys), which shapes every body."""
+        return {role: self._entry_for_job(role) for role in roles}
+
+    def _entry_for_job(self, role: str) -> dict:
+        entry = {k: v for k, v in self.config["models"][role].items() if k != "serve"}
+        if self.models[role].serve is not None and self.models[role].backend == "openai":
+            entry["api_dialect"] = self.models[role].dialect
+        return entry
 
     def served_roles(self, rule: str, wildcards: Mapping | None = None) -> list[str]:
         """The entries a job calls that the workflow serves (each started once, in the job)."""
