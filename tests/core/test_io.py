@@ -73,6 +73,29 @@ def test_overwrite_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["d.parquet"]
 
 
+def test_a_target_that_is_not_a_regular_file_is_refused_and_left_alone(tmp_path):
+    # An atomic write renames a new file onto its target: onto /dev/null it would replace the device
+    # (a test once did, and every later `>/dev/null` of a service user failed).
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for target in (fifo, tmp_path):
+        with pytest.raises(ArtifactError, match="not a regular file"):
+            write_artifact([decision()], target, schemas.FILTER_DECISIONS)
+        with pytest.raises(ArtifactError, match="not a regular file"):
+            write_artifact_stream([decision()], target, schemas.FILTER_DECISIONS)
+    assert fifo.exists() and not fifo.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]  # no temporary file left behind
+
+
+def test_written_artifacts_get_the_mode_of_a_plain_open(tmp_path):
+    umask = os.umask(0o027)
+    try:
+        write_artifact([decision()], tmp_path / "d.parquet", schemas.FILTER_DECISIONS)
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "d.parquet").stat().st_mode & 0o777 == 0o640  # not mkstemp's 0600
+
+
 def test_bad_image_names_where():
     good = encode_png(Image.new("RGB", (4, 4), "red"))
     assert decode_image(good, "x").size == (4, 4)

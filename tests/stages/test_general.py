@@ -30,7 +30,7 @@ def test_tiny_benchmark_is_deterministic_and_round_trips(tmp_path):
     assert read_rows(tmp_path / "t.parquet", schemas.TINY_BENCHMARK)[0]["images"][0][:4] == b"\x89PNG"
 
 
-def test_per_sample_scores_from_lmms_eval_records():
+def test_per_sample_scores_from_lmms_eval_records(tmp_path):
     muir, tiny = catalog()["muirbench"], catalog()["tiny_multi_image"]
     assert sample_score(muir, {"muirbench_score_overall": {"pred": "b ", "answer": "B"}}) == 1.0
     assert sample_score(muir, {"muirbench_score_overall": {"pred": "C", "answer": "B"}}) == 0.0
@@ -42,8 +42,8 @@ def test_per_sample_scores_from_lmms_eval_records():
     scores = score_rows(tiny, "p", {"accuracy,none": 0.5, "alias": "t"}, samples, PROVENANCE)
     assert scores[0]["value"] == 50.0 and scores[0]["n"] == 2
     assert score_rows(tiny, "p", {}, samples, PROVENANCE)[0]["value"] == 50.0  # no aggregate: the per-sample mean
-    write_artifact(samples, "/dev/null", schemas.GENERAL_SAMPLES)
-    write_artifact(scores, "/dev/null", schemas.GENERAL_SCORES)
+    write_artifact(samples, tmp_path / "samples.parquet", schemas.GENERAL_SAMPLES)
+    write_artifact(scores, tmp_path / "scores.parquet", schemas.GENERAL_SCORES)
 
 
 def _rows(policy, values):
@@ -53,7 +53,7 @@ def _rows(policy, values):
     return scores, samples
 
 
-def test_summary_gives_intervals_and_the_paired_difference_to_the_base():
+def test_summary_gives_intervals_and_the_paired_difference_to_the_base(tmp_path):
     base_scores, base_samples = _rows("base", [1, 0, 0, 1, 0, 1, 0, 0, 1, 0])
     trained_scores, trained_samples = _rows("trained", [1, 1, 0, 1, 0, 1, 1, 0, 1, 0])
     rows = summarize_general(base_scores + trained_scores, base_samples + trained_samples, {"trained": "base"},
@@ -63,7 +63,7 @@ def test_summary_gives_intervals_and_the_paired_difference_to_the_base():
     assert by["trained"]["diff"] == pytest.approx(20.0)
     assert by["trained"]["diff_low"] <= 20.0 <= by["trained"]["diff_high"] and by["trained"]["diff_low"] >= 0.0
     assert by["base"]["low"] <= 40.0 <= by["base"]["high"]
-    write_artifact(rows, "/dev/null", schemas.GENERAL_SUMMARY)
+    write_artifact(rows, tmp_path / "summary.parquet", schemas.GENERAL_SUMMARY)
     text = general_section(rows, load_paper_results(PAPER))
     assert "| Qwen3-VL-8B (paper) | 86.7 | 47.3 | 79.8 | 48.3 |" in text
     assert "| Qwen3-VL-8B+CoViP − Qwen3-VL-8B (paper) | +1.3 | +4.0 | +2.0 | +1.5 |" in text

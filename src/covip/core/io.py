@@ -88,14 +88,27 @@ def to_table(rows: Iterable[Mapping] | pa.Table, schema: ArtifactSchema, where: 
     return validate_table(table, schema, where)
 
 
+def _temp_beside(path: Path, suffix: str) -> str:
+    """A new temporary file next to `path`, to be renamed onto it. Refuses a `path` that is not a
+    regular file (renaming onto /dev/null would replace the device), and gives the file the mode a
+    plain `open` would (mkstemp's 0600 would hide results from the rest of a cluster group)."""
+    if path.exists() and not path.is_file():
+        raise ArtifactError(f"{path}: not a regular file; an artifact is written by renaming a new file onto it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; when the block succeeds it is renamed to `path`, so a
     reader (or a rerun after a crash) sees the old file or the whole new one, never half of one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(handle)
+    tmp = _temp_beside(path, ".tmp" + path.suffix)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -211,9 +224,7 @@ class ArtifactWriter:
         self._tmp: str | None = None
 
     def __enter__(self) -> "ArtifactWriter":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(handle)
+        self._tmp = _temp_beside(self.path, ".tmp")
         return self
 
     def write(self, rows: Iterable[Mapping]) -> None:
