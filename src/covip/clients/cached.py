@@ -81,7 +81,15 @@ class CachedChatModel:
         key = self._key(request)
         if (hit := self._cached(key)) is not None:
             return hit
-        return self._call(request, key)
+        if key is None:
+            return self._call(request, key)
+        results: list[ChatResponse | None] = [None]
+
+        def send(indices: list[int]) -> None:
+            results[0] = self._call(request, key)
+
+        self._share([key], [0], results, send)
+        return results[0]  # type: ignore[return-value]
 
     def probe(self, request: ChatRequest) -> ChatResponse:
         """One real call past the response cache (counted, never stored): is the endpoint answering now?"""
@@ -128,17 +136,23 @@ class CachedChatModel:
         bar = tqdm(total=len(requests), initial=len(requests) - len(todo) - len(copies), desc=desc,
                    file=progress_file, mininterval=1.0, ascii=True)
         workers = max(1, concurrency or self.spec.concurrency)
-        if todo:
+
+        def send(indices: list[int]) -> None:
             if getattr(self.inner, "complete_batch", None) is not None:
-                self._run_batched(requests, keys, todo, results, bar)
+                self._run_batched(requests, keys, indices, results, bar)
             elif getattr(self.inner, "acomplete", None) is not None and not _loop_running():
-                asyncio.run(self._run_async(requests, keys, todo, results, bar, workers))
+                asyncio.run(self._run_async(requests, keys, indices, results, bar, workers))
             else:
                 with ThreadPoolExecutor(max_workers=workers) as pool:
-                    futures = {index: pool.submit(self._call, requests[index], keys[index]) for index in todo}
+                    futures = {index: pool.submit(self._call, requests[index], keys[index]) for index in indices}
                     for index, future in futures.items():
                         results[index] = future.result()
                         bar.update()
+
+        if todo and self.cache is not None:
+            self._share(keys, todo, results, send, bar)
+        elif todo:
+            send(todo)
         for index, source in copies:
             answer = results[source]
             if answer is not None and answer.ok:
@@ -214,7 +228,44 @@ class CachedChatModel:
         self.usage.add(cached=False, failed=not response.ok, usage=response.usage, seconds=response.latency_s)
         if key is not None and response.ok:
             usage = {"prompt_tokens": response.usage.prompt_tokens, "completion_tokens": response.usage.completion_tokens}
-            self.cache.put(key, self.spec.backend, self.spec.model, {"text": response.text, "model": response.model, "usage": usage})
+            self.cache.put(key, self.spec.backend, self.spec.model, {"text": response.text, "model": response.model, "usage": usage},
+                           role=self.spec.name)
+        if key is not None and self.cache.claims is not None:  # after the answer is in the journal; a failed
+            self.cache.claims.release(key)  # call's waiter sends it itself
+
+    def _share(self, keys, todo: list[int], results, send, bar=None) -> None:
+        """Send the requests of `todo` that no other job is sending; wait for the others' answers.
+
+        Each key is claimed before it is sent (covip.clients.claims). A key another job holds is waited
+        for: its answer comes from that job's journal (a cache hit). A key whose claim was released
+        without an answer (the call failed) or whose owner died is claimed and sent here."""
+        claims = self.cache.claims
+        if claims is None:
+            return send(todo)
+        waiting = list(todo)
+        delay = 0.02
+        while waiting:
+            mine = [index for index in waiting if claims.claim(keys[index])]
+            if len(mine) < len(waiting):  # a dead owner's claims are taken over
+                mine += [index for index in waiting if index not in set(mine) and claims.state(keys[index]) == "dead"
+                         and claims.take_over(keys[index])]
+            # Another job may have answered between our lookup and our claim: look again before sending.
+            found = self.cache.get_many([keys[index] for index in waiting], fresh=True)
+            answered = [index for index in waiting if keys[index] in found]
+            for index in answered:
+                claims.release(keys[index])
+                results[index] = self._hit(found[keys[index]][0])
+                if bar is not None:
+                    bar.update()
+            done = set(answered)
+            to_send = [index for index in mine if index not in done]
+            if to_send:
+                send(to_send)
+                done.update(to_send)
+            waiting = [index for index in waiting if index not in done]
+            if waiting:
+                time.sleep(delay)
+                delay = min(delay * 1.5, 1.0)
 
     def _with_default_sampling(self, request: ChatRequest) -> ChatRequest:
         """The endpoint's sampling defaults from the registry, under what the stage asked for."""
