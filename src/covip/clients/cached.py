@@ -260,7 +260,11 @@ class CachedChatModel:
             done = set(answered)
             to_send = [index for index in mine if index not in done]
             if to_send:
-                send(to_send)
+                try:
+                    send(to_send)
+                finally:  # a send that raised leaves no claim behind for others to wait on
+                    for index in to_send:
+                        claims.release(keys[index])
                 done.update(to_send)
             waiting = [index for index in waiting if index not in done]
             if waiting:
