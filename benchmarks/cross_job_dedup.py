@@ -49,7 +49,7 @@ def worker(cache: str, base_url: str, index: int, per_job: int, overlap: float, 
 
 def run_jobs(cache: Path, base_url: str, jobs: int, per_job: int, overlap: float, claims: bool) -> list[dict]:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), COVIP_CACHE_CLAIMS="1" if claims else "0")
-    start_at = time.time() + 3.0
+    start_at = time.time() + 5.0  # every worker imported and built by then, even on a loaded machine
     processes = [subprocess.Popen([sys.executable, "-m", "benchmarks.cross_job_dedup", "worker", str(cache), base_url,
                                    str(i), str(per_job), str(overlap), str(start_at)],
                                   cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -161,3 +161,30 @@ def test_usage_of_a_job_killed_mid_batch_is_recovered_so_totals_equal_the_server
     assert abs(cost - (served["input_tokens"] + 2 * served["output_tokens"]) / 1e6) < 1e-12
     merge_journals(cache, usage_dir=usage)  # the rerun closed its journal: nothing recovered twice
     assert len(load_usage(usage)) == len(rows)
+
+
+def test_two_jobs_generating_the_same_image_at_once_generate_it_once(tmp_path):
+    from covip.clients.base import ImageRequest, ImageResponse
+    from covip.clients.cached import CachedImageGenerator
+    from covip.clients.spec import ModelSpec
+
+    calls = []
+
+    class SlowPainter:
+        def generate(self, request):
+            calls.append(request.instruction)
+            time.sleep(0.5)
+            return ImageResponse(b"png" + request.instruction.encode(), "painter")
+
+    spec = ModelSpec(name="painter", backend="external", model="painter", concurrency=1, stand_in=False)
+    cache = tmp_path / "responses.sqlite"
+    jobs = [CachedImageGenerator(spec, SlowPainter(), ResponseCache(cache)) for _ in range(2)]  # two jobs' caches
+    request = ImageRequest("a red kite", ())
+    out = [None, None]
+    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, jobs[i].generate(request))) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert calls == ["a red kite"]
+    assert [o.image for o in out] == [b"pnga red kite"] * 2 and sorted(o.cached for o in out) == [False, True]
