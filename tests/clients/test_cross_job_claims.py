@@ -84,10 +84,10 @@ def test_a_dead_owners_claim_is_taken_over_and_its_finished_answer_not_repeated(
         folder = claims_dir(cache)
         folder.mkdir(parents=True)
 
-        def claim_of(text, host, pid, age=0.0):
+        def claim_of(text, host, pid, age=0.0, started=None):
             key = model._key(ChatRequest([Message.user(text)], {}))
             path = folder / key
-            path.write_text(json.dumps({"host": host, "pid": pid, "id": "x"}))
+            path.write_text(json.dumps({"host": host, "pid": pid, "started": started, "id": "x"}))
             os.utime(path, (time.time() - age, time.time() - age))
             return key
 
@@ -98,13 +98,15 @@ def test_a_dead_owners_claim_is_taken_over_and_its_finished_answer_not_repeated(
         finished = claim_of("killed after answering", here, dead.pid)
         claim_of("other host, silent", "elsewhere", 1, age=STALE_S + 60)
         live = claim_of("other host, alive", "elsewhere", 1)
+        claim_of("pid reused", here, os.getpid(), started="1")  # a live pid, but not the process that claimed
         # The killed owner had journaled this answer before it died: it must not be sent again.
         ResponseCache(cache).put(finished, "openai", "fault-model",
                                  {"text": "journaled", "model": "fault-model", "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
         answers = model.complete_many([ChatRequest([Message.user(t)], {}) for t in
-                                       ("killed before answering", "killed after answering", "other host, silent")])
-        assert [a.ok for a in answers] == [True, True, True] and answers[1].text == "journaled"
-        assert server.total_completions == 2
+                                       ("killed before answering", "killed after answering", "other host, silent",
+                                        "pid reused")])
+        assert [a.ok for a in answers] == [True] * 4 and answers[1].text == "journaled"
+        assert server.total_completions == 3
         assert model.cache.claims.state(live) == "held"  # a claim another host keeps alive is waited for
 
 

@@ -6,9 +6,9 @@ the shared file system of a cluster. A job that finds the key claimed waits for 
 (it reads the journals, covip.clients.cache) instead of sending it. The owner removes its claim once
 the answer is in its journal, or once the call failed (the waiter then sends it itself).
 
-A claim whose owner is gone is taken over: a process of this host that no longer runs, or (another
-host's) a claim whose file was not touched for `STALE_S` seconds; owners touch their claims every
-`BEAT_S` seconds. The taker renames the dead claim aside first, so of two waiters only one wins.
+A claim whose owner is gone is taken over: a process of this host that no longer runs (its pid gone,
+or reused by a process started at another time), or (another host's) a claim whose file was not
+touched for `STALE_S` seconds; owners touch their claims every `BEAT_S` seconds. The taker renames the dead claim aside first, so of two waiters only one wins.
 """
 
 from __future__ import annotations
@@ -35,6 +35,14 @@ def _name(key: str) -> str:
     return key.replace(":", "_").replace("/", "_")
 
 
+def _started(pid: int) -> str | None:
+    """When a process of this host started (clock ticks since boot), or None where /proc cannot say."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 def _owner_gone(owner: dict, mtime: float) -> bool:
     if owner.get("host") == socket.gethostname():
         try:
@@ -43,7 +51,9 @@ def _owner_gone(owner: dict, mtime: float) -> bool:
             return True
         except (PermissionError, ValueError, KeyError, TypeError):
             return False
-        return False
+        # The pid runs, but a reused pid is another process: compare start times.
+        started = owner.get("started")
+        return started is not None and _started(int(owner["pid"])) not in (None, started)
     return time.time() - mtime > STALE_S
 
 
@@ -52,7 +62,8 @@ class Claims:
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
-        self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "id": uuid.uuid4().hex[:12]}
+        self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": _started(os.getpid()),
+                      "id": uuid.uuid4().hex[:12]}
         self.held: set[str] = set()
         self._lock = threading.Lock()
         self._beat: threading.Thread | None = None
