@@ -1,6 +1,6 @@
 """Run the CPU benchmarks and record their numbers with the machine and the date.
 
-    python -m benchmarks [--only judge,dag,rerun,memory,embedded] [--quick] [--out FILE]
+    python -m benchmarks [--only judge,dag,rerun,memory,embedded,dedup] [--quick] [--out FILE]
     python benchmarks/run.py ...   (the same)
 
 Writes a JSON file under benchmarks/results/ (machine: CPU model, cores, RAM, load; date; Python and
@@ -28,7 +28,7 @@ if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
 ALL = ("judge", "dag", "rerun", "memory")
-OPTIONAL = ("embedded",)  # the cold embedded default run (also part of 'rerun')
+OPTIONAL = ("embedded", "dedup")  # the cold embedded default run (also part of 'rerun'); cross-job dedup
 
 FULL = {
     "judge": {"latencies": [0.2, 2.0], "n_samples": 1300, "authors_samples": 60, "server_ceiling_requests": 20000},
@@ -120,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import memory as bench
 
             result = bench.run(cores=args.cores, **sizes["memory"])
+        elif name == "dedup":
+            from benchmarks import cross_job_dedup as bench
+
+            result = bench.run(**({"per_job": 30} if args.quick else {}))
         else:
             import tempfile
 

@@ -26,6 +26,11 @@ LOGS = PREP.logs
 # process as the run's owner, so a job, its model servers and their GPUs end when it is killed.
 os.environ.update(PREP.job_environment())
 os.environ[OWNER_ENV] = owner_token()
+if workflow.is_main_process:  # a lock left by a killed run: say so before Snakemake stops on it
+    from covip.workflow.stale_lock import stale_lock_message
+
+    if (_stale := stale_lock_message(os.getcwd(), sys.argv)) is not None:
+        print(_stale, file=sys.stderr)
 if config["human_eval"]["votes"] and not PREP.human_eval_enabled:
     print(f"human_eval.votes: {config['human_eval']['votes']} does not exist yet; no human-evaluation summary "
           "this run", file=sys.stderr)

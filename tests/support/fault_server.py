@@ -235,3 +235,38 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, json.dumps(completion).encode())
         with server._lock:
             server.completions[key] += 1
+
+
+class _SlowHandler(_Handler):
+    def do_POST(self) -> None:
+        time.sleep(self.owner.latency_s)  # a model's time to answer: lets jobs overlap in flight
+        super().do_POST()
+
+
+class SlowServer(FaultServer):
+    """A fault-free FaultServer that answers each request after `latency_s` seconds (cross-job tests)."""
+
+    def __init__(self, latency_s: float = 0.2, **kwargs):
+        super().__init__(**kwargs)
+        self.latency_s = latency_s
+
+    def __enter__(self) -> "SlowServer":
+        handler = type("Handler", (_SlowHandler,), {"owner": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+
+
+def delivered_usage(server: FaultServer) -> dict[str, int]:
+    """Completions the server delivered and their tokens (as its answers' usage said), fault-free runs."""
+    seen: dict[str, dict] = {}
+    for body in server.bodies:
+        seen.setdefault(hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest(), body)
+    calls = prompt = completion = 0
+    for key, count in server.completions.items():
+        text = _first_user_text(seen[key])
+        calls += count
+        prompt += count * (len(text) // 4)
+        completion += count * (len(respond(text)) // 4)
+    return {"calls": calls, "input_tokens": prompt, "output_tokens": completion}

@@ -33,6 +33,7 @@ from typing import Any
 
 from covip.clients.backends import IN_PROCESS_BACKENDS, STAND_IN_BACKENDS, backend_modules
 from covip.clients.base import ChatRequest, ImagePart, ImageRequest, TextPart
+from covip.clients.claims import Claims, claims_dir, clear_dead_claims
 from covip.clients.lora import adapter_path
 from covip.clients.spec import ModelSpec
 from covip.core.fingerprint import code_fingerprint
@@ -161,9 +162,13 @@ class _Journals:
 class ResponseCache:
     """Maps request keys to stored responses (JSON payload plus optional binary), as described above."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, job: str | None = None, rule: str | None = None):
         self.path = Path(path)
+        self.owner = {"job": job, "rule": rule}  # the journal's first line: whose paid calls these are
         self.journals = _Journals(journal_dir(self.path))
+        # Requests in flight, shared by every job; COVIP_CACHE_CLAIMS=0 switches them off (a file
+        # system whose O_EXCL cannot be trusted; the benchmark's "before").
+        self.claims = None if os.environ.get("COVIP_CACHE_CLAIMS") == "0" else Claims(claims_dir(self.path))
         self._local = threading.local()
         self._lock = threading.Lock()
         self._journal = None  # this process's journal, opened on the first answer it stores
@@ -194,14 +199,16 @@ class ResponseCache:
     def get(self, key: str) -> tuple[dict[str, Any], bytes | None] | None:
         return self.get_many([key]).get(key)
 
-    def get_many(self, keys: list[str]) -> dict[str, tuple[dict[str, Any], bytes | None]]:
-        """Stored responses for many keys at once (missing keys are absent from the result)."""
+    def get_many(self, keys: list[str], fresh: bool = False) -> dict[str, tuple[dict[str, Any], bytes | None]]:
+        """Stored responses for many keys at once (missing keys are absent from the result).
+
+        `fresh`: re-read the journals now, not at most every two seconds (a job waiting for another's answer)."""
         unique = list(dict.fromkeys(keys))
         found = self._from_store(unique)
         missing = [key for key in unique if key not in found]
         if missing:
             with self._lock:
-                self.journals.refresh()
+                self.journals.refresh(force=fresh)
                 places = {key: self.journals.index[key] for key in missing if key in self.journals.index}
             for key, (path, offset) in places.items():
                 hit = self.journals.read(path, offset)
@@ -220,7 +227,8 @@ class ResponseCache:
         return len(keys)
 
     # -- writing ------------------------------------------------------------------------------------
-    def put(self, key: str, backend: str, model: str, payload: dict[str, Any], blob: bytes | None = None) -> None:
+    def put(self, key: str, backend: str, model: str, payload: dict[str, Any], blob: bytes | None = None,
+            role: str | None = None) -> None:
         """Append one answer to this process's journal, handed to the kernel before returning."""
         with self._lock:
             if self._journal is None:
@@ -228,7 +236,10 @@ class ResponseCache:
                 directory.mkdir(parents=True, exist_ok=True)
                 name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
                 self._journal = open(directory / f"{name}.jsonl", "ab")
+                self._journal.write(json.dumps({"owner": self.owner}).encode() + b"\n")
             record: dict[str, Any] = {"k": key, "b": backend, "m": model, "p": payload, "t": time.time()}
+            if role is not None:
+                record["r"] = role
             if blob is not None:
                 if self._blobs is None:
                     self._blobs = open(Path(self._journal.name).with_suffix(".blob"), "ab")
@@ -248,6 +259,8 @@ class ResponseCache:
 
     def close(self) -> None:
         """Sync and close this process's journal and mark it finished (merge may then remove it)."""
+        if self.claims is not None:
+            self.claims.release_all()
         with self._lock:
             if self._journal is None:
                 return
@@ -291,12 +304,28 @@ def _writer_gone(journal: Path) -> bool:
     return time.time() - journal.stat().st_mtime > _STALE_S
 
 
-def merge_journals(path: str | Path) -> dict[str, int]:
+def _owner(journal: Path) -> dict[str, Any]:
+    """The job and rule a journal's first line names (empty for journals of other writers)."""
+    try:
+        with open(journal, "rb") as handle:
+            first = json.loads(handle.readline())
+    except (OSError, ValueError):
+        return {}
+    return first.get("owner") or {} if isinstance(first, dict) else {}
+
+
+def merge_journals(path: str | Path, usage_dir: str | Path | None = None,
+                   prices: dict | None = None) -> dict[str, int]:
     """Copy every journal's answers into the store, then remove the journals whose writers are done.
 
     Run only while no job of the run uses the cache (Snakemake's onstart, onsuccess and onerror in the
-    main process do). Idempotent: an answer merged twice is the same row."""
+    main process do). Idempotent: an answer merged twice is the same row.
+
+    A journal left open by a writer that died (a killed job) holds paid calls that its job never
+    wrote to its usage table; with `usage_dir`, their usage (from the answers' own token counts) is
+    written to `<usage_dir>/recovered/<journal>.parquet` before the journal goes."""
     path = Path(path)
+    clear_dead_claims(claims_dir(path))
     directory = journal_dir(path)
     journals = sorted(directory.glob("*.jsonl")) if directory.is_dir() else []
     stats = {"journals": len(journals), "answers": 0, "removed": 0}
@@ -324,6 +353,13 @@ def merge_journals(path: str | Path) -> dict[str, int]:
             db.execute("COMMIT")
             stats["answers"] += len(rows)
             if _writer_gone(journal):
+                if usage_dir is not None and not journal.name.endswith(_CLOSED):
+                    from covip.clients.usage import write_recovered_usage
+
+                    answers = [_Journals.record(where, offset) for where, offset in index.index.values()]
+                    write_recovered_usage([found[0] for found in answers if found is not None], _owner(journal),
+                                          Path(usage_dir) / "recovered" / f"{journal.stem}.parquet", prices or {})
+                    stats["recovered"] = stats.get("recovered", 0) + 1
                 journal.with_suffix(".blob").unlink(missing_ok=True)
                 journal.unlink()
                 stats["removed"] += 1

@@ -81,7 +81,15 @@ class CachedChatModel:
         key = self._key(request)
         if (hit := self._cached(key)) is not None:
             return hit
-        return self._call(request, key)
+        if key is None:
+            return self._call(request, key)
+        results: list[ChatResponse | None] = [None]
+
+        def send(indices: list[int]) -> None:
+            results[0] = self._call(request, key)
+
+        share(self.cache, [key], [0], results, send, lambda found: self._hit(found[0]))
+        return results[0]  # type: ignore[return-value]
 
     def probe(self, request: ChatRequest) -> ChatResponse:
         """One real call past the response cache (counted, never stored): is the endpoint answering now?"""
@@ -128,17 +136,23 @@ class CachedChatModel:
         bar = tqdm(total=len(requests), initial=len(requests) - len(todo) - len(copies), desc=desc,
                    file=progress_file, mininterval=1.0, ascii=True)
         workers = max(1, concurrency or self.spec.concurrency)
-        if todo:
+
+        def send(indices: list[int]) -> None:
             if getattr(self.inner, "complete_batch", None) is not None:
-                self._run_batched(requests, keys, todo, results, bar)
+                self._run_batched(requests, keys, indices, results, bar)
             elif getattr(self.inner, "acomplete", None) is not None and not _loop_running():
-                asyncio.run(self._run_async(requests, keys, todo, results, bar, workers))
+                asyncio.run(self._run_async(requests, keys, indices, results, bar, workers))
             else:
                 with ThreadPoolExecutor(max_workers=workers) as pool:
-                    futures = {index: pool.submit(self._call, requests[index], keys[index]) for index in todo}
+                    futures = {index: pool.submit(self._call, requests[index], keys[index]) for index in indices}
                     for index, future in futures.items():
                         results[index] = future.result()
                         bar.update()
+
+        if todo and self.cache is not None:
+            share(self.cache, keys, todo, results, send, lambda found: self._hit(found[0]), bar)
+        elif todo:
+            send(todo)
         for index, source in copies:
             answer = results[source]
             if answer is not None and answer.ok:
@@ -214,7 +228,10 @@ class CachedChatModel:
         self.usage.add(cached=False, failed=not response.ok, usage=response.usage, seconds=response.latency_s)
         if key is not None and response.ok:
             usage = {"prompt_tokens": response.usage.prompt_tokens, "completion_tokens": response.usage.completion_tokens}
-            self.cache.put(key, self.spec.backend, self.spec.model, {"text": response.text, "model": response.model, "usage": usage})
+            self.cache.put(key, self.spec.backend, self.spec.model, {"text": response.text, "model": response.model, "usage": usage},
+                           role=self.spec.name)
+        if key is not None and self.cache.claims is not None:  # after the answer is in the journal; a failed
+            self.cache.claims.release(key)  # call's waiter sends it itself
 
     def _with_default_sampling(self, request: ChatRequest) -> ChatRequest:
         """The endpoint's sampling defaults from the registry, under what the stage asked for."""
@@ -222,6 +239,48 @@ class CachedChatModel:
             return request
         sampling = {**self.spec.sampling, **request.sampling}
         return ChatRequest(request.messages, sampling, request.response_schema, request.task, request.seed)
+
+
+def share(cache: ResponseCache, keys, todo: list[int], results, send, hit, bar=None) -> None:
+    """Send the requests of `todo` that no other job is sending; wait for the others' answers.
+
+    Each key is claimed before it is sent (covip.clients.claims). A key another job holds is waited
+    for: its answer comes from that job's journal (a cache hit). A key whose claim was released
+    without an answer (the call failed) or whose owner died is claimed and sent here. `hit` makes a
+    result of a stored (payload, blob); `send(indices)` sends and records those.
+    """
+    claims = cache.claims
+    if claims is None:
+        return send(todo)
+    waiting = list(todo)
+    delay = 0.02
+    while waiting:
+        mine = [index for index in waiting if claims.claim(keys[index])]
+        if len(mine) < len(waiting):  # a dead owner's claims are taken over
+            claimed = set(mine)
+            mine += [index for index in waiting if index not in claimed and claims.state(keys[index]) == "dead"
+                     and claims.take_over(keys[index])]
+        # Another job may have answered between our lookup and our claim: look again before sending.
+        found = cache.get_many([keys[index] for index in waiting], fresh=True)
+        answered = [index for index in waiting if keys[index] in found]
+        for index in answered:
+            claims.release(keys[index])
+            results[index] = hit(found[keys[index]])
+            if bar is not None:
+                bar.update()
+        done = set(answered)
+        to_send = [index for index in mine if index not in done]
+        if to_send:
+            try:
+                send(to_send)
+            finally:  # a send that raised leaves no claim behind for others to wait on
+                for index in to_send:
+                    claims.release(keys[index])
+            done.update(to_send)
+        waiting = [index for index in waiting if index not in done]
+        if waiting:
+            time.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
 
 
 def _loop_running() -> bool:
@@ -243,10 +302,24 @@ class CachedImageGenerator:
 
     def generate(self, request: ImageRequest) -> ImageResponse:
         key = request_key(self.spec.backend, self.spec.model, request, self.key_context) if self.cache is not None else None
-        if key is not None and (hit := self.cache.get(key)) is not None:
-            payload, blob = hit
-            self.usage.add(cached=True, failed=False, usage=Usage(), seconds=0.0)
-            return ImageResponse(blob, payload["model"], payload.get("text", ""), payload.get("layout"), cached=True)
+        if key is None:
+            return self._generate(request, None)
+        if (found := self.cache.get(key)) is not None:
+            return self._hit(found)
+        results: list[ImageResponse | None] = [None]
+
+        def send(indices: list[int]) -> None:
+            results[0] = self._generate(request, key)
+
+        share(self.cache, [key], [0], results, send, self._hit)  # another job generating it: wait for it
+        return results[0]  # type: ignore[return-value]
+
+    def _hit(self, found: tuple[dict, bytes | None]) -> ImageResponse:
+        payload, blob = found
+        self.usage.add(cached=True, failed=False, usage=Usage(), seconds=0.0)
+        return ImageResponse(blob, payload["model"], payload.get("text", ""), payload.get("layout"), cached=True)
+
+    def _generate(self, request: ImageRequest, key: str | None) -> ImageResponse:
         self.limiter.wait(len(request.instruction) // 4)
         start = time.perf_counter()
         try:
@@ -257,7 +330,9 @@ class CachedImageGenerator:
         self.usage.add(cached=False, failed=not response.ok, usage=response.usage, seconds=response.latency_s)
         if key is not None and response.ok:
             payload = {"model": response.model, "text": response.text, "layout": response.layout}
-            self.cache.put(key, self.spec.backend, self.spec.model, payload, response.image)
+            self.cache.put(key, self.spec.backend, self.spec.model, payload, response.image, role=self.spec.name)
+        if key is not None and self.cache.claims is not None:
+            self.cache.claims.release(key)
         return response
 
 

@@ -42,12 +42,13 @@ class ModelRegistry:
     """
 
     def __init__(self, models: dict[str, dict[str, Any]], cache_path: str | None = None,
-                 served: dict[str, str] | None = None):
+                 served: dict[str, str] | None = None, *, job: str | None = None, rule: str | None = None):
         self.specs = {name: ModelSpec.from_config(name, entry) for name, entry in models.items()}
         for name, url in (served or {}).items():
             if name in self.specs:
                 self.specs[name] = dataclasses.replace(self.specs[name], base_url=url)
         self._cache_path = cache_path
+        self._owner = {"job": job, "rule": rule}  # named in the cache journal (usage of a killed job)
         self._cache: ResponseCache | None = None
         self._built: dict[str, Any] = {}
 
@@ -70,7 +71,7 @@ class ModelRegistry:
         if not spec.uses_cache or self._cache_path is None:
             return None
         if self._cache is None:
-            self._cache = ResponseCache(self._cache_path)
+            self._cache = ResponseCache(self._cache_path, **self._owner)
         return self._cache
 
     def close(self) -> None:

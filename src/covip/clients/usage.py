@@ -5,6 +5,11 @@ is its log path under `<outdir>/logs/` without `.log` (so the rule and its wildc
 sums them. Costs come from the config's `prices:` table, USD per million input and output tokens,
 keyed by the model id at the endpoint; a model without a price costs 0 (local and stand-in models).
 Only fresh calls cost anything: a cache hit counts as a request and a hit, with no tokens.
+
+A job killed before it wrote its table (kill -9) still paid for the calls it finished; their answers
+are in its cache journal with their token counts, and the merge that follows writes them to
+`<outdir>/usage/recovered/<journal>.parquet` (`write_recovered_usage`), so the run's totals equal
+what the servers answered.
 """
 
 from __future__ import annotations
@@ -81,3 +86,27 @@ def usage_markdown(rows: list[Mapping]) -> str:
             f"{entry['input_tokens']} | {entry['output_tokens']} | {entry['estimated_cost_usd']:.4f} |"
         )
     return "\n".join(lines)
+
+
+def write_recovered_usage(records: list[Mapping], owner: Mapping, path: str | Path,
+                          prices: Mapping[str, Mapping[str, float]]) -> list[dict]:
+    """Usage rows of a killed job's paid calls (its journal records), written to `path`; the rows."""
+    from covip.core.io import write_artifact
+
+    sums: dict[tuple, dict] = {}
+    for record in records:
+        tokens = (record.get("p") or {}).get("usage") or {}
+        key = (record.get("r") or "", record.get("b") or "", record.get("m") or "")
+        entry = sums.setdefault(key, {"requests": 0, "input_tokens": 0, "output_tokens": 0})
+        entry["requests"] += 1
+        entry["input_tokens"] += int(tokens.get("prompt_tokens", 0))
+        entry["output_tokens"] += int(tokens.get("completion_tokens", 0))
+    job = owner.get("job") or "unknown"
+    rows = [{"job": f"{job} (killed)", "rule": owner.get("rule") or "unknown", "role": role, "backend": backend,
+             "model": model, "requests": entry["requests"], "cache_hits": 0, "failures": 0,
+             "input_tokens": entry["input_tokens"], "output_tokens": entry["output_tokens"], "seconds": 0.0,
+             "estimated_cost_usd": estimated_cost(model, entry["input_tokens"], entry["output_tokens"], prices)}
+            for (role, backend, model), entry in sorted(sums.items())]
+    if rows:
+        write_artifact(rows, path, schemas.USAGE)
+    return rows

@@ -48,8 +48,12 @@ def merge_response_cache(prepared: Prepared) -> dict[str, int]:
     """Merge the jobs' cache journals into the store (Snakemake's main process, while no job runs)."""
     import sys
 
-    stats = merge_journals(cache_path(prepared.config))
+    outdir = prepared.config["outdir"].rstrip("/")
+    stats = merge_journals(cache_path(prepared.config), usage_dir=f"{outdir}/usage", prices=prepared.config.get("prices") or {})
     if stats["journals"]:
         print(f"response cache: merged {stats['answers']} answers from {stats['journals']} job journal(s) into "
               f"{cache_path(prepared.config)} ({stats['removed']} finished journal(s) removed)", file=sys.stderr)
+    if stats.get("recovered"):
+        print(f"response cache: {stats['recovered']} killed job(s) had paid calls without usage rows; their usage is in "
+              f"{outdir}/usage/recovered/", file=sys.stderr)
     return stats

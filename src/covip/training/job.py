@@ -63,7 +63,8 @@ def run_training_job(config: Mapping, run: str, *, train: str, model_dir: str, l
     if settings.judge and any(task in ("caption", "joint") for task in settings.tasks()):
         cache = (config.get("cache") or {}).get("path") or f"{config['outdir']}/cache/responses.sqlite"
         # A served judge was started by `covip gpu-run` for this job, which passes its address on.
-        registry = ModelRegistry(config.get("models", {}), cache_path=cache, served=served_from_env())
+        registry = ModelRegistry(config.get("models", {}), cache_path=cache, served=served_from_env(),
+                                 job=f"training/{run}", rule="train_gspo")  # named in its journal, if killed
         judge = registry.chat(settings.judge)
     try:
         summary = train_policy(run, settings, SplitRows(train), model_dir=model_dir, log_path=log, checkpoint_dir=checkpoints,

@@ -55,7 +55,8 @@ class StageRun:
         self.seed = int(self.config["seed"])
         self.prompts = PromptBook(self.config.get("prompts") or {})
         self._cache_path = (self.config.get("cache") or {}).get("path") or f"{self.config['outdir']}/cache/responses.sqlite"
-        self.models = ModelRegistry(self.config.get("models", {}), cache_path=self._cache_path)
+        self.models = ModelRegistry(self.config.get("models", {}), cache_path=self._cache_path,
+                                    job=self.job, rule=self.rule)
         self.log_file = None
         self._started = 0.0
         self.gpus = None
@@ -201,7 +202,7 @@ class StageRun:
                 logs = Path(self.config["outdir"]) / "logs" / "servers"
                 self.servers = start_servers(served, server_devices, logs, self.job, fds_of=self.gpus.fds_of)
                 self.models = ModelRegistry(self.config.get("models", {}), cache_path=self._cache_path,
-                                            served=self.servers.urls)
+                                            served=self.servers.urls, job=self.job, rule=self.rule)
         except Exception as error:
             self.__exit__(type(error), error, error.__traceback__)
             raise
