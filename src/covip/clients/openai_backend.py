@@ -14,10 +14,10 @@ import importlib
 import json
 import logging
 import os
-import random
 import time
 from typing import Any
 
+from covip.clients import retry
 from covip.clients.base import BackendUnavailableError, ChatRequest, ChatResponse, ImagePart, TextPart, Usage
 from covip.clients.dialects import adapt_body
 
@@ -30,6 +30,9 @@ class MalformedCompletion(ValueError):
     """A 200 answer whose JSON is not a chat completion (retried like a body that is not JSON)."""
 
 
+# A 200 answer whose body is not a completion (a proxy's error page, a cut-off body that still parsed):
+# the SDK does not retry these, so the one retry loop below does.
+MALFORMED = (json.JSONDecodeError, MalformedCompletion)
 
 
 def _content(message, image_mode: str = "inline") -> str | list[dict[str, Any]]:
@@ -80,8 +83,9 @@ def build_openai_payload(
 class OpenAIChatModel:
     """Any OpenAI-compatible endpoint.
 
-    The SDK's own retries (`max_retries`, exponential backoff with jitter, honouring Retry-After)
-    handle 429s, 5xx answers, timeouts and connection errors. `complete` serves worker threads;
+    `max_retries` is one budget per call (`covip.clients.retry`): the SDK client itself never retries,
+    one loop here retries 429s, 5xx answers, timeouts, connection errors and malformed 200 bodies with
+    the SDK's backoff and Retry-After rules, so a call makes at most `max_retries + 1` attempts. `complete` serves worker threads;
     `async_client` + `acomplete` let the registry's `complete_many` keep many requests in flight
     from one thread (asyncio), which is what high-concurrency judging needs on a small machine.
     """
@@ -110,7 +114,7 @@ class OpenAIChatModel:
             "api_key": api_key or "unused",
             "base_url": self.spec.base_url,
             "timeout": self.spec.timeout_s,
-            "max_retries": self.spec.max_retries,
+            "max_retries": 0,  # the one retry loop is ours (see the class docstring)
         }
 
     def _body(self, request: ChatRequest) -> dict[str, Any]:
@@ -134,52 +138,62 @@ class OpenAIChatModel:
             text = message.get("content") or ""
             usage = data.get("usage") or {}
             tokens = Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
-            return ChatResponse(str(text), str(data.get("model") or self.spec.model), tokens)
+            finish = data["choices"][0].get("finish_reason")
+            return ChatResponse(str(text), str(data.get("model") or self.spec.model), tokens,
+                                finish_reason=None if finish is None else str(finish))
         except (KeyError, IndexError, TypeError, AttributeError, ValueError) as error:
             raise MalformedCompletion(
                 f"a 200 answer that is not a chat completion ({type(error).__name__}: {error}): {str(data)[:200]}"
             ) from error
 
-    def _malformed(self) -> tuple[type[BaseException], ...]:
-        # A 200 answer whose body is not a completion (a proxy's error page, a cut-off body that still
-        # parsed): the SDK does not retry these, so we do, with the same backoff and jitter.
-        return (json.JSONDecodeError, MalformedCompletion)
-
-    def _backoff(self, attempt: int) -> float:
-        return min(8.0, 0.5 * 2**attempt) * (0.75 + 0.5 * random.random())
+    def _retry_wait(self, error: Exception, retries: int) -> float | None:
+        """Seconds to wait before retrying after `error`, or None when it must be raised (not
+        retryable, or the call's budget of `max_retries` is spent)."""
+        if retries >= self.spec.max_retries or not retry.is_retryable(error, MALFORMED):
+            return None
+        return retry.delay(retries, retry.error_headers(error))
 
     def complete(self, request: ChatRequest) -> ChatResponse:
         body = self._body(request)
-        for attempt in range(self.spec.max_retries + 1):
+        retries = 0
+        while True:
             try:
-                # The SDK's generic POST: its auth, timeouts and retries, without the typed layer.
+                # The SDK's generic POST: its auth and timeouts, without the typed layer.
                 return self._response(self._client.post(COMPLETIONS_PATH, body=body, cast_to=self._httpx.Response))
-            except self._malformed():
-                if attempt == self.spec.max_retries:
+            except Exception as error:
+                wait = self._retry_wait(error, retries)
+                if wait is None:
                     raise
-                time.sleep(self._backoff(attempt))
-        raise AssertionError("unreachable")
+            retries += 1
+            time.sleep(wait)
 
     def async_client(self, concurrency: int | None = None):
-        """A fresh `openai.AsyncOpenAI` (use as `async with`; an async client belongs to one event loop).
+        """A fresh `openai.AsyncOpenAI` on the SDK's aiohttp transport (use as `async with`; an async
+        client belongs to one event loop).
 
-        Its pool keeps `concurrency` connections alive: the SDK's default keeps 100, so at a higher
-        concurrency every answer beyond them would close its connection and the next request open one."""
+        aiohttp, not httpx: httpx's connection-pool bookkeeping was ~88% of the client's CPU at
+        concurrency 128 (BENCHMARKS.md). aiohttp keeps every idle connection alive up to its connector
+        limit, so the limit is the concurrency: each request finds a warm connection and none is
+        closed and reopened (httpx's default pool kept only 100 alive)."""
         kwargs = self._client_kwargs()
-        if concurrency:
-            limits = self._httpx.Limits(max_connections=max(concurrency, 1000), max_keepalive_connections=concurrency,
-                                        keepalive_expiry=30.0)
-            kwargs["http_client"] = self._openai.DefaultAsyncHttpxClient(limits=limits)
+        limits = self._httpx.Limits(max_connections=max(concurrency or 100, 1), keepalive_expiry=30.0)
+        try:
+            kwargs["http_client"] = self._openai.DefaultAioHttpClient(limits=limits, timeout=self.spec.timeout_s)
+        except RuntimeError:  # openai without its aiohttp extra: the httpx transport still works
+            log.warning("models.%s: aiohttp missing (pip install 'openai[aiohttp]'); using httpx", self.spec.name)
+            kwargs["http_client"] = self._openai.DefaultAsyncHttpxClient(limits=limits, timeout=self.spec.timeout_s)
         return self._openai.AsyncOpenAI(**kwargs)
 
     async def acomplete(self, client, request: ChatRequest) -> ChatResponse:
         """Answer one request on an async client from `async_client`."""
         body = self._body(request)
-        for attempt in range(self.spec.max_retries + 1):
+        retries = 0
+        while True:
             try:
                 return self._response(await client.post(COMPLETIONS_PATH, body=body, cast_to=self._httpx.Response))
-            except self._malformed():
-                if attempt == self.spec.max_retries:
+            except Exception as error:
+                wait = self._retry_wait(error, retries)
+                if wait is None:
                     raise
-                await asyncio.sleep(self._backoff(attempt))
-        raise AssertionError("unreachable")
+            retries += 1
+            await asyncio.sleep(wait)
