@@ -53,15 +53,47 @@ def retryable_status(status: int, headers) -> bool:
     return status in (408, 409, 429) or status >= 500
 
 
+class APIStatusError(RuntimeError):
+    """An HTTP error answer on the async path (named as the openai SDK names its own, so failure reasons
+    read the same whichever path sent the request)."""
+
+    def __init__(self, status: int, headers, body: bytes):
+        super().__init__(f"Error code: {status} - {body[:300].decode('utf-8', 'replace')}")
+        self.status_code, self.headers = status, headers
+
+
+class RateLimitError(APIStatusError):
+    pass
+
+
+class InternalServerError(APIStatusError):
+    pass
+
+
+class APIConnectionError(RuntimeError):
+    """A connection that failed, broke off or stalled past the timeout, on the async path."""
+
+
+class APITimeoutError(APIConnectionError):
+    pass
+
+
+def status_error(status: int, headers, body: bytes) -> APIStatusError:
+    kind = RateLimitError if status == 429 else InternalServerError if status >= 500 else APIStatusError
+    return kind(status, headers, body)
+
+
 def is_retryable(error: BaseException, malformed: tuple[type[BaseException], ...] = ()) -> bool:
-    """Whether a failed attempt may be retried: an SDK transport error, a retryable status, or a
-    malformed 200 body (`malformed`, the backend's own exception types)."""
+    """Whether a failed attempt may be retried: a transport error (timeouts included), a retryable
+    status, or a malformed 200 body (`malformed`, the backend's own exception types)."""
     import openai
 
-    if isinstance(error, malformed) or isinstance(error, openai.APIConnectionError):  # timeouts included
+    if isinstance(error, (*malformed, openai.APIConnectionError, APIConnectionError)):
         return True
     if isinstance(error, openai.APIStatusError):
         return retryable_status(error.status_code, error.response.headers)
+    if isinstance(error, APIStatusError):
+        return retryable_status(error.status_code, error.headers)
     return False
 
 
@@ -74,6 +106,8 @@ def delay(retry: int, headers=None) -> float:
 
 
 def error_headers(error: BaseException):
-    """The headers of the HTTP answer behind an SDK error, when there was one."""
+    """The headers of the HTTP answer behind an error, when there was one."""
+    if isinstance(error, APIStatusError):
+        return error.headers
     response = getattr(error, "response", None)
     return getattr(response, "headers", None)
