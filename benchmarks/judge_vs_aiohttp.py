@@ -1,6 +1,6 @@
 """Our CapEval judge stage against a bare aiohttp loop, on the same request bodies (issue 17).
 
-    python -m benchmarks.judge_vs_aiohttp [--latencies 0.2,2] [--samples 300] [--concurrency 128]
+    PYTHONPATH=src python -m benchmarks.judge_vs_aiohttp [--latencies 0.2,2] [--samples 300] [--concurrency 128]
                                           [--rounds 2] [--out FILE] [--profile FILE]
 
 Per latency and round, each client runs against a fresh `benchmarks/latency_server.py`: ours is the
@@ -68,7 +68,6 @@ def load() -> list[float]:
 
 
 def compare(latencies, n_samples: int, concurrency: int, rounds: int, profile: str | None = None) -> dict:
-    sys.path.insert(0, str(ROOT / "src"))
     results: dict = {"n_samples": n_samples, "concurrency": concurrency, "cpu_count": os.cpu_count(), "runs": []}
     with tempfile.TemporaryDirectory(prefix="covip-judge-vs-") as tmp:
         captions, split = synthetic_test_set(n_samples, Path(tmp))
