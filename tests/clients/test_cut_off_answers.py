@@ -46,6 +46,12 @@ def test_cut_off_captions_are_truncated_rows_counted_as_failed_captions(tmp_path
     pooled = [row for row in summarize_capeval(answers, n_bootstrap=0) if row["num_positives"] == 0]
     assert pooled[0]["n_caption_failed"] == len(truncated)
 
+    # The switch back to the authors' code: a cut-off caption is judged as written.
+    with FaultServer() as judge_server:
+        judged = judge_captions(rows, test, chat(judge_server, tmp_path, "judge_all"), prompts,
+                                CapEvalSettings(n_bootstrap=0, truncated_captions="judge"), 0, "judge", progress_file=QUIET)
+    assert not any(row["caption_failed"] for row in judged) and len(judged) == len(answers)
+
 
 def test_a_cut_off_judge_reply_takes_the_repair_path(tmp_path, benchmark_splits, prompts):
     _, test = benchmark_splits

@@ -7,7 +7,8 @@ default, as in the authors' code.
 A call that failed is a row with status 'failed' and the error, never an empty caption. A caption cut off
 at the token cap (finish_reason "length") is a row with status 'truncated': its text is kept for
 inspection, but CapEval does not judge it and counts it with the failed captions (`n_caption_failed`),
-and it counts towards `max_failure_rate`, because a half caption scored as a whole one is a silent bias.
+and it counts towards `max_failure_rate`, because a half caption scored as a whole one is a silent bias
+(`capeval.truncated_captions: judge` scores it as written, as the authors' notebook does).
 """
 
 from __future__ import annotations
