@@ -117,6 +117,7 @@ def paper_judge_entry(base_url: str, concurrency: int | None) -> dict:
     entry = dict(paper["models"][name])
     entry["base_url"] = base_url
     entry.pop("api_key_env", None)
+    entry.pop("serve", None)  # the paper config serves its judge; here the loopback server stands in
     if concurrency:
         entry["concurrency"] = concurrency
     return entry
@@ -143,24 +144,28 @@ def run_ours(captions, split, base_url: str, concurrency: int | None, cache_path
 
 
 def judge_payloads(captions, split, base_url: str) -> list[dict]:
-    """The exact Chat Completions payloads our stage sends (for the authors' and the bare clients)."""
-    from covip.clients.openai_backend import build_openai_payload
+    """The exact Chat Completions payloads our stage sends (for the authors' and the bare clients):
+    the stage's requests and seeds, the entry's sampling defaults, the body in the entry's dialect."""
+    from covip.clients.openai_backend import OpenAIChatModel
     from covip.clients.spec import ModelSpec
     from covip.prompts import PromptBook
-    from covip.protocol.judging import build_judge_request
+    from covip.protocol.judging import build_judge_request, judge_seed
     from covip.stages.capeval import CapEvalSettings, items_from_split, pair_captions
 
     spec = ModelSpec.from_config("judge", paper_judge_entry(base_url, None))
+    backend = OpenAIChatModel(spec)
     prompts = PromptBook({})
+    settings = CapEvalSettings(n_bootstrap=0)
     items = items_from_split(split, "test split")
     payloads = []
-    for row, item in pair_captions(captions, items, CapEvalSettings(n_bootstrap=0), "captions"):
+    for row, item in pair_captions(captions, items, settings, "captions"):
         per_sample = []
-        for concept_questions in item.questions:
+        for ci, concept_questions in enumerate(item.questions):
             for q in concept_questions:
-                request = build_judge_request(row["caption"], q, prompts, seed=1)
+                seed = judge_seed(0, settings.seed_offset, row["policy"], item.sample_id, ci, q["question_id"])
+                request = build_judge_request(row["caption"], q, prompts, seed=seed)
                 request = type(request)(request.messages, {**spec.sampling, **request.sampling}, None, None, request.seed)
-                per_sample.append(build_openai_payload(request, spec.model, spec.structured_output))
+                per_sample.append(backend._body(request))
         payloads.append(per_sample)
     return payloads
 

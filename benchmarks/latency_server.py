@@ -4,7 +4,9 @@
 
 Plain asyncio HTTP/1.1 with keep-alive and no concurrency limit: a request is parsed, and its reply
 is scheduled `latency` seconds later on the event loop, so thousands can wait at once at almost no
-cost. The answer letter is a hash of the request body (deterministic, spread over A-D). It prints
+cost. The answer letter is a hash of the request body (deterministic, spread over A-D). `GET
+/v1/bodies` returns (and forgets) the digests of the request bodies received so far, canonical JSON,
+sorted, so a benchmark can check that two clients sent the very same requests. It prints
 `PORT <n>` on stdout once listening and exits after `--lifetime` seconds at the latest, so a crashed
 benchmark never leaves it behind. Binds 127.0.0.1 only.
 """
@@ -40,6 +42,18 @@ def completion_body(request_body: bytes) -> bytes:
         "usage": {"prompt_tokens": len(request_body) // 4, "completion_tokens": 1, "total_tokens": len(request_body) // 4 + 1},
     }
     return json.dumps(payload).encode()
+
+
+BODIES: list[str] = []  # canonical-JSON digests of every request body since the last GET /v1/bodies
+
+
+def body_digest(request_body: bytes) -> str:
+    """The same digest for the same JSON whatever its key order or spacing (clients serialise differently)."""
+    try:
+        canonical = json.dumps(json.loads(request_body), sort_keys=True, separators=(",", ":")).encode()
+    except ValueError:
+        canonical = request_body
+    return hashlib.blake2b(canonical, digest_size=16).hexdigest()
 
 
 class _Protocol(asyncio.Protocol):
@@ -79,8 +93,13 @@ class _Protocol(asyncio.Protocol):
 
     @staticmethod
     def _reply(head: str, body: bytes) -> bytes:
-        if head.startswith("POST") and "/chat/completions" in head.split("\r\n", 1)[0]:
+        first = head.split("\r\n", 1)[0]
+        if head.startswith("POST") and "/chat/completions" in first:
+            BODIES.append(body_digest(body))
             content, status = completion_body(body), "200 OK"
+        elif head.startswith("GET") and "/bodies" in first:
+            content, status = json.dumps(sorted(BODIES)).encode(), "200 OK"
+            BODIES.clear()
         else:
             content, status = b'{"error": {"message": "not found"}}', "404 Not Found"
         return (

@@ -28,7 +28,7 @@ from covip.stages.capeval import CapEvalSettings, judge_captions, judge_failures
 from covip.stages.dialogues import DialogueSettings, dialogue_failures, write_dialogues
 from covip.stages.mcqa import MCQASettings, mcqa_failures, write_mcqas
 from support.offline import OFFLINE_STAGES_2_TO_4, offline_contexts
-from support.fault_server import FAULT_KINDS, FaultServer
+from support.fault_server import FaultServer
 
 TESTS = Path(__file__).parent
 SEED = 5  # the seed tests/stage_worker.py uses
@@ -89,7 +89,7 @@ def test_stages_under_faults_end_exactly_as_a_fault_free_run(tmp_path, contexts,
         dialogues, mcqas, answers, registry = run_model_stages(faulty, tmp_path / "faulty.sqlite", contexts,
                                                                judged_inputs, prompts)
         # Every fault kind really happened, and every request still got its answer.
-        assert set(faulty.faults) == set(FAULT_KINDS), faulty.faults
+        assert set(faulty.faults) == set(FAULTS), faulty.faults
         assert all(row["status"] == "ok" for row in dialogues + mcqas)
         assert not any(row["unparseable"] for row in answers)
         # Repairs took extra attempts; apart from that count, every row is the fault-free row.

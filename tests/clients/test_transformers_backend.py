@@ -141,6 +141,9 @@ def test_max_tokens_in_sampling_overrides_the_default(backends):
     assert short.usage.completion_tokens <= 2
     longer = backend.complete(ChatRequest(messages))
     assert longer.text.startswith(short.text)  # greedy: the short answer is a prefix of the longer one
+    # A tiny random model never says end-of-turn within 2 tokens: the answer is marked as cut off.
+    assert short.usage.completion_tokens == 2 and short.finish_reason == "length" and short.truncated
+    assert longer.finish_reason == ("length" if longer.usage.completion_tokens == backend.max_new_tokens else "stop")
 
 
 def test_seeded_sampling_reproduces_and_seeds_differ(backends):

@@ -298,3 +298,12 @@ def test_adapters_vllm_cannot_serve_fail_when_built(fake_vllm, tiny_adapter, tmp
         VLLMChatModel(_spec(options={"adapter": str(tmp_path)}))
     with pytest.raises(BackendUnavailableError, match=r"trains \['lm_head'\] in full \(modules_to_save\)"):
         VLLMChatModel(_spec(options={"adapter": str(tiny_adapter["adapter_modules_to_save"])}))
+
+
+def test_parse_output_carries_finish_reason():
+    from covip.clients.vllm_backend import parse_output
+
+    for reason in ("stop", "length"):
+        completion = types.SimpleNamespace(text="a cap", token_ids=[1, 2], finish_reason=reason)
+        response = parse_output(types.SimpleNamespace(outputs=[completion], prompt_token_ids=[0] * 3), "m")
+        assert (response.finish_reason, response.truncated, response.usage.completion_tokens) == (reason, reason == "length", 2)

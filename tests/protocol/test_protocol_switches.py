@@ -66,6 +66,15 @@ def capeval_of(captions, judge_reply=None, **settings) -> dict:
     return {"acc_pos": pooled["acc_pos"], "acc_neg": pooled["acc_neg"]}
 
 
+def truncated_captions(value):
+    # The caption was cut off at the token cap, after what it says about Ann.
+    rows = [{"policy": "p", "sample_id": "s1", "caption": "Ann went to Paris and", "status": "truncated"}]
+    judge = ModelRegistry({"judge": {"backend": "local_lexical_judge"}}).chat("judge")
+    answers = judge_captions(rows, SPLIT, judge, PROMPTS, CapEvalSettings(n_bootstrap=0, truncated_captions=value), 0,
+                             "j", progress_file=QUIET)
+    return next(r for r in summarize_capeval(answers, 0) if r["num_positives"] == 0)["acc_pos"]
+
+
 def letter_match(value, reply):
     return capeval_of({"s1": "Ann went to Paris."}, lambda q: reply, letter_match=value)["acc_pos"]
 
@@ -123,6 +132,8 @@ CASES = [
      "capeval.letter_match", "exact", "lenient", 0.0, 100.0, lambda v: letter_match(v, "B")),
     ("CapEval-QA failed judge call: D, or the sample left out",
      "capeval.failed_calls", "as_d", "drop_sample", 50.0, 100.0, failed_calls),
+    ("CapEval-QA caption cut off at the token cap: not judged, or judged as written",
+     "capeval.truncated_captions", "fail", "judge", None, 100.0, truncated_captions),
     ("Caption layout: dialogues numbered from 1 with a blank line, or from 0 (the test notebook)",
      "captioning.layout", "training", "test_notebook", 100.0, 0.0, layout),
     ("Caption reasoning blocks removed before judging, or kept",

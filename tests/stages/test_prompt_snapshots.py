@@ -210,3 +210,19 @@ def test_fixed_text_check_can_fail():
     texts = [(SNAPSHOTS / "visual_fidelity.txt").read_text()]
     pieces = fixed_text(PromptBook().source("lar_judge"))
     assert pieces and not any(piece in text for piece in pieces for text in texts)
+
+
+def test_templates_are_read_once_and_an_edited_override_is_seen(tmp_path, monkeypatch):
+    override = tmp_path / "repair.txt"
+    override.write_text("first $x")
+    book = PromptBook({"capeval_repair": str(override)})
+    reads = []
+    original = PromptBook._read
+    monkeypatch.setattr(PromptBook, "_read", lambda self, name: reads.append(name) or original(self, name))
+    assert [book.render("capeval_repair", x=i) for i in range(3)] == ["first 0", "first 1", "first 2"]
+    sections = [book.sections("caption", ["context"]) for _ in range(3)]
+    assert sections[0].keys() == sections[2].keys() and "query" in sections[0]
+    assert reads == ["capeval_repair", "caption"]
+    override.write_text("second $x")
+    os.utime(override, ns=(1, 10**18))  # a new modification time even on a coarse clock
+    assert book.render("capeval_repair", x=1) == "second 1" and reads[-1] == "capeval_repair"

@@ -15,11 +15,12 @@ same faults every time:
 - `body_garbage`: status 200 with a body that is not JSON;
 - `body_not_completion`: status 200 with JSON that is no chat completion (a gateway's error object);
 - `truncated`: a completion whose content is the answer cut in half (truncated JSON for MCQA);
-- `garbage`: a completion whose content is unrelated text.
+- `garbage`: a completion whose content is unrelated text;
+- `length`: a completion cut off at the token cap: half the answer, with finish_reason "length".
 
 At most `max_faults` attempts of one body are faulted, so bounded client retries always get through.
 The server counts attempts and delivered completions per body, which is how tests prove that no
-finished call was paid for twice. Only 127.0.0.1; every wait is bounded.
+finished call was paid for twice, and that no call went past its retry budget. Only 127.0.0.1; every wait is bounded.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from covip.core.schemas import NONE_OPTION
 
-FAULT_KINDS = ("429", "500", "stall", "body_truncated", "body_garbage", "body_not_completion", "truncated", "garbage")
+FAULT_KINDS = ("429", "500", "stall", "body_truncated", "body_garbage", "body_not_completion", "truncated", "garbage",
+               "length")
 
 
 def _digest(*parts: object) -> int:
@@ -219,7 +221,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
-        if fault == "truncated":
+        if fault in ("truncated", "length"):
             text = text[: len(text) // 2]
         elif fault == "garbage":
             text = "lorem ipsum %%% }{ ][ " + hashlib.md5(key.encode()).hexdigest()
@@ -228,7 +230,7 @@ class _Handler(BaseHTTPRequestHandler):
             "object": "chat.completion",
             "created": 0,
             "model": body.get("model", "fault-model"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length" if fault == "length" else "stop"}],
             "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(text) // 4,
                       "total_tokens": len(prompt) // 4 + len(text) // 4},
         }

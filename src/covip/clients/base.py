@@ -93,10 +93,18 @@ class ChatResponse:
     cached: bool = False
     latency_s: float = 0.0
     error: str | None = None  # set when the call failed after its retries; text is then None
+    # Why generation stopped, as the engine says: "stop" (a natural end), "length" (cut off at the token
+    # cap), others from some servers; None when the backend cannot tell (stand-ins, older cache entries).
+    finish_reason: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None and self.text is not None
+
+    @property
+    def truncated(self) -> bool:
+        """The answer was cut off at the token cap: its text is not the whole answer."""
+        return self.finish_reason == "length"
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ import importlib
 import json
 import logging
 import os
-import random
 import time
 from typing import Any
 
+from covip.clients import retry
 from covip.clients.base import BackendUnavailableError, ChatRequest, ChatResponse, ImagePart, TextPart, Usage
 from covip.clients.dialects import adapt_body
 
@@ -30,6 +30,9 @@ class MalformedCompletion(ValueError):
     """A 200 answer whose JSON is not a chat completion (retried like a body that is not JSON)."""
 
 
+# A 200 answer whose body is not a completion (a proxy's error page, a cut-off body that still parsed):
+# the SDK does not retry these, so the one retry loop below does.
+MALFORMED = (json.JSONDecodeError, MalformedCompletion)
 
 
 def _content(message, image_mode: str = "inline") -> str | list[dict[str, Any]]:
@@ -80,10 +83,12 @@ def build_openai_payload(
 class OpenAIChatModel:
     """Any OpenAI-compatible endpoint.
 
-    The SDK's own retries (`max_retries`, exponential backoff with jitter, honouring Retry-After)
-    handle 429s, 5xx answers, timeouts and connection errors. `complete` serves worker threads;
-    `async_client` + `acomplete` let the registry's `complete_many` keep many requests in flight
-    from one thread (asyncio), which is what high-concurrency judging needs on a small machine.
+    `max_retries` is one budget per call (`covip.clients.retry`): the SDK client itself never retries,
+    one loop here retries 429s, 5xx answers, timeouts, connection errors and malformed 200 bodies with
+    the SDK's backoff and Retry-After rules, so a call makes at most `max_retries + 1` attempts.
+    `complete` (the SDK's generic POST) serves worker threads; `async_client` + `acomplete` (aiohttp)
+    let the registry's `complete_many` keep many requests in flight from one thread, which is what
+    high-concurrency judging needs on a small machine.
     """
 
     def __init__(self, spec):
@@ -110,7 +115,7 @@ class OpenAIChatModel:
             "api_key": api_key or "unused",
             "base_url": self.spec.base_url,
             "timeout": self.spec.timeout_s,
-            "max_retries": self.spec.max_retries,
+            "max_retries": 0,  # the one retry loop is ours (see the class docstring)
         }
 
     def _body(self, request: ChatRequest) -> dict[str, Any]:
@@ -124,62 +129,106 @@ class OpenAIChatModel:
                 log.warning("models.%s: not sent: %s", self.spec.name, note)
         return body
 
-    def _response(self, http_response) -> ChatResponse:
-        """A ChatResponse from the raw HTTP answer. Read as plain JSON: the SDK's typed `create` spends
-        more CPU on transforming the request and building pydantic objects than on the HTTP itself,
-        which caps a 2-core client far below what a judge server can answer (BENCHMARKS.md)."""
-        data = http_response.json()  # a body that is not JSON raises json.JSONDecodeError: retried
+    def _response(self, raw: bytes) -> ChatResponse:
+        """A ChatResponse from the raw body of a 200 answer. Read as plain JSON: the SDK's typed `create`
+        spends more CPU on transforming the request and building pydantic objects than on the HTTP
+        itself, which caps a 2-core client far below what a judge server can answer (BENCHMARKS.md)."""
+        data = json.loads(raw)  # a body that is not JSON raises json.JSONDecodeError: retried
         try:
             message = data["choices"][0]["message"]
             text = message.get("content") or ""
             usage = data.get("usage") or {}
             tokens = Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
-            return ChatResponse(str(text), str(data.get("model") or self.spec.model), tokens)
+            finish = data["choices"][0].get("finish_reason")
+            return ChatResponse(str(text), str(data.get("model") or self.spec.model), tokens,
+                                finish_reason=None if finish is None else str(finish))
         except (KeyError, IndexError, TypeError, AttributeError, ValueError) as error:
             raise MalformedCompletion(
                 f"a 200 answer that is not a chat completion ({type(error).__name__}: {error}): {str(data)[:200]}"
             ) from error
 
-    def _malformed(self) -> tuple[type[BaseException], ...]:
-        # A 200 answer whose body is not a completion (a proxy's error page, a cut-off body that still
-        # parsed): the SDK does not retry these, so we do, with the same backoff and jitter.
-        return (json.JSONDecodeError, MalformedCompletion)
-
-    def _backoff(self, attempt: int) -> float:
-        return min(8.0, 0.5 * 2**attempt) * (0.75 + 0.5 * random.random())
+    def _retry_wait(self, error: Exception, retries: int) -> float | None:
+        """Seconds to wait before retrying after `error`, or None when it must be raised (not
+        retryable, or the call's budget of `max_retries` is spent)."""
+        if retries >= self.spec.max_retries or not retry.is_retryable(error, MALFORMED):
+            return None
+        return retry.delay(retries, retry.error_headers(error))
 
     def complete(self, request: ChatRequest) -> ChatResponse:
         body = self._body(request)
-        for attempt in range(self.spec.max_retries + 1):
+        retries = 0
+        while True:
             try:
-                # The SDK's generic POST: its auth, timeouts and retries, without the typed layer.
-                return self._response(self._client.post(COMPLETIONS_PATH, body=body, cast_to=self._httpx.Response))
-            except self._malformed():
-                if attempt == self.spec.max_retries:
+                # The SDK's generic POST: its auth and timeouts, without the typed layer.
+                return self._response(self._client.post(COMPLETIONS_PATH, body=body, cast_to=self._httpx.Response).content)
+            except Exception as error:
+                wait = self._retry_wait(error, retries)
+                if wait is None:
                     raise
-                time.sleep(self._backoff(attempt))
-        raise AssertionError("unreachable")
+            retries += 1
+            time.sleep(wait)
 
-    def async_client(self, concurrency: int | None = None):
-        """A fresh `openai.AsyncOpenAI` (use as `async with`; an async client belongs to one event loop).
+    def async_client(self, concurrency: int | None = None) -> "_AsyncSession":
+        """A fresh aiohttp session for `acomplete` (use as `async with`; it belongs to one event loop).
 
-        Its pool keeps `concurrency` connections alive: the SDK's default keeps 100, so at a higher
-        concurrency every answer beyond them would close its connection and the next request open one."""
-        kwargs = self._client_kwargs()
-        if concurrency:
-            limits = self._httpx.Limits(max_connections=max(concurrency, 1000), max_keepalive_connections=concurrency,
-                                        keepalive_expiry=30.0)
-            kwargs["http_client"] = self._openai.DefaultAsyncHttpxClient(limits=limits)
-        return self._openai.AsyncOpenAI(**kwargs)
+        Plain aiohttp, the openai SDK's own async transport, without the SDK's request layer: at
+        concurrency 128 httpx's pool bookkeeping and then the SDK's per-request building (options
+        models, URL parsing, header merging) were most of the client's CPU, which held the judge far
+        below a bare aiohttp loop (BENCHMARKS.md). The request is the same: the URL, headers and key the
+        SDK client resolved, the same body. aiohttp keeps every idle connection alive up to its
+        connector limit, so the limit is the concurrency: each request finds a warm connection and
+        none is closed and reopened."""
+        headers = {name: value for name, value in self._client.default_headers.items() if isinstance(value, str)}
+        headers.update(self._client.auth_headers)
+        headers["X-Stainless-Async"] = "async:asyncio"
+        url = str(self._client.base_url).rstrip("/") + COMPLETIONS_PATH
+        return _AsyncSession(url, headers, self.spec.timeout_s, max(1, concurrency or 100))
 
-    async def acomplete(self, client, request: ChatRequest) -> ChatResponse:
-        """Answer one request on an async client from `async_client`."""
-        body = self._body(request)
-        for attempt in range(self.spec.max_retries + 1):
+    async def acomplete(self, client: "_AsyncSession", request: ChatRequest) -> ChatResponse:
+        """Answer one request on a session from `async_client`, within the call's one retry budget."""
+        body = json.dumps(self._body(request)).encode()
+        retries = 0
+        while True:
             try:
-                return self._response(await client.post(COMPLETIONS_PATH, body=body, cast_to=self._httpx.Response))
-            except self._malformed():
-                if attempt == self.spec.max_retries:
+                return self._response(await client.post(body))
+            except Exception as error:
+                wait = self._retry_wait(error, retries)
+                if wait is None:
                     raise
-                await asyncio.sleep(self._backoff(attempt))
-        raise AssertionError("unreachable")
+            retries += 1
+            await asyncio.sleep(wait)
+
+
+class _AsyncSession:
+    """One aiohttp session posting chat completions; errors as `covip.clients.retry` names them."""
+
+    def __init__(self, url: str, headers: dict[str, str], timeout_s: float, limit: int):
+        self.url, self.headers, self.timeout_s, self.limit = url, headers, timeout_s, limit
+        self._session = None
+
+    async def __aenter__(self) -> "_AsyncSession":
+        import aiohttp
+
+        # As the SDK's timeout: connecting, and each wait for bytes, not the whole answer.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=self.timeout_s)
+        connector = aiohttp.TCPConnector(limit=self.limit, keepalive_timeout=30.0)
+        self._session = aiohttp.ClientSession(connector=connector, headers=self.headers, timeout=timeout)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._session.close()
+
+    async def post(self, body: bytes) -> bytes:
+        """The body of a 2xx answer; an HTTP error, a broken connection or a stall raises."""
+        import aiohttp
+
+        try:
+            async with self._session.post(self.url, data=body) as response:
+                raw = await response.read()
+                if response.status >= 300:
+                    raise retry.status_error(response.status, response.headers, raw)
+                return raw
+        except asyncio.TimeoutError as error:
+            raise retry.APITimeoutError("Request timed out.") from error
+        except aiohttp.ClientError as error:
+            raise retry.APIConnectionError(f"Connection error: {type(error).__name__}: {error}") from error

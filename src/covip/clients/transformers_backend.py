@@ -265,14 +265,17 @@ class TransformersChatModel:
         prompt_lengths = inputs["attention_mask"].sum(dim=1).tolist()
         stop_ids = set(self._eos_ids())
         responses = []
+        cap = int(kwargs["max_new_tokens"])
         for row, prompt_tokens in zip(generated.tolist(), prompt_lengths):
-            n = len(row)
+            n, stopped = len(row), False
             for index, token in enumerate(row):
                 if token in stop_ids:
-                    n = index + 1  # the end-of-turn token counts as generated; what follows is padding
+                    n, stopped = index + 1, True  # the end-of-turn token counts as generated; what follows is padding
                     break
             text = self.tokenizer.decode(row[:n], skip_special_tokens=True)
-            responses.append(ChatResponse(text, self.spec.model, Usage(int(prompt_tokens), n)))
+            # No end-of-turn token within the cap: cut off, as vLLM and the APIs say with "length".
+            finish = "stop" if stopped or n < cap else "length"
+            responses.append(ChatResponse(text, self.spec.model, Usage(int(prompt_tokens), n), finish_reason=finish))
         return responses
 
     def _eos_ids(self) -> list[int]:

@@ -240,8 +240,10 @@ class VLLMChatModel:
 
 
 def parse_output(output, model: str) -> ChatResponse:
-    """A vLLM `RequestOutput` as our ChatResponse: the first completion's text and the token counts."""
+    """A vLLM `RequestOutput` as our ChatResponse: the first completion's text, the token counts and
+    why it stopped (`CompletionOutput.finish_reason`: "stop", or "length" at the token cap)."""
     completion = output.outputs[0]
     prompt_tokens = len(output.prompt_token_ids or [])
     usage = Usage(prompt_tokens, len(completion.token_ids or []))
-    return ChatResponse(completion.text, model, usage)
+    finish = getattr(completion, "finish_reason", None)
+    return ChatResponse(completion.text, model, usage, finish_reason=None if finish is None else str(finish))

@@ -46,6 +46,9 @@ SWITCHES = (
     # A judge call that failed: counted as D and reported (default), or the sample left out of every
     # accuracy (the authors' try/except around a sample).
     Switch("capeval", "failed_calls", (("default", "as_d"), ("authors-code", "drop_sample"))),
+    # A caption cut off at the token cap: not judged and counted with the failed captions (default),
+    # or judged as written (the authors' notebook scores whatever text came back).
+    Switch("capeval", "truncated_captions", (("default", "fail"), ("authors-code", "judge"))),
     # The caption prompt's layout: 1-based dialogue numbers and a blank line after each dialogue, as
     # the authors train and run the diagnostics (default), or 0-based and no blank line, as their
     # test-set captioning notebook does.

@@ -41,8 +41,31 @@ class PromptBook:
         unknown = set(self.overrides) - set(available_prompts())
         if unknown:
             raise PromptError(f"prompts: no built-in prompt named {sorted(unknown)}; known: {available_prompts()}")
+        # Each template is read and parsed once: a judge stage renders one per request, and reading the
+        # file each time was a measurable share of its client CPU (BENCHMARKS.md). An override file is
+        # keyed by its modification time too, so an edit is still seen.
+        self._parsed: dict[tuple[str, int | None], tuple[str, Template]] = {}
+        self._sections: dict[tuple[str, int | None], dict[str, Template]] = {}
 
     def source(self, name: str) -> str:
+        return self._parsed[self._load(name)][0]
+
+    def _load(self, name: str) -> tuple[str, int | None]:
+        """The cache key of a template, read and parsed on first use."""
+        stamp = None
+        if name in self.overrides:
+            path = Path(self.overrides[name])
+            try:
+                stamp = path.stat().st_mtime_ns
+            except OSError:
+                stamp = -1
+        key = (name, stamp)
+        if key not in self._parsed:
+            text = self._read(name)
+            self._parsed[key] = (text, Template(text))
+        return key
+
+    def _read(self, name: str) -> str:
         if name in self.overrides:
             path = Path(self.overrides[name])
             if not path.is_file():
@@ -55,7 +78,7 @@ class PromptBook:
 
     def render(self, prompt_name: str, /, **values) -> str:
         try:
-            return Template(self.source(prompt_name)).substitute(**values).strip()
+            return self._parsed[self._load(prompt_name)][1].substitute(**values).strip()
         except KeyError as error:
             raise PromptError(f"prompt '{prompt_name}' needs a value for {error}") from error
 
@@ -69,9 +92,20 @@ class PromptBook:
         Prompts that interleave text with images (a label before each reference image, a header
         before the query, the question after it) keep all their text in one file this way.
         """
+        key = self._load(prompt_name)
+        if key not in self._sections:
+            self._sections[key] = self._split(prompt_name, self._parsed[key][0])
+        split = self._sections[key]
+        missing = [name for name in required if name not in split]
+        if missing:
+            raise PromptError(f"prompt '{prompt_name}': missing section(s) {['[[' + m + ']]' for m in missing]}; have {sorted(split)}")
+        return dict(split)
+
+    @staticmethod
+    def _split(prompt_name: str, source: str) -> dict[str, Template]:
         parts: dict[str, list[str]] = {}
         current = None
-        for line in self.source(prompt_name).splitlines():
+        for line in source.splitlines():
             header = re.fullmatch(r"\s*\[\[(\w+)\]\]\s*", line)
             if header:
                 current = header.group(1)
@@ -83,9 +117,6 @@ class PromptBook:
                     raise PromptError(f"prompt '{prompt_name}': text before the first [[section]] header: {line.strip()[:60]!r}")
             else:
                 parts[current].append(line)
-        missing = [name for name in required if name not in parts]
-        if missing:
-            raise PromptError(f"prompt '{prompt_name}': missing section(s) {['[[' + m + ']]' for m in missing]}; have {sorted(parts)}")
         return {key: Template("\n".join(lines).strip()) for key, lines in parts.items()}
 
     def fingerprint(self, *names: str) -> str:

@@ -289,6 +289,8 @@ def ask_with_repair(model, requests: Sequence[ChatRequest], check: Check, next_r
                 if not found:
                     outcome.value = value
                     continue
+                if response.truncated:  # said, so a failure reason tells a cut-off from a bad reply
+                    found = [*found, "reply cut off at the token cap (finish_reason 'length')"]
                 codes[index], problems[index] = "invalid_output", found
             if attempt < max_attempts:
                 current[index] = next_request(index, attempt + 1, current[index], response, problems[index])

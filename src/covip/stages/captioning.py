@@ -4,7 +4,11 @@ The request layout lives in `covip.protocol.requests` (shared with the diagnosti
 records, so a policy is trained and scored on the same prompt; `layout` picks the authors' training
 numbering or their test notebook's, docs/protocol.md). The caption is greedy, up to 1024 tokens, by
 default, as in the authors' code.
-A call that failed is a row with status 'failed' and the error, never an empty caption.
+A call that failed is a row with status 'failed' and the error, never an empty caption. A caption cut off
+at the token cap (finish_reason "length") is a row with status 'truncated': its text is kept for
+inspection, but CapEval does not judge it and counts it with the failed captions (`n_caption_failed`),
+and it counts towards `max_failure_rate`, because a half caption scored as a whole one is a silent bias
+(`capeval.truncated_captions: judge` scores it as written, as the authors' notebook does).
 """
 
 from __future__ import annotations
@@ -126,6 +130,7 @@ def clean_caption(text: str, strip_thinking: bool = True) -> str:
 def _caption_row(policy: str, sample_id: str, response: ChatResponse, identity: str, stand_in: bool, strip: bool) -> dict:
     ok = response.ok
     usage = response.usage
+    cut = ok and response.truncated
     return {
         "policy": policy,
         "sample_id": sample_id,
@@ -135,9 +140,12 @@ def _caption_row(policy: str, sample_id: str, response: ChatResponse, identity: 
         "latency_s": float(response.latency_s),
         "model_identity": identity,
         "stand_in": stand_in,
-        "status": "ok" if ok else "failed",
-        "error": None if ok else (response.error or "the model returned no text"),
+        "status": "truncated" if cut else "ok" if ok else "failed",
+        "error": TRUNCATED_REASON if cut else None if ok else (response.error or "the model returned no text"),
     }
+
+
+TRUNCATED_REASON = "cut off at the token cap (finish_reason 'length')"
 
 
 def caption_failures(rows: list[dict]) -> FailureReport:

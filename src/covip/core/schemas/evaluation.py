@@ -22,7 +22,7 @@ CAPTIONS = _schema(
         ("latency_s", pa.float32()),
         ("model_identity", pa.string()),  # registry name:backend:model of what produced it
         ("stand_in", pa.bool_()),  # produced by an offline stand-in or reference policy
-        ("status", pa.string()),  # 'ok' | 'failed'
+        ("status", pa.string()),  # 'ok' | 'failed' | 'truncated' (cut off at the token cap; text kept, not judged)
         ("error", pa.string()),
     ],
     ["policy", "sample_id", "model_identity", "stand_in", "status"],

@@ -97,9 +97,11 @@ def items_from_records(records: list[dict]) -> dict[str, CapEvalItem]:
     return items
 
 
-def caption_text(row: Mapping) -> str | None:
-    """The text the judge reads; None for a caption that could not be produced (module docstring)."""
-    if row.get("status", "ok") != "ok" or row.get("caption") is None:
+def caption_text(row: Mapping, judge_truncated: bool = False) -> str | None:
+    """The text the judge reads; None for a caption that could not be produced (module docstring), and
+    for one cut off at the token cap unless `judge_truncated` (CapEvalSettings.truncated_captions)."""
+    status = row.get("status", "ok")
+    if not (status == "ok" or (judge_truncated and status == "truncated")) or row.get("caption") is None:
         return None
     return str(row["caption"])
 

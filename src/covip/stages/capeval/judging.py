@@ -39,7 +39,7 @@ def judge_pairs(pairs, judge: CachedChatModel, prompts: PromptBook, settings: Ca
     judge_stand_in = is_stand_in(judge)
     slots, requests, failed_rows = [], [], []
     for caption_row, item in pairs:
-        caption = caption_text(caption_row)
+        caption = caption_text(caption_row, settings.truncated_captions == "judge")
         policy = caption_row["policy"]
         if caption is None:  # no caption, no question asked: a failed row per question, never a score
             failed_rows += [_answer_row(caption_row, item, ci, q, judge_name, judge.identity, judge_stand_in, None,

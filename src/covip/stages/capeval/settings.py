@@ -13,6 +13,8 @@ MISSING_CAPTION_MODES = ("error", "ignore")
 
 FAILED_CALL_MODES = ("as_d", "drop_sample")
 
+TRUNCATED_CAPTION_MODES = ("fail", "judge")
+
 
 class CapEvalInputError(ValueError):
     """Malformed captions, splits or ground truth; the message names the file or table, row and field."""
@@ -40,6 +42,9 @@ class CapEvalSettings(IntervalSettings, ModelStageSettings):
         metadata={"help": "What to do when a test sample has no caption row for a policy: 'error' (default), or "
                           "'ignore' to score only the captioned samples.", "enum": list(MISSING_CAPTION_MODES)},
     )
+    truncated_captions: str | None = field(default=None, metadata={"enum": [*TRUNCATED_CAPTION_MODES, None], "help": switch_help(
+        "capeval", "truncated_captions", "A caption cut off at the token cap (captions status 'truncated'): 'fail' "
+        "(not judged, counted in n_caption_failed) or 'judge' (scored as written, as the authors' notebook does).")})
 
     letter_match: str | None = field(default=None, metadata={"enum": [*LETTER_RULES, None], "help": switch_help(
         "capeval", "letter_match", "How a judge reply's letter is read: 'exact' (the first \\boxed{} holds one letter "
@@ -53,10 +58,14 @@ class CapEvalSettings(IntervalSettings, ModelStageSettings):
         super().__post_init__()
         self.letter_match = resolve(self.letter_match, "capeval", "letter_match")
         self.failed_calls = resolve(self.failed_calls, "capeval", "failed_calls")
+        self.truncated_captions = resolve(self.truncated_captions, "capeval", "truncated_captions")
         if self.letter_match not in LETTER_RULES:
             raise ValueError(f"capeval.letter_match must be one of {list(LETTER_RULES)}, got {self.letter_match!r}")
         if self.failed_calls not in FAILED_CALL_MODES:
             raise ValueError(f"capeval.failed_calls must be one of {list(FAILED_CALL_MODES)}, got {self.failed_calls!r}")
+        if self.truncated_captions not in TRUNCATED_CAPTION_MODES:
+            raise ValueError(f"capeval.truncated_captions must be one of {list(TRUNCATED_CAPTION_MODES)}, "
+                             f"got {self.truncated_captions!r}")
         if self.missing_captions not in MISSING_CAPTION_MODES:
             raise ValueError(
                 f"capeval.missing_captions must be one of {list(MISSING_CAPTION_MODES)}, got {self.missing_captions!r}"
