@@ -36,6 +36,13 @@ def test_cut_off_captions_are_truncated_rows_counted_as_failed_captions(tmp_path
     report = caption_failures(rows)
     assert report.failed == len(truncated) and list(report.reasons) == ["cut off at the token cap (finish_reason 'length')"]
 
+    # A rerun reads every answer from the cache, and a cut-off one stays cut off.
+    with FaultServer() as clean:
+        again = caption_samples(test, "p", chat(clean, tmp_path), prompts, CaptioningSettings(), seed=0, progress_file=QUIET)
+        assert sum(clean.attempts.values()) == 0
+    assert [(row["sample_id"], row["status"], row["caption"]) for row in again] == \
+        [(row["sample_id"], row["status"], row["caption"]) for row in rows]
+
     # CapEval asks nothing about a cut-off caption and counts it beside the failed ones.
     with FaultServer() as judge_server:
         settings = CapEvalSettings(n_bootstrap=0)

@@ -157,7 +157,8 @@ class CachedChatModel:
             answer = results[source]
             if answer is not None and answer.ok:
                 self.usage.add(cached=True, failed=False, usage=Usage(), seconds=0.0)
-                results[index] = ChatResponse(answer.text, answer.model, Usage(), cached=True)
+                results[index] = ChatResponse(answer.text, answer.model, Usage(), cached=True,
+                                              finish_reason=answer.finish_reason)
             else:
                 results[index] = answer
             bar.update()
@@ -221,15 +222,19 @@ class CachedChatModel:
 
     def _hit(self, payload: dict) -> ChatResponse:
         self.usage.add(cached=True, failed=False, usage=Usage(), seconds=0.0)
-        return ChatResponse(payload["text"], payload["model"], Usage(**payload["usage"]), cached=True)
+        # finish_reason: a cut-off answer stays cut off when a rerun reads it from the cache.
+        return ChatResponse(payload["text"], payload["model"], Usage(**payload["usage"]), cached=True,
+                            finish_reason=payload.get("finish_reason"))
 
     def _record(self, key: str | None, response: ChatResponse) -> None:
         """Count a fresh response, and store it when it succeeded (failures are retried next run)."""
         self.usage.add(cached=False, failed=not response.ok, usage=response.usage, seconds=response.latency_s)
         if key is not None and response.ok:
             usage = {"prompt_tokens": response.usage.prompt_tokens, "completion_tokens": response.usage.completion_tokens}
-            self.cache.put(key, self.spec.backend, self.spec.model, {"text": response.text, "model": response.model, "usage": usage},
-                           role=self.spec.name)
+            payload = {"text": response.text, "model": response.model, "usage": usage}
+            if response.finish_reason is not None:
+                payload["finish_reason"] = response.finish_reason
+            self.cache.put(key, self.spec.backend, self.spec.model, payload, role=self.spec.name)
         if key is not None and self.cache.claims is not None:  # after the answer is in the journal; a failed
             self.cache.claims.release(key)  # call's waiter sends it itself
 

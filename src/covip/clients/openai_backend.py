@@ -8,31 +8,25 @@ is left out and said once per entry and key in the job's log.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import importlib
 import json
 import logging
 import os
-import time
 from typing import Any
 
-from covip.clients import retry
 from covip.clients.base import BackendUnavailableError, ChatRequest, ChatResponse, ImagePart, TextPart, Usage
 from covip.clients.dialects import adapt_body
 
 log = logging.getLogger("covip.clients")
 
 COMPLETIONS_PATH = "/chat/completions"
+_PARSED = "covip.chat_response"  # where the SDK-side body check leaves the parsed answer
 
 
 class MalformedCompletion(ValueError):
-    """A 200 answer whose JSON is not a chat completion (retried like a body that is not JSON)."""
-
-
-# A 200 answer whose body is not a completion (a proxy's error page, a cut-off body that still parsed):
-# the SDK does not retry these, so the one retry loop below does.
-MALFORMED = (json.JSONDecodeError, MalformedCompletion)
+    """A 200 answer whose body is not a chat completion (a proxy's error page, a cut-off body): the SDK
+    does not check bodies, so the response hook below turns it into an error its retry loop retries."""
 
 
 def _content(message, image_mode: str = "inline") -> str | list[dict[str, Any]]:
@@ -81,14 +75,15 @@ def build_openai_payload(
 
 
 class OpenAIChatModel:
-    """Any OpenAI-compatible endpoint.
+    """Any OpenAI-compatible endpoint, through the openai SDK: its transport, auth, timeouts and retry
+    policy (429s, 5xx answers, timeouts and connection errors, with backoff, jitter and Retry-After).
 
-    `max_retries` is one budget per call (`covip.clients.retry`): the SDK client itself never retries,
-    one loop here retries 429s, 5xx answers, timeouts, connection errors and malformed 200 bodies with
-    the SDK's backoff and Retry-After rules, so a call makes at most `max_retries + 1` attempts.
-    `complete` (the SDK's generic POST) serves worker threads; `async_client` + `acomplete` (aiohttp)
-    let the registry's `complete_many` keep many requests in flight from one thread, which is what
-    high-concurrency judging needs on a small machine.
+    `max_retries` is one budget per call, the SDK's: a 200 answer whose body is no chat completion (a
+    proxy's error page, a cut-off body) fails inside the SDK's send, as a decoding error its retry loop
+    already retries, so it spends the same budget instead of a second, nested loop (which once made
+    (n + 1)^2 attempts). `complete` serves worker threads; `async_client` + `acomplete` let the
+    registry's `complete_many` keep many requests in flight from one thread on the SDK's aiohttp
+    transport, which is what high-concurrency judging needs on a small machine.
     """
 
     def __init__(self, spec):
@@ -103,9 +98,10 @@ class OpenAIChatModel:
         self._noted: set[str] = set()
         self._openai = openai
         # The SDK's HTTP library (httpx, or httpx2 in recent releases): its generic POST returns that
-        # library's Response unparsed when asked for it.
+        # library's Response unparsed when asked for it, and its errors are what the SDK retries.
         self._httpx = importlib.import_module(openai.DefaultHttpxClient.__mro__[1].__module__.split(".")[0])
-        self._client = openai.OpenAI(**self._client_kwargs())
+        http_client = openai.DefaultHttpxClient(event_hooks={"response": [self._check_sync]}, timeout=spec.timeout_s)
+        self._client = openai.OpenAI(**self._client_kwargs(), http_client=http_client)
 
     def _client_kwargs(self) -> dict[str, Any]:
         # The key is read from the environment when a client is made and kept only inside it.
@@ -115,7 +111,7 @@ class OpenAIChatModel:
             "api_key": api_key or "unused",
             "base_url": self.spec.base_url,
             "timeout": self.spec.timeout_s,
-            "max_retries": 0,  # the one retry loop is ours (see the class docstring)
+            "max_retries": self.spec.max_retries,
         }
 
     def _body(self, request: ChatRequest) -> dict[str, Any]:
@@ -129,12 +125,12 @@ class OpenAIChatModel:
                 log.warning("models.%s: not sent: %s", self.spec.name, note)
         return body
 
-    def _response(self, raw: bytes) -> ChatResponse:
+    def _parse(self, raw: bytes) -> ChatResponse:
         """A ChatResponse from the raw body of a 200 answer. Read as plain JSON: the SDK's typed `create`
         spends more CPU on transforming the request and building pydantic objects than on the HTTP
         itself, which caps a 2-core client far below what a judge server can answer (BENCHMARKS.md)."""
-        data = json.loads(raw)  # a body that is not JSON raises json.JSONDecodeError: retried
         try:
+            data = json.loads(raw)
             message = data["choices"][0]["message"]
             text = message.get("content") or ""
             usage = data.get("usage") or {}
@@ -142,93 +138,69 @@ class OpenAIChatModel:
             finish = data["choices"][0].get("finish_reason")
             return ChatResponse(str(text), str(data.get("model") or self.spec.model), tokens,
                                 finish_reason=None if finish is None else str(finish))
-        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as error:
-            raise MalformedCompletion(
-                f"a 200 answer that is not a chat completion ({type(error).__name__}: {error}): {str(data)[:200]}"
-            ) from error
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as error:  # JSONDecodeError too
+            raise MalformedCompletion(f"a 200 answer that is not a chat completion ({type(error).__name__}: "
+                                      f"{error}): {raw[:200]!r}") from error
 
-    def _retry_wait(self, error: Exception, retries: int) -> float | None:
-        """Seconds to wait before retrying after `error`, or None when it must be raised (not
-        retryable, or the call's budget of `max_retries` is spent)."""
-        if retries >= self.spec.max_retries or not retry.is_retryable(error, MALFORMED):
-            return None
-        return retry.delay(retries, retry.error_headers(error))
+    def _check(self, response) -> None:
+        """Parse a 2xx completion inside the SDK's send; a malformed body raises the HTTP library's
+        DecodingError there, which the SDK retries within `max_retries` like a broken connection."""
+        if not 200 <= response.status_code < 300 or not response.request.url.path.endswith(COMPLETIONS_PATH):
+            return
+        try:
+            response.extensions[_PARSED] = self._parse(response.content)
+        except MalformedCompletion as error:
+            raise self._httpx.DecodingError(str(error), request=response.request) from error
+
+    def _check_sync(self, response) -> None:
+        response.read()
+        self._check(response)
+
+    async def _check_async(self, response) -> None:
+        await response.aread()
+        self._check(response)
+
+    def _answer(self, response) -> ChatResponse:
+        return response.extensions.get(_PARSED) or self._parse(response.content)
+
+    def _failed(self, error: Exception) -> Exception:
+        """The SDK's final connection error after malformed bodies, named for what it was."""
+        cause = error.__cause__
+        if isinstance(error, self._openai.APIConnectionError) and isinstance(cause, self._httpx.DecodingError) \
+                and isinstance(cause.__cause__, MalformedCompletion):
+            return cause.__cause__
+        return error
 
     def complete(self, request: ChatRequest) -> ChatResponse:
-        body = self._body(request)
-        retries = 0
-        while True:
-            try:
-                # The SDK's generic POST: its auth and timeouts, without the typed layer.
-                return self._response(self._client.post(COMPLETIONS_PATH, body=body, cast_to=self._httpx.Response).content)
-            except Exception as error:
-                wait = self._retry_wait(error, retries)
-                if wait is None:
-                    raise
-            retries += 1
-            time.sleep(wait)
-
-    def async_client(self, concurrency: int | None = None) -> "_AsyncSession":
-        """A fresh aiohttp session for `acomplete` (use as `async with`; it belongs to one event loop).
-
-        Plain aiohttp, the openai SDK's own async transport, without the SDK's request layer: at
-        concurrency 128 httpx's pool bookkeeping and then the SDK's per-request building (options
-        models, URL parsing, header merging) were most of the client's CPU, which held the judge far
-        below a bare aiohttp loop (BENCHMARKS.md). The request is the same: the URL, headers and key the
-        SDK client resolved, the same body. aiohttp keeps every idle connection alive up to its
-        connector limit, so the limit is the concurrency: each request finds a warm connection and
-        none is closed and reopened."""
-        headers = {name: value for name, value in self._client.default_headers.items() if isinstance(value, str)}
-        headers.update(self._client.auth_headers)
-        headers["X-Stainless-Async"] = "async:asyncio"
-        url = str(self._client.base_url).rstrip("/") + COMPLETIONS_PATH
-        return _AsyncSession(url, headers, self.spec.timeout_s, max(1, concurrency or 100))
-
-    async def acomplete(self, client: "_AsyncSession", request: ChatRequest) -> ChatResponse:
-        """Answer one request on a session from `async_client`, within the call's one retry budget."""
-        body = json.dumps(self._body(request)).encode()
-        retries = 0
-        while True:
-            try:
-                return self._response(await client.post(body))
-            except Exception as error:
-                wait = self._retry_wait(error, retries)
-                if wait is None:
-                    raise
-            retries += 1
-            await asyncio.sleep(wait)
-
-
-class _AsyncSession:
-    """One aiohttp session posting chat completions; errors as `covip.clients.retry` names them."""
-
-    def __init__(self, url: str, headers: dict[str, str], timeout_s: float, limit: int):
-        self.url, self.headers, self.timeout_s, self.limit = url, headers, timeout_s, limit
-        self._session = None
-
-    async def __aenter__(self) -> "_AsyncSession":
-        import aiohttp
-
-        # As the SDK's timeout: connecting, and each wait for bytes, not the whole answer.
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=self.timeout_s)
-        connector = aiohttp.TCPConnector(limit=self.limit, keepalive_timeout=30.0)
-        self._session = aiohttp.ClientSession(connector=connector, headers=self.headers, timeout=timeout)
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self._session.close()
-
-    async def post(self, body: bytes) -> bytes:
-        """The body of a 2xx answer; an HTTP error, a broken connection or a stall raises."""
-        import aiohttp
-
         try:
-            async with self._session.post(self.url, data=body) as response:
-                raw = await response.read()
-                if response.status >= 300:
-                    raise retry.status_error(response.status, response.headers, raw)
-                return raw
-        except asyncio.TimeoutError as error:
-            raise retry.APITimeoutError("Request timed out.") from error
-        except aiohttp.ClientError as error:
-            raise retry.APIConnectionError(f"Connection error: {type(error).__name__}: {error}") from error
+            # The SDK's generic POST: its auth, timeouts and retries, without the typed layer.
+            return self._answer(self._client.post(COMPLETIONS_PATH, body=self._body(request), cast_to=self._httpx.Response))
+        except self._openai.APIConnectionError as error:
+            raise self._failed(error) from error
+
+    def async_client(self, concurrency: int | None = None):
+        """A fresh `openai.AsyncOpenAI` on the SDK's aiohttp transport (use as `async with`; an async
+        client belongs to one event loop).
+
+        aiohttp, not httpx: httpx's connection-pool bookkeeping was ~88% of the client's CPU at
+        concurrency 128 (BENCHMARKS.md). aiohttp keeps every idle connection alive up to its connector
+        limit, so the limit is the concurrency: each request finds a warm connection and none is
+        closed and reopened (httpx's default pool kept only 100 alive)."""
+        kwargs = self._client_kwargs()
+        limits = self._httpx.Limits(max_connections=max(concurrency or 100, 1), keepalive_expiry=30.0)
+        hooks = {"response": [self._check_async]}
+        try:
+            kwargs["http_client"] = self._openai.DefaultAioHttpClient(limits=limits, timeout=self.spec.timeout_s,
+                                                                      event_hooks=hooks)
+        except RuntimeError:  # openai without its aiohttp extra: the httpx transport still works
+            log.warning("models.%s: aiohttp missing (pip install 'openai[aiohttp]'); using httpx", self.spec.name)
+            kwargs["http_client"] = self._openai.DefaultAsyncHttpxClient(limits=limits, timeout=self.spec.timeout_s,
+                                                                         event_hooks=hooks)
+        return self._openai.AsyncOpenAI(**kwargs)
+
+    async def acomplete(self, client, request: ChatRequest) -> ChatResponse:
+        """Answer one request on an async client from `async_client`, within the call's one retry budget."""
+        try:
+            return self._answer(await client.post(COMPLETIONS_PATH, body=self._body(request), cast_to=self._httpx.Response))
+        except self._openai.APIConnectionError as error:
+            raise self._failed(error) from error
