@@ -1,4 +1,5 @@
 """Stage 9: caption every test sample (of this job's shard) with one policy."""
+import logging
 from itertools import chain
 
 from covip.core import schemas
@@ -14,4 +15,7 @@ with StageRun(snakemake) as run:  # noqa: F821
     rows = caption_samples(test, policy, model, run.prompts, settings, run.seed, progress_file=run.log_file,
                            where=run.smk.input["test"], shard=run.shard)
     run.check_failures(caption_failures(rows), settings.max_failure_rate)
+    cut = sum(row["status"] == "truncated" for row in rows)
+    if cut:  # answered, so not a failure; CapEval leaves them out and counts them (n_caption_failed)
+        logging.getLogger("covip").warning("captions: %d of %d cut off at the token cap (status 'truncated')", cut, len(rows))
     run.write(rows, schemas.CAPTIONS)

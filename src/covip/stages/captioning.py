@@ -6,9 +6,11 @@ numbering or their test notebook's, docs/protocol.md). The caption is greedy, up
 default, as in the authors' code.
 A call that failed is a row with status 'failed' and the error, never an empty caption. A caption cut off
 at the token cap (finish_reason "length") is a row with status 'truncated': its text is kept for
-inspection, but CapEval does not judge it and counts it with the failed captions (`n_caption_failed`),
-and it counts towards `max_failure_rate`, because a half caption scored as a whole one is a silent bias
-(`capeval.truncated_captions: judge` scores it as written, as the authors' notebook does).
+inspection, but CapEval does not judge it and counts it with the failed captions (`n_caption_failed`,
+so the report shows it), because a half caption scored as a whole one is a silent bias
+(`capeval.truncated_captions: judge` scores it as written, as the authors' notebook does). It does not
+count towards `max_failure_rate`: the model answered, and the guard stops a job only for calls that
+failed (an endpoint down), which a rerun can repair.
 """
 
 from __future__ import annotations
@@ -150,4 +152,5 @@ TRUNCATED_REASON = "cut off at the token cap (finish_reason 'length')"
 
 def caption_failures(rows: list[dict]) -> FailureReport:
     """Failed caption calls among all rows (see `CaptioningSettings.max_failure_rate`)."""
-    return failure_report(rows, "captions", reason=lambda row: row.get("error"))
+    return failure_report(rows, "captions", failed=lambda row: row["status"] == "failed", reason=lambda row: row.get("error"))
+
