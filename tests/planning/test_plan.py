@@ -180,6 +180,11 @@ def test_a_sharded_capeval_starts_its_served_judge_once_per_shard(paper_config):
     # diagnose: one job per (condition, policy), each starting the LAR judge's server once
     assert rows[("diagnose", "qwen3_judge")]["server_starts"] == conditions * policies
     assert rows[("diagnose", "qwen3_vl_8b")]["engine_starts"] == conditions
+    # GSPO on 4 GPUs loads the policy for training and, for colocated vLLM rollouts, a vLLM engine of it
+    gspo = rows[("train_gspo", "training.runs.qwen3_vl_8b_covip")]
+    assert (gspo["jobs"], gspo["engine_starts"]) == (1, 2)
+    assert gspo["load_gpu_hours"] == pytest.approx((45 + 90) * 4 / 3600)
+    assert rows[("train_gspo", "qwen3_judge")]["server_starts"] == 1
     slower, _ = _plan(paper_config, plan={"load_seconds": {"Qwen/Qwen3-30B-A3B-Instruct-2507-FP8": 300}})
     assert slower[("capeval", "qwen3_judge")]["load_gpu_hours"] == pytest.approx(
         2 * plain[("capeval", "qwen3_judge")]["load_gpu_hours"])

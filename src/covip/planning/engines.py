@@ -5,12 +5,14 @@ once, and a job that calls a served entry (`serve:`) starts that server once (co
 both count once per job, and loading holds the job's GPUs for `plan.load_seconds`. The jobs are
 counted the way the rules make them: a stage sharded under `sharding` runs one job per shard; caption
 one per (condition, policy) and shard; capeval one per (condition, policy, judge) and shard; diagnose
-one per (diagnostic condition, policy), covering every task and mode; train_gspo one per run;
+one per (diagnostic condition, policy), covering every task and mode; train_gspo one per run, which
+loads the policy it trains and, with vLLM rollouts in colocate mode, a vLLM engine of it too;
 general_benchmark one per (policy, benchmark) when configured.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 from covip.clients.backends import IN_PROCESS_BACKENDS
@@ -25,6 +27,17 @@ def training_policy(prepared: Prepared, run: str) -> ModelSpec:
     settings = prepared.training_settings(run)
     return ModelSpec(name=f"training.runs.{run}", backend="transformers", model=settings.base_model or "",
                      gpus=settings.gpus)
+
+
+def _trained(prepared: Prepared, run: str) -> list[ModelSpec]:
+    """What a GSPO job loads of the policy: the model it trains, plus TRL's colocated vLLM engine when
+    rollouts use vLLM (the same test as Prepared.conda_env; 'server' mode's trl vllm-serve is not
+    started by the job)."""
+    policy, settings = training_policy(prepared, run), prepared.training_settings(run)
+    rollouts = settings.use_vllm is True or (settings.use_vllm is None and settings.gpus > 0)
+    if rollouts and settings.vllm_mode == "colocate":
+        return [policy, dataclasses.replace(policy, backend="vllm")]
+    return [policy]
 
 
 def _shards(prepared: Prepared, rule: str) -> int:
@@ -52,7 +65,7 @@ def jobs(prepared: Prepared) -> Iterator[tuple[str, list[ModelSpec], int]]:
                 yield "diagnose", specs("diagnose", policy=policy), 1
     for run in prepared.training.runs:
         judges = [models[role] for role in prepared.training_roles(run)]
-        yield "train_gspo", [training_policy(prepared, run), *judges], 1
+        yield "train_gspo", [*_trained(prepared, run), *judges], 1
     if prepared.general_enabled:
         for policy in prepared.general_policies:
             yield "general_benchmark", specs("general_benchmark", policy=policy), len(prepared.general_benchmarks)
@@ -71,10 +84,12 @@ def starts(prepared: Prepared, settings: PlanSettings) -> dict[tuple[str, str], 
     their loading holds (an in-process entry with `gpus: 0` loads on the CPU: no GPU-hours)."""
     out: dict[tuple[str, str], dict] = {}
     for rule, specs, count in jobs(prepared):
+        for name in dict.fromkeys(spec.name for spec in specs):  # a job counts once per role it calls
+            out.setdefault((rule, name), {"spec": next(s for s in specs if s.name == name), "jobs": 0,
+                                          "engine_starts": 0, "server_starts": 0, "load_gpu_hours": 0.0})
+            out[(rule, name)]["jobs"] += count
         for spec in specs:
-            entry = out.setdefault((rule, spec.name), {"spec": spec, "jobs": 0, "engine_starts": 0, "server_starts": 0,
-                                                        "load_gpu_hours": 0.0})
-            entry["jobs"] += count
+            entry = out[(rule, spec.name)]
             if spec.serve is not None:  # `covip gpu-run --serve` starts it in every job that calls it
                 entry["server_starts"] += count
                 gpus = spec.serve.gpus
