@@ -196,6 +196,7 @@ def test_the_judge_prompt_shares_its_caption_prefix(paper_config):
     lar = rows[("diagnose", "qwen3_judge")]["prefix_share"]
     assert 0 < lar < capeval < 1  # a LAR verdict repeats only the instructions
     assert rows[("caption", "qwen3_vl_8b")]["prefix_share"] is None  # not estimated
+    assert rows[("capeval", "lexical_judge")]["prefix_share"] is None  # a stand-in caches nothing
     # fewer questions per caption: fewer requests reuse the caption
     fewer, _ = _plan(paper_config, mcqa={"questions_per_dialogue": 1})
     assert 0 < fewer[("capeval", "qwen3_judge")]["prefix_share"] < capeval

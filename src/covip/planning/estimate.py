@@ -9,8 +9,10 @@ templates rendered, through the same builders the stages use where the layout is
 as characters / 4 and every image with its backend's own rule (OpenAI's tiles, Gemini's 258-token
 tiles, Qwen-VL's 28-pixel patches; a stand-in reads no pixels). Output tokens are the expected reply
 lengths of `plan.output_tokens`, capped by the max_tokens each request carries. Dollars use the
-config's `prices:`; GPU-hours use `plan.throughput` of `plan.gpu`. Only first attempts are counted:
-re-asks, repairs and retries come on top (the usage report measures them).
+config's `prices:`; GPU-hours use `plan.throughput` of `plan.gpu`, plus `plan.load_seconds` for every
+engine or server start the jobs make (covip.planning.engines). `prefix_share` is the part of a
+rule's input tokens a prefix cache can reuse (covip.planning.prefix). Only first attempts are
+counted: re-asks, repairs and retries come on top (the usage report measures them).
 """
 
 from __future__ import annotations
@@ -240,6 +242,9 @@ def _with_starts(rows: list[dict], starts: dict[tuple[str, str], dict]) -> list[
                    load_gpu_hours=entry["load_gpu_hours"])
         if entry["load_gpu_hours"]:
             row["gpu_hours"] = (row["gpu_hours"] or 0.0) + entry["load_gpu_hours"]
+    for row in rows:
+        if row["kind"] == "stand_in":
+            row["prefix_share"] = None  # a stand-in has no prefix cache to reuse it
     return rows
 
 
@@ -252,7 +257,7 @@ def _engine_assumptions(settings: PlanSettings) -> list[str]:
         "are in GPU-h, and are all of a served entry's GPU-h",
         "prefix: the share of a rule's prompt tokens a prefix cache (vLLM's automatic prefix caching) can reuse: "
         "the CapEval judge's questions on one caption repeat the instructions and the caption, the LAR judge's "
-        "requests the instructions; blank where not estimated",
+        "requests the instructions; blank where not estimated and for stand-ins",
     ]
 
 
