@@ -120,7 +120,8 @@ def test_compare_with_usage(default_config):
     assert by_rule["train_gspo"]["planned_calls"] == rows[("train_gspo", "lexical_judge")]["calls"]  # judge calls only
     assert "| caption |" in comparison_markdown(list(by_rule.values()))
     text = format_plan(plan_rows, assumptions)
-    assert text.splitlines()[0].split()[:4] == ["rule", "role", "backend", "calls"] and "Assumptions:" in text
+    assert text.splitlines()[0].split()[:6] == ["rule", "role", "backend", "jobs", "starts", "calls"]
+    assert "Assumptions:" in text and "in-process engine loads" in text
 
 
 def test_the_command_prints_and_writes_the_plan(tmp_path, capsys, monkeypatch):
@@ -131,4 +132,77 @@ def test_the_command_prints_and_writes_the_plan(tmp_path, capsys, monkeypatch):
     assert main(["plan", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "capeval" in printed and "Assumptions:" in printed
-    assert {r["rule"] for r in read_rows(out, schemas.PLAN)} >= {"synthesize_queries", "caption", "capeval", "train_gspo"}
+    written = read_rows(out, schemas.PLAN)
+    assert {r["rule"] for r in written} >= {"synthesize_queries", "caption", "capeval", "train_gspo"}
+    assert sum(r["engine_starts"] for r in written) > 0 and "prefix_share" in written[0]
+    assert "in-process engine loads" in printed
+
+
+IN_PROCESS = ("vllm", "transformers", "open_clip")
+
+
+def test_engine_starts_of_the_default_count_its_in_process_jobs(default_config):
+    rows, assumptions = _plan(default_config)
+    models, evaluation = default_config["models"], default_config["evaluation"]
+    vlms = [p for p in evaluation["policies"] if models[p]["backend"] in IN_PROCESS]
+    assert vlms == ["tiny_vlm", "tiny_vlm_gspo"]
+    conditions = len(default_config["controls"]["conditions"])  # caption: one job per (condition, policy)
+    diagnose = 1  # controls.diagnostics is off: intact only, one job per policy for every task and mode
+    general = len(evaluation["general_benchmarks"]) * len([p for p in evaluation["general_policies"] if p in vlms])
+    training = len(default_config["training"]["runs"])  # the run loads the tiny VLM it trains
+    assert rows[("caption", "tiny_vlm")]["engine_starts"] == rows[("caption", "tiny_vlm")]["jobs"] == conditions
+    assert rows[("diagnose", "tiny_vlm_gspo")]["engine_starts"] == diagnose
+    assert rows[("general_benchmark", "tiny_vlm")]["basis"].startswith("engine starts only")
+    total = sum(r["engine_starts"] for r in rows.values())
+    assert total == len(vlms) * (conditions + diagnose) + general + training
+    # stand-ins load nothing; the default serves nothing; the tiny VLM loads on the CPU (gpus: 0)
+    assert rows[("caption", "oracle")]["engine_starts"] == 0 and rows[("caption", "oracle")]["jobs"] == conditions
+    assert sum(r["server_starts"] for r in rows.values()) == 0
+    assert sum(r["load_gpu_hours"] for r in rows.values()) == 0.0
+    assert any("plan.load_seconds" in a for a in assumptions)
+
+
+def test_a_sharded_capeval_starts_its_served_judge_once_per_shard(paper_config):
+    plain, _ = _plan(paper_config)
+    rows, _ = _plan(paper_config, sharding={"rules": [*paper_config["sharding"]["rules"], "capeval"], "shard_size": 500})
+    shards = -(-paper_config["synthesis"]["num_samples"] // 500)  # 11 shards of 5200 samples
+    conditions = len(paper_config["controls"]["conditions"])
+    policies = len(paper_config["evaluation"]["policies"])
+    judge = rows[("capeval", "qwen3_judge")]
+    assert judge["server_starts"] == judge["jobs"] == shards * conditions * policies == 440
+    assert plain[("capeval", "qwen3_judge")]["server_starts"] == conditions * policies
+    assert judge["engine_starts"] == 0 and rows[("capeval", "lexical_judge")]["server_starts"] == 0
+    # the 30B FP8 judge's own loading time, on its server's GPU, is its row's GPU-hours
+    assert judge["load_gpu_hours"] == pytest.approx(440 * 150 / 3600) == judge["gpu_hours"]
+    # the served writers start one server per shard of theirs; caption stays one job per (condition, policy)
+    assert rows[("write_mcqas", "mcqa_writer")]["server_starts"] == shards
+    assert rows[("caption", "qwen3_vl_8b")]["engine_starts"] == conditions
+    # diagnose: one job per (condition, policy), each starting the LAR judge's server once
+    assert rows[("diagnose", "qwen3_judge")]["server_starts"] == conditions * policies
+    assert rows[("diagnose", "qwen3_vl_8b")]["engine_starts"] == conditions
+    # GSPO on 4 GPUs loads the policy for training and, for colocated vLLM rollouts, a vLLM engine of it
+    gspo = rows[("train_gspo", "training.runs.qwen3_vl_8b_covip")]
+    assert (gspo["jobs"], gspo["engine_starts"]) == (1, 2)
+    assert gspo["load_gpu_hours"] == pytest.approx((45 + 90) * 4 / 3600)
+    assert rows[("train_gspo", "qwen3_judge")]["server_starts"] == 1
+    slower, _ = _plan(paper_config, plan={"load_seconds": {"Qwen/Qwen3-30B-A3B-Instruct-2507-FP8": 300}})
+    assert slower[("capeval", "qwen3_judge")]["load_gpu_hours"] == pytest.approx(
+        2 * plain[("capeval", "qwen3_judge")]["load_gpu_hours"])
+
+
+def test_the_judge_prompt_shares_its_caption_prefix(paper_config):
+    rows, _ = _plan(paper_config)
+    capeval = rows[("capeval", "qwen3_judge")]["prefix_share"]
+    lar = rows[("diagnose", "qwen3_judge")]["prefix_share"]
+    assert 0 < lar < capeval < 1  # a LAR verdict repeats only the instructions
+    assert rows[("caption", "qwen3_vl_8b")]["prefix_share"] is None  # not estimated
+    assert rows[("capeval", "lexical_judge")]["prefix_share"] is None  # a stand-in caches nothing
+    # fewer questions per caption: fewer requests reuse the caption
+    fewer, _ = _plan(paper_config, mcqa={"questions_per_dialogue": 1})
+    assert 0 < fewer[("capeval", "qwen3_judge")]["prefix_share"] < capeval
+
+
+def test_load_seconds_are_checked():
+    with pytest.raises(ValueError, match="plan.load_seconds"):
+        PlanSettings(load_seconds={"vllm": -1})
+    assert PlanSettings(load_seconds={"vllm": 30}).load_seconds["serve"] == 120  # others keep their defaults

@@ -9,8 +9,10 @@ templates rendered, through the same builders the stages use where the layout is
 as characters / 4 and every image with its backend's own rule (OpenAI's tiles, Gemini's 258-token
 tiles, Qwen-VL's 28-pixel patches; a stand-in reads no pixels). Output tokens are the expected reply
 lengths of `plan.output_tokens`, capped by the max_tokens each request carries. Dollars use the
-config's `prices:`; GPU-hours use `plan.throughput` of `plan.gpu`. Only first attempts are counted:
-re-asks, repairs and retries come on top (the usage report measures them).
+config's `prices:`; GPU-hours use `plan.throughput` of `plan.gpu`, plus `plan.load_seconds` for every
+engine or server start the jobs make (covip.planning.engines). `prefix_share` is the part of a
+rule's input tokens a prefix cache can reuse (covip.planning.prefix). Only first attempts are
+counted: re-asks, repairs and retries come on top (the usage report measures them).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from covip.config.prepare import Prepared
 from covip.config.schema import settings_class
 from covip.core.schemas import NONE_OPTION
 from covip.core.settings import settings_from
+from covip.planning import engines
+from covip.planning.prefix import distinct, reusable_share
 from covip.planning.settings import PlanSettings
 from covip.prompts import PromptBook
 from covip.protocol.judging import build_judge_request, build_lar_judge_request
@@ -102,7 +106,8 @@ class _Plan:
                "calls": calls, "images": int(round(images)), "input_tokens": input_tokens, "output_tokens": output_tokens,
                "estimated_cost_usd": estimated_cost(spec.model, input_tokens, output_tokens,
                                                     self.prepared.config.get("prices") or {}),
-               "gpu_hours": None, "basis": basis}
+               "gpu_hours": None, "engine_starts": 0, "server_starts": 0, "load_gpu_hours": 0.0, "prefix_share": None,
+               "basis": basis}
         if kind == "in_process" and spec.gpus == 0:
             row["gpu_hours"] = 0.0  # a job of an entry with `gpus: 0` gets no GPU: it runs on the CPU
         elif kind == "in_process":
@@ -198,13 +203,62 @@ def estimate(prepared: Prepared, settings: PlanSettings | None = None) -> tuple[
         calls = test * context * q
         plan.add("capeval", judge, 1, calls, 0, text / 4, 0, _cap(out["judge"], spec.sampling),
                  f"{test:.0f} test samples x {context:.2f} concepts x {q} questions, {policy}'s captions, '{condition}'")
+        # all questions on one caption (its context concepts x q) share the caption's prefix
+        plan.rows[-1]["prefix_share"] = _judge_prefix_share(caption_tokens_of[policy], context * q, prompts)
     _diagnostics(plan, prepared, diagnostics, diag_side, png)
     for run in prepared.training.runs:
         _training(plan, prepared, run, train, context, q, caption_text, concept_side, query_side)
     assumptions = _assumptions(settings, positives, context, kept, test, train)
     if unknown_pool:
         assumptions.append(f"embed_concepts is left out: the concept pool ({pool.path}) cannot be counted before it exists")
-    return _merge(plan.rows), assumptions
+    assumptions += _engine_assumptions(settings)
+    return _with_starts(_merge(plan.rows), engines.starts(prepared, settings)), assumptions
+
+
+def _judge_prefix_share(caption_tokens: float, questions: float, prompts: PromptBook) -> float:
+    """Reusable prompt share of CapEval judge requests: `questions` requests per caption."""
+    def build(group: int, item: int):
+        question = {"question": distinct(item, 12), "options": {k: distinct(item, 5) for k in "ABCD"}}
+        return build_judge_request(distinct(group, caption_tokens), question, prompts, seed=0)
+
+    return reusable_share(build, questions)
+
+
+def _with_starts(rows: list[dict], starts: dict[tuple[str, str], dict]) -> list[dict]:
+    """Rows with the jobs the rules make and the engine and server starts in them; loading's
+    GPU-hours are added to the row's (a served entry's row then counts its loading only). A (rule,
+    role) whose calls the plan does not estimate (general_benchmark) gets a row of its starts."""
+    by_key = {(r["rule"], r["role"]): r for r in rows}
+    for (rule, role), entry in starts.items():
+        row = by_key.get((rule, role))
+        if row is None:
+            spec = entry["spec"]
+            row = {"rule": rule, "role": role, "backend": spec.backend, "model": spec.model,
+                   "kind": BACKENDS[spec.backend].kind, "calls": 0, "images": 0, "input_tokens": 0,
+                   "output_tokens": 0, "estimated_cost_usd": 0.0, "gpu_hours": None, "prefix_share": None,
+                   "basis": "engine starts only: calls not estimated"}
+            rows.append(row)
+        row.update(jobs=entry["jobs"], engine_starts=entry["engine_starts"], server_starts=entry["server_starts"],
+                   load_gpu_hours=entry["load_gpu_hours"])
+        if entry["load_gpu_hours"]:
+            row["gpu_hours"] = (row["gpu_hours"] or 0.0) + entry["load_gpu_hours"]
+    for row in rows:
+        if row["kind"] == "stand_in":
+            row["prefix_share"] = None  # a stand-in has no prefix cache to reuse it
+    return rows
+
+
+def _engine_assumptions(settings: PlanSettings) -> list[str]:
+    loads = ", ".join(f"{k} {v:g}" for k, v in settings.load_seconds.items())
+    return [
+        "every job loads each in-process model it runs once (an engine start) and starts each served entry it calls "
+        "once (a server start); a sharded rule runs one job per shard",
+        f"loading from local disk holds the job's GPUs for plan.load_seconds per start ({loads}); those GPU-hours "
+        "are in GPU-h, and are all of a served entry's GPU-h",
+        "prefix: the share of a rule's prompt tokens a prefix cache (vLLM's automatic prefix caching) can reuse: "
+        "the CapEval judge's questions on one caption repeat the instructions and the caption, the LAR judge's "
+        "requests the instructions; blank where not estimated and for stand-ins",
+    ]
 
 
 def _pool_size(config: Mapping, pool) -> int | None:
@@ -253,6 +307,9 @@ def _diagnostics(plan: _Plan, prepared: Prepared, diagnostics, side: int, png: b
                                                                     prompts).messages)
             plan.add("diagnose", judge, 1, items, 0, text / 4, 0,
                      _cap(out["lar_verdict"], prepared.models[judge].sampling), f"{where}: one verdict per answer")
+            # one verdict per answer: only the instructions before the question repeat
+            plan.rows[-1]["prefix_share"] = reusable_share(lambda g, i: build_lar_judge_request(
+                distinct(g, 15), distinct(g, 10), distinct(g, answer), prompts), 1)
 
 
 def _training(plan: _Plan, prepared: Prepared, run: str, train: float, context: float, q: int, caption_chars: int,
@@ -279,8 +336,8 @@ def _training(plan: _Plan, prepared: Prepared, run: str, train: float, context: 
         plan.add("train_gspo", settings.judge, 1, calls, 0, text / 4, 0, _cap(out["judge"], spec.sampling),
                  f"run {run}: {completions:.0f} rollouts x {caption_share:.2f} caption share x {context:.2f} concepts "
                  f"x {q} questions")
-    policy = ModelSpec(name=f"training.runs.{run}", backend="transformers", model=settings.base_model or "",
-                       gpus=settings.gpus)
+        plan.rows[-1]["prefix_share"] = _judge_prefix_share(rollout, context * q, plan.prompts)
+    policy = engines.training_policy(prepared, run)
     images = completions * (context + 1)
     plan.add("train_gspo", f"training.runs.{run}", 1, completions, images, caption_chars / 4, concept_side, rollout,
              f"run {run}: {records:.0f} records x {settings.num_train_epochs:g} epochs x {settings.num_generations} "
@@ -303,6 +360,10 @@ def _merge(rows: list[dict]) -> list[dict]:
             merged[key] = dict(row, basis=[row["basis"]])
             continue
         target = merged[key]
+        if row["prefix_share"] is not None:  # weighted by prompt tokens
+            total = target["input_tokens"] + row["input_tokens"]
+            target["prefix_share"] = ((target["prefix_share"] or 0.0) * target["input_tokens"]
+                                      + row["prefix_share"] * row["input_tokens"]) / total if total else row["prefix_share"]
         for name in ("jobs", "calls", "images", "input_tokens", "output_tokens", "estimated_cost_usd"):
             target[name] += row[name]
         if row["gpu_hours"] is not None:
@@ -331,22 +392,31 @@ def _assumptions(settings: PlanSettings, positives: float, context: float, kept:
         f"tokens/s per GPU for an ~8B VLM (plan.throughput); transformers at "
         f"{settings.backend_speed.get('transformers', 1.0):g} x vLLM's speed; open_clip {settings.embed_images_per_s:g} images/s",
         "dollars from the config's prices (USD per 1M tokens); a model without a price costs 0",
-        "GPU-h counts in-process models and GSPO training only (an entry with gpus: 0 runs on the CPU); a self-hosted "
-        "server's GPUs (vllm serve) are busy for as long as its calls take: see BENCHMARKS.md for measured judge throughput",
+        "GPU-h counts in-process models, GSPO training and loading only (an entry with gpus: 0 runs on the CPU); a "
+        "self-hosted server's GPUs (vllm serve) are also busy for as long as its calls take: see BENCHMARKS.md for "
+        "measured judge throughput",
     ]
 
 
 def format_plan(rows: list[dict], assumptions: list[str]) -> str:
     """The plan as a plain-text table, totals and assumptions."""
-    lines = [f"{'rule':<20} {'role':<28} {'backend':<22} {'calls':>10} {'input tok':>13} {'output tok':>12} "
-             f"{'USD':>10} {'GPU-h':>8}"]
+    lines = [f"{'rule':<20} {'role':<28} {'backend':<22} {'jobs':>5} {'starts':>6} {'calls':>10} {'input tok':>13} "
+             f"{'prefix':>6} {'output tok':>12} {'USD':>10} {'load-h':>7} {'GPU-h':>8}"]
     for r in rows:
         gpu = "" if r["gpu_hours"] is None else f"{r['gpu_hours']:.2f}"
-        lines.append(f"{r['rule']:<20} {r['role'][:28]:<28} {r['backend'][:22]:<22} {r['calls']:>10,} "
-                     f"{r['input_tokens']:>13,} {r['output_tokens']:>12,} {r['estimated_cost_usd']:>10.2f} {gpu:>8}")
-    total = {k: sum(r[k] for r in rows) for k in ("calls", "input_tokens", "output_tokens", "estimated_cost_usd")}
+        prefix = "" if r["prefix_share"] is None else f"{r['prefix_share']:.2f}"
+        starts = r["engine_starts"] + r["server_starts"]
+        lines.append(f"{r['rule']:<20} {r['role'][:28]:<28} {r['backend'][:22]:<22} {r['jobs']:>5} {starts:>6} "
+                     f"{r['calls']:>10,} {r['input_tokens']:>13,} {prefix:>6} {r['output_tokens']:>12,} "
+                     f"{r['estimated_cost_usd']:>10.2f} {r['load_gpu_hours']:>7.2f} {gpu:>8}")
+    total = {k: sum(r[k] for r in rows) for k in ("calls", "input_tokens", "output_tokens", "estimated_cost_usd",
+                                                  "engine_starts", "server_starts", "load_gpu_hours")}
     hours = sum(r["gpu_hours"] or 0.0 for r in rows)
-    lines.append(f"{'total':<20} {'':<28} {'':<22} {total['calls']:>10,} {total['input_tokens']:>13,} "
-                 f"{total['output_tokens']:>12,} {total['estimated_cost_usd']:>10.2f} {hours:>8.2f}")
+    starts = total["engine_starts"] + total["server_starts"]
+    lines.append(f"{'total':<20} {'':<28} {'':<22} {'':>5} {starts:>6} {total['calls']:>10,} "
+                 f"{total['input_tokens']:>13,} {'':>6} {total['output_tokens']:>12,} "
+                 f"{total['estimated_cost_usd']:>10.2f} {total['load_gpu_hours']:>7.2f} {hours:>8.2f}")
+    lines.append(f"starts: {total['engine_starts']} in-process engine loads, {total['server_starts']} server starts; "
+                 f"loading {total['load_gpu_hours']:.2f} of the {hours:.2f} GPU-h")
     return "\n".join(lines) + "\n\nAssumptions:\n" + "\n".join(f"- {a}" for a in assumptions)
 

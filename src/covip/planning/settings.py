@@ -33,6 +33,22 @@ def _backend_speed() -> dict[str, float]:
     return {"vllm": 1.0, "transformers": 0.2}
 
 
+def _load_seconds() -> dict[str, float]:
+    # Seconds one engine or server start holds its GPUs before the first request, from local disk
+    # (weights already in HF_HOME; rule download_models fetched them). Keys: an in-process backend,
+    # "serve" (a `serve:` entry's server), or a model name (wins over both). Public grounds: an 8B VLM
+    # in bf16 is ~17 GB of safetensors (~10 s at ~2 GB/s from NVMe); vLLM's V1 engine then runs
+    # torch.compile (cached under ~/.cache/vllm/torch_compile_cache after the first start,
+    # docs.vllm.ai design/torch_compile), profiles memory and captures CUDA graphs, and "Breaking the
+    # Ice: Analyzing Cold Start Latency in vLLM" (arXiv 2606.07362) finds that startup mostly CPU-bound,
+    # about a minute or more for 8B models; `vllm serve` adds the API server and the health wait;
+    # config/paper.yaml measures 1-3 minutes per served judge start. The 30B-A3B FP8 judge reads ~31 GB
+    # and compiles a MoE graph. transformers has no compile or graph capture; open_clip ViT-L/14 is
+    # ~1.7 GB.
+    return {"vllm": 90.0, "transformers": 45.0, "open_clip": 15.0, "serve": 120.0,
+            "Qwen/Qwen3-30B-A3B-Instruct-2507-FP8": 150.0}
+
+
 @dataclass
 class PlanSettings:
     """Assumptions of `covip plan` (config section `plan`)."""
@@ -44,6 +60,7 @@ class PlanSettings:
     throughput: dict[str, dict[str, float]] = field(default_factory=_throughput, metadata={"help": "Per GPU name: tokens per second of one GPU for prefill and decode (batched vLLM inference of an ~8B VLM) and for GSPO training (forward+backward per token per pass)."})
     backend_speed: dict[str, float] = field(default_factory=_backend_speed, metadata={"help": "Throughput of an in-process backend relative to vLLM (transformers: no continuous batching)."})
     embed_images_per_s: float = field(default=300.0, metadata={"help": "Images per second one GPU embeds with open_clip (CLIP ViT-L/14).", "minimum": 0})
+    load_seconds: dict[str, float] = field(default_factory=_load_seconds, metadata={"help": "Seconds one start holds its GPUs loading a model from local disk, per in-process backend, 'serve' (a served entry's server), or model name (wins); added to GPU-hours once per start."})
 
     def __post_init__(self):
         if not 0.0 < self.kept_fraction <= 1.0:
@@ -60,3 +77,6 @@ class PlanSettings:
         if unknown:
             raise ValueError(f"plan.output_tokens: unknown kind(s) {unknown}; known: {sorted(_output_tokens())}")
         self.output_tokens = {**_output_tokens(), **self.output_tokens}
+        if any(float(v) < 0 for v in self.load_seconds.values()):
+            raise ValueError(f"plan.load_seconds: seconds must be >= 0, got {self.load_seconds}")
+        self.load_seconds = {**_load_seconds(), **self.load_seconds}

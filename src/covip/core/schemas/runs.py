@@ -46,11 +46,15 @@ PLAN = _schema(
         ("input_tokens", pa.int64()),  # text (characters / 4) plus image tokens (the backend's own rule)
         ("output_tokens", pa.int64()),
         ("estimated_cost_usd", pa.float64()),  # from the config's prices; 0 without a price
-        ("gpu_hours", pa.float64()),  # in-process models and training, at plan.throughput of plan.gpu; null for APIs
+        ("gpu_hours", pa.float64()),  # in-process models, training and loading, at plan.throughput of plan.gpu; null for APIs
+        ("engine_starts", pa.int64()),  # in-process loads of the role's model: one per job that runs it
+        ("server_starts", pa.int64()),  # starts of the role's server (a `serve:` entry): one per job that calls it
+        ("load_gpu_hours", pa.float64()),  # GPU-hours those starts hold while loading (plan.load_seconds), in gpu_hours
+        ("prefix_share", pa.float64()),  # share of input tokens a prefix cache can reuse; null where not estimated
         ("basis", pa.string()),  # how the calls were counted
     ],
     ["rule", "role", "backend", "model", "kind", "jobs", "calls", "images", "input_tokens", "output_tokens",
-     "estimated_cost_usd", "basis"],
+     "estimated_cost_usd", "engine_starts", "server_starts", "load_gpu_hours", "basis"],
 )
 
 
