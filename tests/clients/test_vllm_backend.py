@@ -239,6 +239,10 @@ def test_registry_complete_many_uses_batches(fake_vllm):
     assert [len(call["messages"]) for call in FakeLLM.instances[-1].calls] == [2, 2, 1]
     assert [r.text for r in responses] == [f"0 image(s); question {i}" for i in range(5)]
     assert chat.usage.prompt_tokens == 50 and chat.usage.failures == 0
+    # Without a batch_size, the whole list goes to the engine in one call.
+    whole = ModelRegistry({"policy": {"backend": "vllm", "model": "m", "options": {"max_images": 1}}}).chat("policy")
+    whole.complete_many([ChatRequest((Message.user(f"other {i}"),)) for i in range(5)], progress_file=io.StringIO())
+    assert [len(call["messages"]) for call in FakeLLM.instances[-1].calls] == [5]
 
 
 def test_bad_options_and_unloadable_model(fake_vllm, tmp_path):

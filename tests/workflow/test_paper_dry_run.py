@@ -45,8 +45,7 @@ def workdir(tmp_path_factory):
 
 def test_the_old_limit_images_key_fails_the_dry_run(workdir):
     paper = (workdir / "config" / "paper.yaml").read_text()
-    old = paper.replace("options: {batch_size: 64, max_model_len: 32768}",
-                        "options: {batch_size: 64, max_model_len: 32768, limit_images: 8}")
+    old = paper.replace("options: {max_model_len: 32768}", "options: {max_model_len: 32768, limit_images: 8}")
     assert old != paper
     result = dry_run(workdir, old)
     output = result.stdout + result.stderr
@@ -58,8 +57,7 @@ def test_the_old_limit_images_key_fails_the_dry_run(workdir):
 
 def test_a_max_images_below_the_largest_context_fails_the_dry_run(workdir):
     paper = (workdir / "config" / "paper.yaml").read_text()
-    small = paper.replace("options: {batch_size: 64, max_model_len: 32768}",
-                          "options: {batch_size: 64, max_model_len: 32768, max_images: 8}")
+    small = paper.replace("options: {max_model_len: 32768}", "options: {max_model_len: 32768, max_images: 8}")
     result = dry_run(workdir, small)
     assert result.returncode != 0
     assert "max_images is 8, but a request of this config sends it 13 images" in result.stdout + result.stderr

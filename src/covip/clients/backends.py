@@ -48,7 +48,7 @@ OPENAI_OPTIONS = {"image_mode": "inline", "reasoning_effort": None}
 TRANSFORMERS_OPTIONS = {"dtype": "auto", "batch_size": 8, "max_new_tokens": 512, "attn_implementation": None,
                         "adapter": None, "merge_adapter": True}  # adapter: a peft LoRA folder or hub id
 VLLM_OPTIONS = {
-    "batch_size": 64,
+    "batch_size": None,  # None: every request of one complete_many call in one LLM.chat (vLLM schedules)
     "max_images": None,  # None: the most images a request of this config can carry (covip.config.prepare)
     "dtype": "auto",
     "max_model_len": None,

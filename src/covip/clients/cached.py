@@ -166,8 +166,10 @@ class CachedChatModel:
         return results  # type: ignore[return-value]
 
     def _run_batched(self, requests, keys, todo, results, bar) -> None:
-        # The entry's batch_size (every batching backend declares one, with its default).
-        size = max(1, int(self.spec.resolved_options().get("batch_size") or 8))
+        # The entry's batch_size (every batching backend declares one, with its default); None: all of
+        # them in one call (vLLM schedules a whole chunk better than we can split it).
+        size = self.spec.resolved_options().get("batch_size")
+        size = max(1, len(todo)) if size is None else max(1, int(size))
         for start in range(0, len(todo), size):
             chunk = todo[start : start + size]
             for index in chunk:

@@ -8,9 +8,11 @@ separately by `vllm serve`, use `backend: openai` with a `base_url` instead.
 The registry entry's `model` is a local folder or a hub id in the local cache. `options` (all
 optional):
 
-- `batch_size` (int, default 64): conversations per `LLM.chat` call when the registry's
-  `complete_many` batches (vLLM schedules inside a call, so big chunks keep the GPU busy; smaller
-  ones show progress and checkpoint into the response cache more often);
+- `batch_size` (int, default none): conversations per `LLM.chat` call when the registry's
+  `complete_many` batches. Unset, one call takes every request of a `complete_many` (a job's chunk
+  of captions, a whole diagnostic set, every question of a caption table): vLLM schedules inside a
+  call, so the engine is never under-fed between calls; a number shows progress and checkpoints into
+  the response cache more often, at the cost of idle GPU time at each call's tail;
 - `max_images` (int): the most images one prompt may carry (`limit_mm_per_prompt`). Left unset, the
   workflow sets it when it parses the config to the most images a request of that config can carry
   (the largest context plus the query: `covip.config.prepare`), and a smaller value fails `snakemake -n`;
@@ -149,7 +151,7 @@ class VLLMChatModel:
             raise ValueError(f"models.{spec.name}.options.max_images is not set: the workflow derives it from the config "
                              "when it parses it; outside the workflow, set it to the most images one request carries")
         for name in ("batch_size", "max_images", "max_new_tokens", "tensor_parallel_size"):
-            if int(options[name]) < 1:
+            if options[name] is not None and int(options[name]) < 1:
                 raise ValueError(f"models.{spec.name}.options.{name} must be >= 1, got {options[name]}")
         self.spec = spec
         self.identity = spec.identity
