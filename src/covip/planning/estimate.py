@@ -256,8 +256,8 @@ def _engine_assumptions(settings: PlanSettings) -> list[str]:
         f"loading from local disk holds the job's GPUs for plan.load_seconds per start ({loads}); those GPU-hours "
         "are in GPU-h, and are all of a served entry's GPU-h",
         "prefix: the share of a rule's prompt tokens a prefix cache (vLLM's automatic prefix caching) can reuse: "
-        "the CapEval judge's questions on one caption repeat the instructions and the caption, the LAR judge's "
-        "requests the instructions; blank where not estimated and for stand-ins",
+        "the CapEval judge's requests on one sample repeat its instructions and the text judged, the LAR judge's "
+        "its instructions; blank where not estimated and for stand-ins",
     ]
 
 
