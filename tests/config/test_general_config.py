@@ -9,17 +9,14 @@ import pytest
 import yaml
 
 from covip.config.prepare import ConfigError, prepare
+from support.workflow import validated_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def default_config():
-    from snakemake.utils import validate
-
-    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    validate(config, str(ROOT / "config" / "schemas" / "config.schema.yaml"))
-    return config
+    return validated_config()
 
 
 def with_evaluation(config, **changes):

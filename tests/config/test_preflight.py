@@ -13,17 +13,14 @@ from covip.config.prepare import prepare
 from covip.config.preflight import config_gpu_requests, config_roles, preflight
 from covip.workflow.gpu_slots import DevicePool
 from support.strict_openai import StrictOpenAIServer
+from support.workflow import validated_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def default_config():
-    from snakemake.utils import validate
-
-    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    validate(config, str(ROOT / "config" / "schemas" / "config.schema.yaml"))
-    return config
+    return validated_config()
 
 
 def _prepared(config, **models):

@@ -11,18 +11,14 @@ import yaml
 from covip.clients.backends import UnknownBackendError, UnknownOptionError
 from covip.config.prepare import ConfigError, prepare
 from covip.core.fingerprint import code_fingerprint
+from support.workflow import validated_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def default_config():
-    """config/config.yaml with the schema defaults the workflow's validation would fill in."""
-    from snakemake.utils import validate
-
-    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    validate(config, str(ROOT / "config" / "schemas" / "config.schema.yaml"))
-    return config
+    return validated_config()
 
 
 def prepared(config, **changes):

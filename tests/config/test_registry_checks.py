@@ -8,33 +8,25 @@ import copy
 from pathlib import Path
 
 import pytest
-import yaml
 
 from covip.clients.backends import BACKENDS, UnknownOptionError
 from covip.clients.dialects import DialectError
 from covip.config.models import images_per_request
 from covip.config.prepare import ConfigError, prepare
 from covip.content.scenes import DEFAULT_OPTIONS as SCENE_OPTIONS
+from support.workflow import validated_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _validated(path: Path) -> dict:
-    from snakemake.utils import validate
-
-    config = yaml.safe_load(path.read_text())
-    validate(config, str(ROOT / "config" / "schemas" / "config.schema.yaml"))
-    return config
-
-
 @pytest.fixture(scope="module")
 def default_config():
-    return _validated(ROOT / "config" / "config.yaml")
+    return validated_config()
 
 
 @pytest.fixture(scope="module")
 def paper_config():
-    return _validated(ROOT / "config" / "paper.yaml")
+    return validated_config("paper.yaml")
 
 
 def test_the_compositor_declares_the_scene_composer_options():

@@ -7,7 +7,6 @@ import copy
 from pathlib import Path
 
 import pytest
-import yaml
 
 from covip.clients.spec import ModelSpec
 from covip.config.prepare import prepare
@@ -16,26 +15,19 @@ from covip.core.io import read_rows, to_table
 from covip.planning.compare import compare, comparison_markdown
 from covip.planning.estimate import estimate, format_plan, image_tokens
 from covip.planning.settings import PlanSettings
+from support.workflow import validated_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _config(path: Path) -> dict:
-    from snakemake.utils import validate
-
-    config = yaml.safe_load(path.read_text())
-    validate(config, str(ROOT / "config" / "schemas" / "config.schema.yaml"))
-    return config
-
-
 @pytest.fixture(scope="module")
 def default_config():
-    return _config(ROOT / "config" / "config.yaml")
+    return validated_config()
 
 
 @pytest.fixture(scope="module")
 def paper_config():
-    return _config(ROOT / "config" / "paper.yaml")
+    return validated_config("paper.yaml")
 
 
 def _plan(config, **changes):

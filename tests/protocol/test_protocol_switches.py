@@ -15,7 +15,6 @@ import io
 from pathlib import Path
 
 import pytest
-import yaml
 from PIL import Image
 
 from covip.clients.base import TextPart
@@ -30,6 +29,7 @@ from covip.stages.diagnostics.scoring import score_diagnostics
 from covip.stages.diagnostics.settings import DiagnosticSettings
 from support.fakes import scripted
 from support.questions import options, question
+from support.workflow import validated_config
 
 ROOT = Path(__file__).resolve().parents[2]
 QUIET = io.StringIO()
@@ -208,11 +208,7 @@ def test_a_deviating_switch_or_prompt_makes_the_protocol_custom():
 
 @pytest.fixture(scope="module")
 def default_config():
-    from snakemake.utils import validate
-
-    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    validate(config, str(ROOT / "config" / "schemas" / "config.schema.yaml"))
-    return config
+    return validated_config()
 
 
 def test_prepare_applies_the_protocol_at_parse_time(default_config):

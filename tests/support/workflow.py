@@ -65,3 +65,13 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
             elif line.strip().startswith("total"):
                 break
     return jobs
+
+
+def validated_config(name: str = "config.yaml") -> dict:
+    """config/<name> with the schema defaults the workflow's validation fills in (what rules see)."""
+    import yaml
+    from snakemake.utils import validate
+
+    config = yaml.safe_load((ROOT / "config" / name).read_text())
+    validate(config, str(ROOT / "config" / "schemas" / "config.schema.yaml"))
+    return config
