@@ -20,9 +20,10 @@ import pytest
 
 from covip.clients.registry import ModelRegistry, ServerNotStartedError
 from covip.clients.spec import ModelSpec, ServeSpec
-from covip.serving.lifeline import alive, owner_token, process_start
+from covip.serving.lifeline import alive, owner_token
 from covip.serving.server import ServerError, answers, server_argv, split_devices, start_server
 from covip.workflow.gpu_slots import device_pool, holders
+from support.processes import live_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 RESPONDER = ROOT / "tests" / "support" / "served_responder.py"
@@ -33,21 +34,6 @@ def responder_entry(ledger: Path, *extra: str, gpus: int = 0, model: str = "resp
                "--ledger", str(ledger), *extra]
     return {"backend": "openai", "model": model, "sampling": {"max_tokens": 8},
             "serve": {"command": command, "gpus": gpus, "startup_timeout_s": 30, "grace_s": 3, **serve}}
-
-
-def live_pids(marker: str) -> list[int]:
-    """Live (not zombie) processes whose command line contains `marker`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmdline and process_start(int(entry.name)) is not None:
-            found.append(int(entry.name))
-    return found
 
 
 def wait_for(predicate, timeout_s: float, what: str) -> None:
@@ -116,12 +102,12 @@ def test_a_server_starts_answers_is_logged_and_stops_with_its_workers(tmp_path):
         reply = registry.chat("writer").complete(ChatRequest((Message.user("Say something."),), {}))
         assert reply.ok and reply.text == "OK"
         assert len(ledger.read_text().splitlines()) == 1
-        assert live_pids("responder-child"), "the server's worker did not start"
+        assert live_processes("responder-child"), "the server's worker did not start"
     finally:
         server.stop()
     log = (tmp_path / "logs" / "job.writer.log").read_text()
     assert "serving models.writer" in log and "ending process group" in log
-    wait_for(lambda: not live_pids(str(ledger)) and not live_pids("responder-child"), 10, "the server and its worker to end")
+    wait_for(lambda: not live_processes(str(ledger)) and not live_processes("responder-child"), 10, "the server and its worker to end")
 
 
 def test_a_server_that_ignores_sigterm_is_killed_after_its_grace(tmp_path):
@@ -131,7 +117,7 @@ def test_a_server_that_ignores_sigterm_is_killed_after_its_grace(tmp_path):
     began = time.monotonic()
     server.stop()
     assert time.monotonic() - began < 10
-    wait_for(lambda: not live_pids(str(ledger)), 10, "the stubborn server to be killed")
+    wait_for(lambda: not live_processes(str(ledger)), 10, "the stubborn server to be killed")
 
 
 def test_a_server_that_fails_or_never_answers_raises_with_its_log(tmp_path):
@@ -144,7 +130,7 @@ def test_a_server_that_fails_or_never_answers_raises_with_its_log(tmp_path):
                         "startup_timeout_s": 1.5, "grace_s": 1}}
     with pytest.raises(ServerError, match="did not answer .* within 2 s"):
         start_server(ModelSpec.from_config("m", silent), [], tmp_path / "silent.log")
-    wait_for(lambda: not live_pids("silent-server"), 10, "the silent server to be stopped")
+    wait_for(lambda: not live_processes("silent-server"), 10, "the silent server to be stopped")
 
 
 # -- kill -9 -----------------------------------------------------------------------------------------
@@ -185,7 +171,7 @@ def test_kill_9_leaves_no_server_and_no_held_gpu(tmp_path, killed):
         pool = device_pool(env)
         assert holders(locks, pool)["0"], "the server's GPU is not held"
         (job if killed == "job" else owner).send_signal(signal.SIGKILL)
-        wait_for(lambda: not live_pids(str(ledger)) and not live_pids("responder-child"), 20,
+        wait_for(lambda: not live_processes(str(ledger)) and not live_processes("responder-child"), 20,
                  "the server and its worker to end")
         wait_for(lambda: job.poll() is not None, 10, "the job to end")
         wait_for(lambda: holders(locks, pool) == {"0": None}, 10, "the GPU to be released")
@@ -221,7 +207,7 @@ def test_gpu_run_starts_the_served_judge_for_a_shell_rule_and_ends_everything_on
         assert "serving models.judge" in (tmp_path / "logs" / "servers" / "train_gspo.r.judge.log").read_text()
         owner.send_signal(signal.SIGKILL)
         wait_for(lambda: run.poll() is not None, 60, "gpu-run to end")
-        wait_for(lambda: not live_pids(str(ledger)) and not live_pids("gpu-run-command"), 20, "command and server to end")
+        wait_for(lambda: not live_processes(str(ledger)) and not live_processes("gpu-run-command"), 20, "command and server to end")
         assert not any(holders(locks, device_pool(env)).values())
     finally:
         for process in (run, owner):
@@ -252,7 +238,7 @@ def test_llama_cpp_serves_the_gemma_gguf_through_the_managed_path(tmp_path):
         assert reply.ok and reply.usage.completion_tokens > 0
     finally:
         server.stop()
-    wait_for(lambda: not live_pids(str(gguf)), 15, "llama.cpp's server to end")
+    wait_for(lambda: not live_processes(str(gguf)), 15, "llama.cpp's server to end")
 
 
 # -- a job's StageRun --------------------------------------------------------------------------------
@@ -297,8 +283,8 @@ def test_a_stage_run_serves_the_entries_its_rule_calls_on_devices_of_its_own(tmp
         assert len(held) == 2 and set(own) < held
         reply = run.models.chat("judge").complete(ChatRequest((Message.user("Reply with one letter only."),), {}))
         assert reply.ok and len(ledger.read_text().splitlines()) == 1
-        assert not (tmp_path / "unused.jsonl").exists() and not live_pids("unused.jsonl")  # not called: not started
-    assert not live_pids(str(ledger)) and not any(holders(locks, pool).values())
+        assert not (tmp_path / "unused.jsonl").exists() and not live_processes("unused.jsonl")  # not called: not started
+    assert not live_processes(str(ledger)) and not any(holders(locks, pool).values())
     log = (tmp_path / "out" / "logs" / "servers" / "capeval.intact.p.j.judge.log").read_text()
     assert "serving models.judge on GPU(s)" in log
 

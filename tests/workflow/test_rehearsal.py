@@ -26,10 +26,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from support.processes import live_processes
 from support.hub import seed_hub_cache
 from support.workflow import copy_workflow
 
-from covip.serving.lifeline import process_start
 from covip.workflow.gpu_slots import device_pool, holders
 
 pytestmark = pytest.mark.integration
@@ -130,21 +130,6 @@ def rehearsal_config(res: dict, ledger: Path, hold: Path) -> dict:
     }
 
 
-def live(marker: str) -> list[str]:
-    """Command lines of live (not zombie) processes that mention `marker`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmdline and process_start(int(entry.name)) is not None:
-            found.append(f"{entry.name}: {cmdline[:200]}")
-    return found
-
-
 def wait_for(predicate, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -174,14 +159,14 @@ def test_paper_shaped_rehearsal_survives_kill_9_and_reruns_without_repeating_a_c
         assert first.poll() is None, first.stdout.read()[-4000:]
         time.sleep(2)  # the requests answered before the hold are in the job's cache journal by now
         assert any(holders(locks, pool).values()), "the verifier's server holds no GPU"
-        assert live(str(RESPONDER)), "no served model is up"
+        assert live_processes(str(RESPONDER)), "no served model is up"
         answered_before_kill = ledger.read_text().splitlines()
         assert len(answered_before_kill) >= HOLD_AFTER
 
         # 2. kill -9 Snakemake: its jobs, their servers and their GPUs must all go.
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
-        wait_for(lambda: not live(marker), 30, f"the run's processes to end: {live(marker)}")
+        wait_for(lambda: not live_processes(marker), 30, f"the run's processes to end: {live_processes(marker)}")
         assert not any(holders(locks, pool).values()), holders(locks, pool)
     finally:
         if first.poll() is None:
@@ -193,7 +178,7 @@ def test_paper_shaped_rehearsal_survives_kill_9_and_reruns_without_repeating_a_c
     subprocess.run([*command, "--unlock"], cwd=workdir, env=env, capture_output=True, timeout=300, check=True)
     rerun = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-6000:]
-    assert not live(marker) and not any(holders(locks, pool).values())
+    assert not live_processes(marker) and not any(holders(locks, pool).values())
     keys = [json.loads(line)["key"] for line in ledger.read_text().splitlines()]
     assert len(keys) > len(answered_before_kill) and len(set(keys)) == len(keys), "a request was sent twice"
 
