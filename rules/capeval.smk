@@ -3,30 +3,66 @@
 # ground truth, and how far the judges agree.
 
 
-rule capeval:
-    input:
-        unpack(inputs_of("capeval", captions=out("captions/{condition}/{policy}.parquet"),
-                         test=lambda wc: PREP.condition_input(wc.condition, "test"))),
-    output:
-        **capeval_outputs(),
-    log:
-        shard_log("capeval", "capeval/{condition}/{policy}.{judge}"),
-    benchmark:
-        shard_benchmark("capeval", "capeval/{condition}/{policy}.{judge}")
-    params:
-        shard_size=shard_size("capeval"),
-        settings=config["capeval"],
-        seed=config["seed"],
-        models=models_of("capeval"),
-        prompts=prompts_of("capeval_judge", "capeval_repair"),
-        code=code_of("capeval.py", "capeval"),
-    threads: threads_of("capeval")
-    resources:
-        **resources_of("capeval"),
-    conda:
-        conda_of("capeval")
-    script:
-        "../workflow_scripts/capeval.py"
+if PREP.capeval_judges(one_pass=False):
+
+    rule capeval:
+        # One job per (condition, policy, judge) caption table (and shard).
+        input:
+            unpack(inputs_of("capeval", captions=out("captions/{condition}/{policy}.parquet"),
+                             test=lambda wc: PREP.condition_input(wc.condition, "test"))),
+        output:
+            **capeval_outputs(),
+        log:
+            shard_log("capeval", "capeval/{condition}/{policy}.{judge}"),
+        benchmark:
+            shard_benchmark("capeval", "capeval/{condition}/{policy}.{judge}")
+        wildcard_constraints:
+            judge="|".join(PREP.capeval_judges(one_pass=False)),
+        params:
+            shard_size=shard_size("capeval"),
+            settings=config["capeval"],
+            seed=config["seed"],
+            models=models_of("capeval"),
+            prompts=prompts_of("capeval_judge", "capeval_repair"),
+            code=code_of("capeval.py", "capeval"),
+        threads: threads_of("capeval")
+        resources:
+            **resources_of("capeval"),
+        conda:
+            conda_of("capeval")
+        script:
+            "../workflow_scripts/capeval.py"
+
+
+# capeval.one_pass (default for a judge loaded in the job): one job per judge judges every caption
+# table of the run, so the engine loads once and schedules every request; it writes the same files.
+if PREP.capeval_judges(one_pass=True):
+
+    rule capeval_one_pass:
+        input:
+            unpack(inputs_of("capeval_one_pass", **PREP.one_pass_inputs())),
+        output:
+            **PREP.one_pass_outputs(),
+        log:
+            log_of("capeval_one_pass", "capeval/{judge}.one_pass"),
+        benchmark:
+            benchmark_of("capeval_one_pass", "capeval/{judge}.one_pass")
+        wildcard_constraints:
+            judge="|".join(PREP.capeval_judges(one_pass=True)),
+        params:
+            tables=PREP.one_pass_tables(),
+            settings=config["capeval"],
+            seed=config["seed"],
+            models=models_of("capeval_one_pass"),
+            prompts=prompts_of("capeval_judge", "capeval_repair"),
+            code=code_of("capeval.py", "capeval_one_pass"),
+        threads: threads_of("capeval_one_pass")
+        resources:
+            **resources_of("capeval_one_pass"),
+        conda:
+            conda_of("capeval_one_pass")
+        script:
+            "../workflow_scripts/capeval.py"
 
 
 # A sharded capeval writes answers only; once they are gathered, this job pools them into Acc+/Acc-

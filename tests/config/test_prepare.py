@@ -222,3 +222,29 @@ def test_hub_diagnostic_sets_are_fetched_by_the_download_rule_and_checked_at_par
         prepared(default_config, diagnostic_sources={"lar": "hf://Yeongtak/lar"})
     with pytest.raises(ConfigError, match="diagnostic_sources.lar: 'hf://datasets/lar'"):
         prepared(default_config, diagnostic_sources={"lar": "hf://datasets/lar"})
+
+
+def test_capeval_one_pass_follows_where_the_judge_runs(default_config):
+    # the default's judges are stand-ins loaded in the job: one pass each, over every (condition, policy)
+    prep = prepared(default_config)
+    assert prep.capeval_judges(one_pass=True) == ["lexical_judge", "ngram_judge"]
+    assert prep.capeval_judges(one_pass=False) == []
+    tables = prep.capeval_tables()
+    assert len(tables) == 5 * 6 and tables[0] == ("intact", "oracle")
+    outputs, inputs = prep.one_pass_outputs(), prep.one_pass_inputs()
+    assert outputs["answers_0"] == "results/capeval/intact/oracle/{judge}/answers.parquet"
+    assert inputs["captions_0"] == "results/captions/intact/oracle.parquet"
+    assert inputs["test_text_only"] == "results/controls/text_only/test.parquet"
+    assert prep.one_pass_tables()[6] == ["captions_6", "test_text_only", "answers_6", "summary_6"]
+    # an API judge runs one job per table; sharded capeval too, unless one pass is asked for
+    api = prepared(default_config, models__api_judge={"backend": "openai", "model": "m", "base_url": "http://localhost:1/v1"},
+                   evaluation__judges=["api_judge", "lexical_judge"])
+    assert api.capeval_judges(one_pass=False) == ["api_judge"]
+    sharded = {"shard_size": 20, "rules": ["capeval"]}
+    assert prepared(default_config, sharding=sharded).capeval_judges(one_pass=True) == []
+    assert prepared(default_config, capeval={"one_pass": False}).capeval_judges(one_pass=True) == []
+    with pytest.raises(ConfigError, match="capeval.one_pass"):
+        prepared(default_config, sharding=sharded, capeval={"one_pass": True})
+    # a one-pass job takes capeval's resources unless it has its own
+    rules = {"capeval": {"threads": 3, "mem_mb": 4000}}
+    assert prepared(default_config, resources={**default_config["resources"], "rules": rules}).threads("capeval_one_pass") == 3

@@ -125,7 +125,7 @@ def test_the_command_prints_and_writes_the_plan(tmp_path, capsys, monkeypatch):
     printed = capsys.readouterr().out
     assert "capeval" in printed and "Assumptions:" in printed
     written = read_rows(out, schemas.PLAN)
-    assert {r["rule"] for r in written} >= {"synthesize_queries", "caption", "capeval", "train_gspo"}
+    assert {r["rule"] for r in written} >= {"synthesize_queries", "caption", "capeval_one_pass", "train_gspo"}
     assert sum(r["engine_starts"] for r in written) > 0 and "prefix_share" in written[0]
     assert "in-process engine loads" in printed
 
@@ -182,13 +182,28 @@ def test_a_sharded_capeval_starts_its_served_judge_once_per_shard(paper_config):
         2 * plain[("capeval", "qwen3_judge")]["load_gpu_hours"])
 
 
+def test_one_pass_judging_starts_each_judge_once(paper_config):
+    conditions = len(paper_config["controls"]["conditions"])
+    policies = len(paper_config["evaluation"]["policies"])
+    plain, _ = _plan(paper_config)
+    # by default the served judge runs one job (and server) per table, the in-process stand-in one pass
+    assert plain[("capeval", "qwen3_judge")]["jobs"] == conditions * policies
+    assert plain[("capeval_one_pass", "lexical_judge")]["jobs"] == 1
+    assert ("capeval", "lexical_judge") not in plain
+    rows, _ = _plan(paper_config, capeval={"one_pass": True})
+    judge = rows[("capeval_one_pass", "qwen3_judge")]
+    assert (judge["jobs"], judge["server_starts"]) == (1, 1)
+    assert judge["calls"] == plain[("capeval", "qwen3_judge")]["calls"]  # the same questions, in one job
+    assert judge["load_gpu_hours"] == pytest.approx(150 / 3600)
+
+
 def test_the_judge_prompt_shares_its_caption_prefix(paper_config):
     rows, _ = _plan(paper_config)
     capeval = rows[("capeval", "qwen3_judge")]["prefix_share"]
     lar = rows[("diagnose", "qwen3_judge")]["prefix_share"]
     assert 0 < lar < capeval < 1  # a LAR verdict repeats only the instructions
     assert rows[("caption", "qwen3_vl_8b")]["prefix_share"] is None  # not estimated
-    assert rows[("capeval", "lexical_judge")]["prefix_share"] is None  # a stand-in caches nothing
+    assert rows[("capeval_one_pass", "lexical_judge")]["prefix_share"] is None  # a stand-in caches nothing
     # fewer questions per caption: fewer requests reuse the caption
     fewer, _ = _plan(paper_config, mcqa={"questions_per_dialogue": 1})
     assert 0 < fewer[("capeval", "qwen3_judge")]["prefix_share"] < capeval

@@ -17,6 +17,7 @@ from covip.core.metrics import policy_identities_from
 from covip.stages.capeval import (
     CapEvalInputError,
     CapEvalSettings,
+    judge_caption_tables,
     judge_captions,
     judge_failures,
     score_released_captions,
@@ -100,6 +101,35 @@ def hand_answers(prompts):
     judge, fake = scripted_judge(HAND_REPLIES)
     rows = judge_captions(hand_captions(), hand_split(), judge, prompts, CapEvalSettings(), 3, "scripted", progress_file=QUIET)
     return rows, fake
+
+
+def test_tables_judged_in_one_pass_equal_tables_judged_alone(prompts):
+    """One complete_many for every table (what rule capeval_one_pass sends an engine), and each
+    table's rows exactly those its own job gets."""
+    other = [dict(row, policy="q") for row in hand_captions()]
+    other[2].update(caption="Fay and Gus.", status="ok")  # q captioned s3, which p failed
+    tables = [(hand_captions(), hand_split(), "p.parquet"), (other, hand_split(), "q.parquet")]
+    alone = []
+    for captions, split, _ in tables:
+        judge, _ = scripted_judge(HAND_REPLIES | {"Where is Fay?": "\\boxed{A}", "What does Gus play?": "\\boxed{D}"})
+        alone.append(judge_captions(captions, split, judge, prompts, CapEvalSettings(), 3, "scripted", progress_file=QUIET))
+    judge, fake = scripted_judge(HAND_REPLIES | {"Where is Fay?": "\\boxed{A}", "What does Gus play?": "\\boxed{D}"})
+    batches = []
+    complete_many = judge.complete_many
+    judge.complete_many = lambda requests, **kw: batches.append(len(requests)) or complete_many(requests, **kw)
+    together = judge_caption_tables(tables, judge, prompts, CapEvalSettings(), 3, "scripted", progress_file=QUIET)
+    assert together == alone
+    assert [len(rows) for rows in together] == [9, 9] and batches == [7 + 9]
+    assert {r["policy"] for r in together[1]} == {"q"} and not any(r["caption_failed"] for r in together[1])
+
+
+def test_a_bad_table_is_named_before_the_judge_is_called(prompts):
+    judge, fake = scripted_judge(HAND_REPLIES)
+    broken = [dict(row, sample_id="nowhere") if row["sample_id"] == "s2" else row for row in hand_captions()]
+    with pytest.raises(CapEvalInputError, match=r"q\.parquet row 1 .*sample_id"):
+        judge_caption_tables([(hand_captions(), hand_split(), "p.parquet"), (broken, hand_split(), "q.parquet")],
+                             judge, prompts, CapEvalSettings(), 3, "scripted", progress_file=QUIET)
+    assert fake.requests == []
 
 
 def test_hand_built_rows(hand_answers):

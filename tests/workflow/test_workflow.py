@@ -17,10 +17,11 @@ pytestmark = pytest.mark.integration
 
 # In tests/data/tiny.yaml: 4 policies (one GSPO-trained on the train split) x 1 judge x 5 conditions
 # (4 controls of the test split; diagnostics under intact only). What a new test split reruns
-# downstream: the training, every policy's captions and scores under every condition, and the trained
+# downstream: the training, every policy's captions under every condition and their scores (one
+# capeval_one_pass job: the stand-in judge judges all 20 tables in one pass), and the trained
 # policy's diagnostics (one job: its model changed), its general benchmark (tiny_multi_image) and the
 # multi-image table.
-EVALUATION_OF_SPLITS = {"train_gspo": 1, "apply_control": 4, "caption": 20, "capeval": 20, "diagnose": 1,
+EVALUATION_OF_SPLITS = {"train_gspo": 1, "apply_control": 4, "caption": 20, "capeval_one_pass": 1, "diagnose": 1,
                         "collect_evaluation": 1, "summarize_controls": 1, "judge_agreement": 1, "report": 1,
                         "general_benchmark": 1, "collect_general": 1}
 
@@ -168,8 +169,8 @@ def test_editing_the_command_line_reruns_nothing(run_copy):
 
 def test_editing_capeval_reruns_scoring_but_not_training(run_copy):
     jobs = edited(run_copy, "stages/capeval/judging.py")
-    assert jobs == {"capeval": 20, "collect_evaluation": 1, "summarize_controls": 1, "judge_agreement": 1, "report": 1,
-                    "all": 1}
+    assert jobs == {"capeval_one_pass": 1, "collect_evaluation": 1, "summarize_controls": 1, "judge_agreement": 1,
+                    "report": 1, "all": 1}
 
 
 def test_editing_one_module_of_a_stage_package_reruns_only_its_rule(run_copy):
@@ -213,7 +214,7 @@ def test_changing_the_judge_sampling_reruns_only_scoring(run_copy):
     # come back from the response cache); the GSPO run's caption reward
     # uses it as well, so that policy is retrained, recaptioned under every condition and re-evaluated;
     # the other captions are not remade.
-    assert jobs == {"train_gspo": 1, "caption": 5, "capeval": 20, "diagnose": 4, "collect_evaluation": 1,
+    assert jobs == {"train_gspo": 1, "caption": 5, "capeval_one_pass": 1, "diagnose": 4, "collect_evaluation": 1,
                     "summarize_controls": 1, "judge_agreement": 1, "general_benchmark": 1, "collect_general": 1,
                     "report": 1, "all": 1}
 
@@ -241,7 +242,7 @@ def test_trained_policy_is_trained_before_it_captions(tmp_path):
     assert ("build_tiny_vlm", "train_gspo/tiny_vlm_gspo") in edges
     assert ("make_splits", "train_gspo/tiny_vlm_gspo") in edges
     assert ("train_gspo/tiny_vlm_gspo", "caption/tiny_vlm_gspo") in edges
-    assert ("caption/tiny_vlm_gspo", "capeval/lexical_judge") in edges
+    assert ("caption/tiny_vlm_gspo", "capeval_one_pass/lexical_judge") in edges
 
 
 def test_missing_api_key_fails_before_any_job_runs(tmp_path, monkeypatch):
@@ -302,8 +303,9 @@ def test_the_released_test_set_is_captioned_and_scored_when_switched_on(tmp_path
 
     workdir = copy_workflow(tmp_path)
     release = write_released_test(workdir / "release")
+    # One capeval job per table (not one pass), so that two tables' scores need only their own captions.
     (workdir / "released_test.yaml").write_text(
-        "evaluation: {test_source: released}\n"
+        "evaluation: {test_source: released}\ncapeval: {one_pass: false}\n"
         f"released_test: {{meta: {release['meta']}, qas_gt: {release['qas_gt']}, image_root: {release['image_root']}}}\n"
     )
     args = ("--configfile", "tiny.yaml", "released_test.yaml")
@@ -326,3 +328,19 @@ def test_the_released_test_set_is_captioned_and_scored_when_switched_on(tmp_path
     controlled = pq.read_table(workdir / "results/controls/text_only/test.parquet")
     assert controlled.column("sample_id").to_pylist() == ["sample_0", "sample_1", "sample_2"]
     assert (workdir / targets[1]).is_file()
+
+
+def test_one_pass_and_per_table_judging_write_the_same_answers(run_copy):
+    """capeval.one_pass only changes how many jobs judge: the 20 tables judged one job each equal the
+    one-pass job's tables, row for row."""
+    tables = sorted((run_copy / "results" / "capeval").rglob("answers.parquet"))
+    assert len(tables) == 20
+    one_pass = {path: pq.read_table(path) for path in tables}
+    (run_copy / "per_table.yaml").write_text("capeval: {one_pass: false}\n")
+    args = ("--configfile", "tiny.yaml", "per_table.yaml")
+    targets = [str(path.relative_to(run_copy)) for path in tables]
+    assert planned_jobs(snakemake(run_copy, "-n", *args, "--", *targets)) == {"capeval": 20}
+    snakemake(run_copy, *args, "--", *targets)
+    for path, table in one_pass.items():
+        assert pq.read_table(path).equals(table), path
+    assert (run_copy / "results" / "logs" / "capeval" / "text_only" / "oracle.lexical_judge.log").is_file()

@@ -30,8 +30,8 @@ from covip.prompts import PromptBook
 from covip.training.settings import TrainingSettings, launch_command
 
 # Rules whose GPU count is their model's `gpus:` (the wildcard that names the model).
-MODEL_GPU_WILDCARD = {"caption": "policy", "capeval": "judge", "score_released": "judge", "diagnose": "policy",
-                      "general_benchmark": "policy"}
+MODEL_GPU_WILDCARD = {"caption": "policy", "capeval": "judge", "capeval_one_pass": "judge", "score_released": "judge",
+                      "diagnose": "policy", "general_benchmark": "policy"}
 RESOURCE_KEYS = ("mem_mb", "runtime", "slurm_partition")
 # Where rule download_models writes one marker per weights source it fetched (covip.clients.weights).
 WEIGHTS_MARKERS = "resources/weights"
@@ -164,7 +164,7 @@ class Prepared(Layout, GeneralLayout):
             return list(STAGE_ROLES[rule])
         if rule in ("caption", "general_benchmark"):
             return [("chat", wildcards["policy"])]
-        if rule in ("capeval", "score_released"):
+        if rule in ("capeval", "capeval_one_pass", "score_released"):
             return [("chat", wildcards["judge"])]
         if rule == "diagnose":  # one job per (condition, policy) answers every task; LAR needs the judge
             lar = "lar" in self.config["evaluation"]["diagnostic_tasks"]
@@ -221,8 +221,10 @@ class Prepared(Layout, GeneralLayout):
 
     # -- resources ---------------------------------------------------------------------------------
     def resource(self, rule: str, key: str) -> Any:
-        """resources.rules.<rule>.<key>, else resources.default.<key> (None when neither sets it)."""
-        overrides = self.config["resources"]["rules"].get(rule, {})
+        """resources.rules.<rule>.<key>, else resources.default.<key> (None when neither sets it).
+        capeval_one_pass without an entry of its own takes capeval's."""
+        rules = self.config["resources"]["rules"]
+        overrides = rules.get(rule, rules.get("capeval", {}) if rule == "capeval_one_pass" else {})
         return overrides.get(key, self.config["resources"]["default"].get(key))
 
     def threads(self, rule: str) -> int:
@@ -241,6 +243,44 @@ class Prepared(Layout, GeneralLayout):
         else:
             found["gpu"] = self.gpus(rule)
         return found
+
+    # -- CapEval-QA: one job per caption table, or one pass per judge --------------------------------
+    def capeval_one_pass(self, judge: str) -> bool:
+        """Whether rule capeval_one_pass judges this judge's tables (capeval.one_pass; null: when the
+        judge is loaded in the job and capeval is not sharded)."""
+        choice = (self.config.get("capeval") or {}).get("one_pass")
+        if choice is not None:
+            return bool(choice)
+        spec = self.models[judge]
+        return spec.serve is None and BACKENDS[spec.backend].kind != "api" and not self.sharded("capeval")
+
+    def capeval_judges(self, one_pass: bool) -> list[str]:
+        """The run's judges that rule capeval_one_pass (True) or rule capeval (False) serves."""
+        return [judge for judge in self.config["evaluation"]["judges"] if self.capeval_one_pass(judge) == one_pass]
+
+    def capeval_tables(self) -> list[tuple[str, str]]:
+        """(condition, policy) of every caption table a judge scores, in a fixed order."""
+        return [(condition, policy) for condition in self.conditions for policy in self.config["evaluation"]["policies"]]
+
+    def one_pass_inputs(self) -> dict:
+        """A capeval_one_pass job's inputs: every caption table and each condition's test split."""
+        inputs = {f"test_{condition}": self.condition_input(condition, "test") for condition in self.conditions}
+        inputs.update({f"captions_{i}": self.out(f"captions/{condition}/{policy}.parquet")
+                       for i, (condition, policy) in enumerate(self.capeval_tables())})
+        return inputs
+
+    def one_pass_outputs(self) -> dict:
+        """Every table's answers and summary, at the paths rule capeval would write ({judge} left open)."""
+        outputs = {}
+        for i, (condition, policy) in enumerate(self.capeval_tables()):
+            outputs[f"answers_{i}"] = self.out(f"capeval/{condition}/{policy}/{{judge}}/answers.parquet")
+            outputs[f"summary_{i}"] = self.out(f"capeval/{condition}/{policy}/{{judge}}/summary.parquet")
+        return outputs
+
+    def one_pass_tables(self) -> list[list[str]]:
+        """(captions input, test input, answers output, summary output) names per table, for the script."""
+        return [[f"captions_{i}", f"test_{condition}", f"answers_{i}", f"summary_{i}"]
+                for i, (condition, _) in enumerate(self.capeval_tables())]
 
     # -- training (stage 8) ------------------------------------------------------------------------
     def training_settings(self, run: str) -> TrainingSettings:
@@ -408,8 +448,9 @@ def check_diagnostic_sources(config: Mapping) -> None:
 
 def check_rule_names(config: Mapping, rules: list[str]) -> None:
     """Every rule named under resources.rules exists (a misspelled name would be silently ignored)."""
-    optional = {"gather_shards", "summarize_capeval", "human_eval_summary", "general_benchmark", "collect_general",
-                "build_tiny_benchmark", "download_benchmark_data", "import_released_test"}  # rules of some runs only
+    optional = {"gather_shards", "capeval", "capeval_one_pass", "summarize_capeval", "human_eval_summary",
+                "general_benchmark", "collect_general", "build_tiny_benchmark", "download_benchmark_data",
+                "import_released_test"}  # rules of some runs only
     unknown = sorted(set(config["resources"]["rules"]) - set(rules) - optional)
     if unknown:
         raise ConfigError(f"resources.rules: no rule named {unknown}; the rules are {sorted(rules)}")
@@ -459,4 +500,7 @@ def prepare(config: dict, root: str | Path) -> Prepared:
     except ValueError as error:
         raise ConfigError(f"models: {error}") from error
     check_general(config, models, prepared)
+    if (config.get("capeval") or {}).get("one_pass") and prepared.sharded("capeval"):
+        raise ConfigError("capeval.one_pass: true judges whole caption tables, but sharding.rules shards capeval; "
+                          "drop one of them (capeval.one_pass: null picks one job per shard when sharded)")
     return prepared

@@ -4,7 +4,8 @@ A Snakemake job that runs an in-process model (covip.clients.backends.IN_PROCESS
 once, and a job that calls a served entry (`serve:`) starts that server once (covip.serving), so
 both count once per job, and loading holds the job's GPUs for `plan.load_seconds`. The jobs are
 counted the way the rules make them: a stage sharded under `sharding` runs one job per shard; caption
-one per (condition, policy) and shard; capeval one per (condition, policy, judge) and shard; diagnose
+one per (condition, policy) and shard; capeval one per (condition, policy, judge) and shard, or, for a
+judge under capeval.one_pass, capeval_one_pass one per judge; diagnose
 one per (diagnostic condition, policy), covering every task and mode; train_gspo one per run, which
 loads the policy it trains and, with vLLM rollouts in colocate mode, a vLLM engine of it too;
 general_benchmark one per (policy, benchmark) when configured.
@@ -57,8 +58,12 @@ def jobs(prepared: Prepared) -> Iterator[tuple[str, list[ModelSpec], int]]:
     for _condition in prepared.conditions:
         for policy in evaluation["policies"]:
             yield "caption", specs("caption", policy=policy), _shards(prepared, "caption")
+    for judge in prepared.capeval_judges(one_pass=True):
+        yield "capeval_one_pass", specs("capeval_one_pass", judge=judge), 1
     for _condition, key in prepared.capeval_keys():
-        yield "capeval", specs("capeval", judge=key.split("/")[1]), _shards(prepared, "capeval")
+        judge = key.split("/")[1]
+        if not prepared.capeval_one_pass(judge):
+            yield "capeval", specs("capeval", judge=judge), _shards(prepared, "capeval")
     if evaluation["diagnostic_tasks"] and evaluation["diagnostic_modes"]:
         for _condition in prepared.diagnostic_conditions:
             for policy in evaluation["policies"]:

@@ -201,7 +201,8 @@ def estimate(prepared: Prepared, settings: PlanSettings | None = None) -> tuple[
         text = sum(len(m.text) for m in build_judge_request(_filler(caption_tokens_of[policy]), question, prompts,
                                                              seed=0).messages)
         calls = test * context * q
-        plan.add("capeval", judge, 1, calls, 0, text / 4, 0, _cap(out["judge"], spec.sampling),
+        rule = "capeval_one_pass" if prepared.capeval_one_pass(judge) else "capeval"
+        plan.add(rule, judge, 1, calls, 0, text / 4, 0, _cap(out["judge"], spec.sampling),
                  f"{test:.0f} test samples x {context:.2f} concepts x {q} questions, {policy}'s captions, '{condition}'")
         # all questions on one caption (its context concepts x q) share the caption's prefix
         plan.rows[-1]["prefix_share"] = _judge_prefix_share(caption_tokens_of[policy], context * q, prompts)

@@ -28,7 +28,8 @@ Decisions, recorded on every row so the summary can count them:
   bias against the concept counts whose long prompts fail most. The captioning stage's own
   `max_failure_rate` bounds how many may fail; the report shows the count beside every row.
 
-Per-question rows first (`judge_captions`), aggregation second (`summarize_capeval`), so a rerun of
+Per-question rows first (`judge_captions`; `judge_caption_tables` judges every caption table of a
+run in one pass, for rule capeval_one_pass), aggregation second (`summarize_capeval`), so a rerun of
 the summary never calls the judge again. `score_released_captions` runs the same judging on the
 authors' released ground truth (QAS_GT_test.json) for captions a user brings (`covip score-released`).
 
@@ -36,7 +37,7 @@ Modules: `settings`, `inputs` (questions and captions paired), `judging`, `summa
 """
 
 from covip.stages.capeval.inputs import CapEvalItem, items_from_split, pair_captions
-from covip.stages.capeval.judging import judge_captions, judge_failures
+from covip.stages.capeval.judging import judge_caption_tables, judge_captions, judge_failures
 from covip.stages.capeval.released import score_released_captions
 from covip.stages.capeval.settings import (
     FAILED_CALL_MODES,
@@ -48,5 +49,5 @@ from covip.stages.capeval.summary import format_summary, summarize_capeval
 
 __all__ = [
     "FAILED_CALL_MODES", "MISSING_CAPTION_MODES", "CapEvalInputError", "CapEvalItem", "CapEvalSettings", "format_summary",
-    "items_from_split", "judge_captions", "judge_failures", "pair_captions", "score_released_captions", "summarize_capeval",
+    "items_from_split", "judge_caption_tables", "judge_captions", "judge_failures", "pair_captions", "score_released_captions", "summarize_capeval",
 ]

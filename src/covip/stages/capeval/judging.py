@@ -36,21 +36,30 @@ def judge_pairs(pairs, judge: CachedChatModel, prompts: PromptBook, settings: Ca
     `capeval_repair` instruction, and a failed call is asked again as it was (with a fresh seed);
     a reply that stays unreadable is kept, and a later failed call never replaces an earlier reply.
     """
+    return _judge_groups([pairs], judge, prompts, settings, seed, judge_name, progress_file)[0]
+
+
+def _judge_groups(groups: list[list], judge: CachedChatModel, prompts: PromptBook, settings: CapEvalSettings,
+                  seed: int, judge_name: str, progress_file) -> list[list[dict]]:
+    """judge_pairs for several groups of pairs in one `complete_many`; each group's rows in the order
+    judge_pairs gives them for that group alone (asked questions first, then failed captions')."""
     judge_stand_in = is_stand_in(judge)
-    slots, requests, failed_rows = [], [], []
-    for caption_row, item in pairs:
+    slots, requests, owners = [], [], []
+    failed_rows: list[list[dict]] = [[] for _ in groups]
+    for group, caption_row, item in ((g, c, i) for g, pairs in enumerate(groups) for c, i in pairs):
         caption = caption_text(caption_row, settings.truncated_captions == "judge")
         policy = caption_row["policy"]
         if caption is None:  # no caption, no question asked: a failed row per question, never a score
-            failed_rows += [_answer_row(caption_row, item, ci, q, judge_name, judge.identity, judge_stand_in, None,
-                                        settings.letter_match)
-                            for ci, concept_questions in enumerate(item.questions) for q in concept_questions]
+            failed_rows[group] += [_answer_row(caption_row, item, ci, q, judge_name, judge.identity, judge_stand_in,
+                                               None, settings.letter_match)
+                                   for ci, concept_questions in enumerate(item.questions) for q in concept_questions]
             continue
         for ci, concept_questions in enumerate(item.questions):
             for q in concept_questions:
                 request_seed = judge_seed(seed, settings.seed_offset, policy, item.sample_id, ci, q["question_id"])
                 requests.append(build_judge_request(caption, q, prompts, seed=request_seed))
                 slots.append((caption_row, item, ci, q))
+                owners.append(group)
 
     rule = settings.letter_match
 
@@ -70,9 +79,11 @@ def judge_pairs(pairs, judge: CachedChatModel, prompts: PromptBook, settings: Ca
 
     outcomes = ask_with_repair(judge, requests, check, next_request, settings.max_attempts, desc="capeval judge",
                                progress_file=progress_file, concurrency=settings.concurrency)
-    rows = [_answer_row(caption_row, item, ci, q, judge_name, judge.identity, judge_stand_in, outcome, rule)
-            for (caption_row, item, ci, q), outcome in zip(slots, outcomes)]
-    return rows + failed_rows
+    rows: list[list[dict]] = [[] for _ in groups]
+    for group, (caption_row, item, ci, q), outcome in zip(owners, slots, outcomes):
+        rows[group].append(_answer_row(caption_row, item, ci, q, judge_name, judge.identity, judge_stand_in, outcome,
+                                       rule))
+    return [asked + failed for asked, failed in zip(rows, failed_rows)]
 
 
 def _answer_row(caption_row, item: CapEvalItem, ci: int, q: dict, judge_name: str, judge_identity: str,
@@ -138,3 +149,28 @@ def judge_captions(
     items = items_from_split(split_rows, "test split")
     pairs = pair_captions(captions_rows, items, settings, "captions")
     return judge_pairs(pairs, judge, prompts, settings, seed, judge_name, progress_file)
+
+
+def judge_caption_tables(
+    tables: list[tuple[list[dict], list[dict], str]],
+    judge: CachedChatModel,
+    prompts: PromptBook,
+    settings: CapEvalSettings,
+    seed: int,
+    judge_name: str,
+    progress_file=None,
+) -> list[list[dict]]:
+    """Judge several caption tables in one pass; per table, the rows `judge_captions` gives for it alone.
+
+    `tables` holds (captions_rows, split_rows, what) per table, `what` naming it in errors (e.g. the
+    captions file). Every table is paired and checked before the judge is called, and every question
+    of every table then goes to the judge in one `complete_many`: an in-process engine schedules them
+    all at once and identical requests (a text-only policy's captions repeat across the control
+    conditions) are sent once. Request seeds do not depend on the table, so a table's answers are the
+    ones its own job would get.
+    """
+    groups = []
+    for captions_rows, split_rows, what in tables:
+        items = items_from_split(split_rows, f"test split of {what}")
+        groups.append(pair_captions(captions_rows, items, settings, what))
+    return _judge_groups(groups, judge, prompts, settings, seed, judge_name, progress_file)

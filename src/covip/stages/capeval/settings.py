@@ -37,6 +37,14 @@ class CapEvalSettings(IntervalSettings, ModelStageSettings):
                           "with a repair instruction up to this many calls in all; 1 (default) keeps the authors' "
                           "protocol, where the first reply counts and an unreadable one is D."},
     )
+    one_pass: bool | None = field(
+        default=None,
+        metadata={"help": "Judge every (condition, policy) caption table of a run in one job per judge, so the judge "
+                          "is loaded once and gets every request at once (rule capeval_one_pass), instead of one job "
+                          "per table (rule capeval). null (default): one pass for a judge loaded in the job (an "
+                          "in-process backend or a stand-in) when capeval is not sharded; one job per table for an "
+                          "API or served judge, whose jobs can run side by side on separate GPUs or servers."},
+    )
     missing_captions: str = field(
         default="error",
         metadata={"help": "What to do when a test sample has no caption row for a policy: 'error' (default), or "
