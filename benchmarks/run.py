@@ -1,6 +1,6 @@
 """Run the CPU benchmarks and record their numbers with the machine and the date.
 
-    python -m benchmarks [--only judge,dag,rerun,memory,embedded,dedup] [--quick] [--out FILE]
+    python -m benchmarks [--only judge,dag,rerun,memory,embedded,dedup,tokens] [--quick] [--out FILE]
     python benchmarks/run.py ...   (the same)
 
 Writes a JSON file under benchmarks/results/ (machine: CPU model, cores, RAM, load; date; Python and
@@ -28,7 +28,9 @@ if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
 ALL = ("judge", "dag", "rerun", "memory")
-OPTIONAL = ("embedded", "dedup")  # the cold embedded default run (also part of 'rerun'); cross-job dedup
+# the cold embedded default run (also part of 'rerun'); cross-job dedup; the plan's token counts against
+# a real tokenizer (also `python -m benchmarks.plan_tokens`)
+OPTIONAL = ("embedded", "dedup", "tokens")
 
 FULL = {
     "judge": {"latencies": [0.2, 2.0], "n_samples": 1300, "authors_samples": 60, "server_ceiling_requests": 20000},
@@ -124,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import cross_job_dedup as bench
 
             result = bench.run(**({"per_job": 30} if args.quick else {}))
+        elif name == "tokens":
+            from benchmarks import plan_tokens as bench
+
+            result = bench.run()
         else:
             import tempfile
 

@@ -6,8 +6,9 @@ settings (their mean), the split sizes, questions per concept, policies, judges,
 diagnostic items, tasks and modes, and the GSPO runs' schedules. Input tokens come from the prompt
 templates rendered, through the same builders the stages use where the layout is code
 (`covip.protocol`), on representative inputs whose texts have the expected lengths; text is counted
-as characters / 4 and every image with its backend's own rule (OpenAI's tiles, Gemini's 258-token
-tiles, Qwen-VL's 28-pixel patches; a stand-in reads no pixels). Output tokens are the expected reply
+as characters / `plan.chars_per_token` (4; benchmarks/plan_tokens.py checks it against a real
+tokenizer on real requests) and every image with its backend's own rule (OpenAI's tiles, Gemini's
+258-token tiles, Qwen-VL's 28-pixel patches; a stand-in reads no pixels). Output tokens are the expected reply
 lengths of `plan.output_tokens`, capped by the max_tokens each request carries. Dollars use the
 config's `prices:`; GPU-hours use `plan.throughput` of `plan.gpu`, plus `plan.load_seconds` for every
 engine or server start the jobs make (covip.planning.engines). `prefix_share` is the part of a
@@ -23,6 +24,7 @@ from collections.abc import Mapping
 from string import Template
 
 from covip.clients.backends import BACKENDS
+from covip.clients.base import ChatRequest
 from covip.clients.spec import ModelSpec
 from covip.clients.usage import estimated_cost
 from covip.config.prepare import Prepared
@@ -39,9 +41,22 @@ from covip.protocol.requests import build_cag_request, build_caption_request, bu
 TEXT_ONLY = "text_only"  # the control that removes the context images
 
 
-def _filler(tokens: float) -> str:
-    """Text of about `tokens` tokens at 4 characters a token."""
-    return "abc " * max(0, int(round(tokens)))
+def text_tokens(chars: float, chars_per_token: float) -> float:
+    """Tokens of `chars` characters of prompt or reply text: the plan's one conversion from characters to
+    tokens (plan.chars_per_token; benchmarks/plan_tokens.py checks it against a real tokenizer)."""
+    return chars / chars_per_token
+
+
+def request_text(request: ChatRequest) -> str:
+    """The text of a request as the plan counts it: every message's text parts (images apart)."""
+    return "".join(m.text for m in request.messages)
+
+
+def _filler(tokens: float, chars_per_token: float) -> str:
+    """Text that the plan counts as about `tokens` tokens: `chars_per_token` characters a token, so a
+    filler stands for its expected length whatever plan.chars_per_token says."""
+    n = max(0, int(round(tokens * chars_per_token)))
+    return ("abc " * (n // 4 + 1))[:n]
 
 
 def _png() -> bytes:
@@ -95,6 +110,14 @@ class _Plan:
         self.prepared, self.settings, self.rows = prepared, settings, []
         self.prompts = prepared.prompts
 
+    def tokens(self, chars: float) -> float:
+        """Tokens of `chars` characters of text (plan.chars_per_token)."""
+        return text_tokens(chars, self.settings.chars_per_token)
+
+    def filler(self, tokens: float) -> str:
+        """Stand-in text the plan counts as `tokens` tokens."""
+        return _filler(tokens, self.settings.chars_per_token)
+
     def add(self, rule: str, role: str, jobs: int, calls: float, images: float, text_tokens: float, image_side: int,
             out_tokens: float, basis: str, spec: ModelSpec | None = None) -> None:
         spec = spec or self.prepared.models[role]
@@ -147,17 +170,17 @@ def estimate(prepared: Prepared, settings: PlanSettings | None = None) -> tuple[
     q = mcqa.questions_per_dialogue
     concept_side, query_side, diag_side = pool.image_size, synthesis.image_size, diagnostics.image_size
     dialogue_tokens = _cap(out["dialogue"], prepared.models["dialogue_writer"].sampling)
-    facts_text = "\n".join(f"- (fact) {_filler(10)}" for _ in range(dialogues.facts_per_dialogue))
+    facts_text = "\n".join(f"- (fact) {plan.filler(10)}" for _ in range(dialogues.facts_per_dialogue))
 
     # Stages 2-6 ------------------------------------------------------------------------------------
     spec = prepared.models["image_generator"]
-    text = rendered_chars(prompts, "query_synthesis", concept_list="\n".join(f"- {_filler(6)}" for _ in range(round(positives))))
-    plan.add("synthesize_queries", "image_generator", 1, n_samples, n_samples * positives, text / 4, concept_side,
+    text = rendered_chars(prompts, "query_synthesis", concept_list="\n".join(f"- {plan.filler(6)}" for _ in range(round(positives))))
+    plan.add("synthesize_queries", "image_generator", 1, n_samples, n_samples * positives, plan.tokens(text), concept_side,
              settings.image_output_tokens if BACKENDS[spec.backend].kind == "api" else 0,
              f"{n_samples} samples x 1 generation, {positives:.2f} reference images each")
     text = rendered_chars(prompts, "visual_fidelity", {"reference": round(positives)})
     verifier = prepared.models["verifier"]
-    plan.add("filter_queries", "verifier", 1, n_samples, n_samples * positives, text / 4, concept_side,
+    plan.add("filter_queries", "verifier", 1, n_samples, n_samples * positives, plan.tokens(text), concept_side,
              _cap(out["verifier"], verifier.sampling), f"{n_samples} queries x 1 fidelity question")
     # the query image of each fidelity question, at its own size
     plan.rows[-1]["input_tokens"] += int(n_samples * image_tokens(verifier, query_side))
@@ -169,18 +192,18 @@ def estimate(prepared: Prepared, settings: PlanSettings | None = None) -> tuple[
                  f"{concepts} concepts x 1 embedding")
     n_dialogues = kept * context
     text = rendered_chars(prompts, "dialogue_writer", facts=facts_text)
-    plan.add("write_dialogues", "dialogue_writer", 1, n_dialogues, n_dialogues, text / 4, concept_side, dialogue_tokens,
+    plan.add("write_dialogues", "dialogue_writer", 1, n_dialogues, n_dialogues, plan.tokens(text), concept_side, dialogue_tokens,
              f"{kept:.0f} kept samples x {context:.2f} context concepts")
-    text = rendered_chars(prompts, "mcqa_writer", dialogue=_filler(dialogue_tokens), facts=facts_text, n=str(q),
+    text = rendered_chars(prompts, "mcqa_writer", dialogue=plan.filler(dialogue_tokens), facts=facts_text, n=str(q),
                           none_option=NONE_OPTION)
-    plan.add("write_mcqas", "mcqa_writer", 1, n_dialogues, 0, text / 4, concept_side,
+    plan.add("write_mcqas", "mcqa_writer", 1, n_dialogues, 0, plan.tokens(text), concept_side,
              _cap(round(out["mcqa"] * q / 3), prepared.models["mcqa_writer"].sampling), f"{n_dialogues:.0f} dialogues x 1")
 
     # Stages 9-11 -----------------------------------------------------------------------------------
     caption_tokens_of = {}
     row = {"sample_id": "plan", "context_images": [png] * round(context), "query_image": png,
-           "context_dialogues": [_filler(dialogue_tokens)] * round(context)}
-    caption_text = sum(len(m.text) for m in build_caption_request(row, prompts).messages)
+           "context_dialogues": [plan.filler(dialogue_tokens)] * round(context)}
+    caption_text = len(request_text(build_caption_request(row, prompts)))
     caption_sampling = dict(captioning.sampling or {})
     if captioning.max_tokens and "max_tokens" not in caption_sampling:
         caption_sampling["max_tokens"] = captioning.max_tokens
@@ -190,22 +213,22 @@ def estimate(prepared: Prepared, settings: PlanSettings | None = None) -> tuple[
             spec = prepared.models[policy]
             caption_tokens = _cap(out["caption"], caption_sampling, spec.sampling)
             caption_tokens_of[policy] = caption_tokens
-            plan.add("caption", policy, 1, test, test * context_images, caption_text / 4, concept_side, caption_tokens,
+            plan.add("caption", policy, 1, test, test * context_images, plan.tokens(caption_text), concept_side, caption_tokens,
                      f"{test:.0f} test samples under '{condition}'")
             plan.rows[-1]["input_tokens"] += int(test * image_tokens(spec, query_side))
             plan.rows[-1]["images"] += int(round(test))
-    question = {"question": _filler(12), "options": {k: _filler(5) for k in "ABC"} | {"D": NONE_OPTION}}
+    question = {"question": plan.filler(12), "options": {k: plan.filler(5) for k in "ABC"} | {"D": NONE_OPTION}}
     for condition, key in prepared.capeval_keys():
         policy, judge = key.split("/")
         spec = prepared.models[judge]
-        text = sum(len(m.text) for m in build_judge_request(_filler(caption_tokens_of[policy]), question, prompts,
-                                                             seed=0).messages)
+        text = len(request_text(build_judge_request(plan.filler(caption_tokens_of[policy]), question, prompts, seed=0)))
         calls = test * context * q
         rule = "capeval_one_pass" if prepared.capeval_one_pass(judge) else "capeval"
-        plan.add(rule, judge, 1, calls, 0, text / 4, 0, _cap(out["judge"], spec.sampling),
+        plan.add(rule, judge, 1, calls, 0, plan.tokens(text), 0, _cap(out["judge"], spec.sampling),
                  f"{test:.0f} test samples x {context:.2f} concepts x {q} questions, {policy}'s captions, '{condition}'")
         # all questions on one caption (its context concepts x q) share the caption's prefix
-        plan.rows[-1]["prefix_share"] = _judge_prefix_share(caption_tokens_of[policy], context * q, prompts)
+        plan.rows[-1]["prefix_share"] = _judge_prefix_share(caption_tokens_of[policy], context * q, prompts,
+                                                             settings.chars_per_token)
     _diagnostics(plan, prepared, diagnostics, diag_side, png)
     for run in prepared.training.runs:
         _training(plan, prepared, run, train, context, q, caption_text, concept_side, query_side)
@@ -216,11 +239,12 @@ def estimate(prepared: Prepared, settings: PlanSettings | None = None) -> tuple[
     return _with_starts(_merge(plan.rows), engines.starts(prepared, settings)), assumptions
 
 
-def _judge_prefix_share(caption_tokens: float, questions: float, prompts: PromptBook) -> float:
+def _judge_prefix_share(caption_tokens: float, questions: float, prompts: PromptBook, chars_per_token: float) -> float:
     """Reusable prompt share of CapEval judge requests: `questions` requests per caption."""
     def build(group: int, item: int):
-        question = {"question": distinct(item, 12), "options": {k: distinct(item, 5) for k in "ABCD"}}
-        return build_judge_request(distinct(group, caption_tokens), question, prompts, seed=0)
+        question = {"question": distinct(item, 12, chars_per_token),
+                    "options": {k: distinct(item, 5, chars_per_token) for k in "ABCD"}}
+        return build_judge_request(distinct(group, caption_tokens, chars_per_token), question, prompts, seed=0)
 
     return reusable_share(build, questions)
 
@@ -280,11 +304,12 @@ def _pool_size(config: Mapping, pool) -> int | None:
 
 def _diagnostics(plan: _Plan, prepared: Prepared, diagnostics, side: int, png: bytes) -> None:
     config, out, prompts = prepared.config, plan.settings.output_tokens, plan.prompts
+    c = plan.settings.chars_per_token
     items = diagnostics.items_per_task
     d = diagnostics.dialogues_per_item
-    item = {"sample_id": "plan", "task": "lsd", "images_context": [png] * d, "dialogues_context": [_filler(60)] * d,
-            "query_image": png, "question": _filler(15), "answer": _filler(3), "target_index": 0}
-    direct = sum(len(m.text) for m in build_direct_request(item, prompts).messages)
+    item = {"sample_id": "plan", "task": "lsd", "images_context": [png] * d, "dialogues_context": [plan.filler(60)] * d,
+            "query_image": png, "question": plan.filler(15), "answer": plan.filler(3), "target_index": 0}
+    direct = len(request_text(build_direct_request(item, prompts)))
     caption_request = build_caption_request(diagnostic_as_split_row(item), prompts)
     for condition, job in prepared.diagnostic_keys():
         policy, rest = job.split("/")
@@ -294,23 +319,22 @@ def _diagnostics(plan: _Plan, prepared: Prepared, diagnostics, side: int, png: b
         answer = _cap(out["answer"], diagnostics.answer_sampling, spec.sampling)
         where = f"{items} {task} items, {mode}, '{condition}'"
         if mode == "direct":
-            plan.add("diagnose", policy, 1, items, items * (images + 1), direct / 4, side, answer, where)
+            plan.add("diagnose", policy, 1, items, items * (images + 1), plan.tokens(direct), side, answer, where)
         else:
             caption = _cap(out["caption"], diagnostics.caption_sampling, spec.sampling)
-            cag = build_cag_request(caption_request, _filler(caption), item["question"], prompts=prompts)
-            cag_chars = sum(len(m.text) for m in cag.messages)
-            first = sum(len(m.text) for m in caption_request.messages)
-            plan.add("diagnose", policy, 1, 2 * items, 2 * items * (images + 1), (first + cag_chars) / 8, side,
+            cag = build_cag_request(caption_request, plan.filler(caption), item["question"], prompts=prompts)
+            cag_chars = len(request_text(cag))
+            first = len(request_text(caption_request))
+            plan.add("diagnose", policy, 1, 2 * items, 2 * items * (images + 1), plan.tokens(first + cag_chars) / 2, side,
                      (caption + answer) / 2, where + " (a caption, then the answer)")
         if task == "lar":
             judge = config["evaluation"]["diagnostic_judge"]
-            text = sum(len(m.text) for m in build_lar_judge_request(_filler(15), _filler(10), _filler(answer),
-                                                                    prompts).messages)
-            plan.add("diagnose", judge, 1, items, 0, text / 4, 0,
+            text = len(request_text(build_lar_judge_request(plan.filler(15), plan.filler(10), plan.filler(answer), prompts)))
+            plan.add("diagnose", judge, 1, items, 0, plan.tokens(text), 0,
                      _cap(out["lar_verdict"], prepared.models[judge].sampling), f"{where}: one verdict per answer")
             # one verdict per answer: only the instructions before the question repeat
             plan.rows[-1]["prefix_share"] = reusable_share(lambda g, i: build_lar_judge_request(
-                distinct(g, 15), distinct(g, 10), distinct(g, answer), prompts), 1)
+                distinct(g, 15, c), distinct(g, 10, c), distinct(g, answer, c), prompts), 1)
 
 
 def _training(plan: _Plan, prepared: Prepared, run: str, train: float, context: float, q: int, caption_chars: int,
@@ -331,16 +355,17 @@ def _training(plan: _Plan, prepared: Prepared, run: str, train: float, context: 
     rollout = min(out["rollout"], settings.max_completion_length)
     if settings.judge and caption_share:
         spec = prepared.models[settings.judge]
-        text = sum(len(m.text) for m in build_judge_request(_filler(rollout), {"question": _filler(12), "options": {
-            k: _filler(5) for k in "ABCD"}}, plan.prompts, seed=0).messages)
+        text = len(request_text(build_judge_request(plan.filler(rollout), {"question": plan.filler(12), "options": {
+            k: plan.filler(5) for k in "ABCD"}}, plan.prompts, seed=0)))
         calls = completions * caption_share * context * q
-        plan.add("train_gspo", settings.judge, 1, calls, 0, text / 4, 0, _cap(out["judge"], spec.sampling),
+        plan.add("train_gspo", settings.judge, 1, calls, 0, plan.tokens(text), 0, _cap(out["judge"], spec.sampling),
                  f"run {run}: {completions:.0f} rollouts x {caption_share:.2f} caption share x {context:.2f} concepts "
                  f"x {q} questions")
-        plan.rows[-1]["prefix_share"] = _judge_prefix_share(rollout, context * q, plan.prompts)
+        plan.rows[-1]["prefix_share"] = _judge_prefix_share(rollout, context * q, plan.prompts,
+                                                             plan.settings.chars_per_token)
     policy = engines.training_policy(prepared, run)
     images = completions * (context + 1)
-    plan.add("train_gspo", f"training.runs.{run}", 1, completions, images, caption_chars / 4, concept_side, rollout,
+    plan.add("train_gspo", f"training.runs.{run}", 1, completions, images, plan.tokens(caption_chars), concept_side, rollout,
              f"run {run}: {records:.0f} records x {settings.num_train_epochs:g} epochs x {settings.num_generations} "
              f"rollouts{'' if settings.max_steps <= 0 else f', at most {settings.max_steps} steps'}", spec=policy)
     row = plan.rows[-1]
@@ -385,8 +410,9 @@ def _assumptions(settings: PlanSettings, positives: float, context: float, kept:
         f"a sample has {positives:.2f} positives and {context:.2f} context concepts on average (synthesis.positives_weights, "
         "the mean of negatives.min_negatives and the most negatives)",
         "first attempts only: re-asks and repairs of invalid outputs, and client retries, come on top",
-        "text is 4 characters a token; an image costs its backend's tokens (OpenAI 512-px tiles, Gemini 258 per "
-        "768-px tile, Qwen-VL one per 28x28 pixels; stand-ins none)",
+        f"text is {settings.chars_per_token:g} characters a token (plan.chars_per_token; checked against a real tokenizer in "
+        "BENCHMARKS.md), chat-template tokens not counted; an image costs its backend's tokens (OpenAI "
+        "512-px tiles, Gemini 258 per 768-px tile, Qwen-VL one per 28x28 pixels; stand-ins none)",
         f"expected output lengths in tokens, capped by each request's max_tokens: {out}; a generated image bills "
         f"{settings.image_output_tokens} tokens",
         f"GPU-hours at {settings.gpu}: {rates['prefill']:g} prefill, {rates['decode']:g} decode, {rates['train']:g} training "

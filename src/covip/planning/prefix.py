@@ -37,8 +37,9 @@ def reusable_share(build: Callable[[int, int], ChatRequest], per_group: float) -
     return ((n - 1) * group_prefix + common_prefix) / (n * len(first)) if first else 0.0
 
 
-def distinct(seed: int, tokens: float) -> str:
-    """Filler text of about `tokens` tokens whose first character differs with `seed`, so two
-    fillers of different seeds share no prefix."""
+def distinct(seed: int, tokens: float, chars_per_token: float) -> str:
+    """Filler text of about `tokens` tokens (`chars_per_token` characters each, as the plan counts)
+    whose first character differs with `seed`, so two fillers of different seeds share no prefix."""
     word = "abcdefghijklmnopqrstuvwxyz"[seed % 26] * 3 + " "
-    return word * max(1, int(round(tokens)))
+    n = max(1, int(round(tokens * chars_per_token)))
+    return (word * (n // 4 + 1))[:n]

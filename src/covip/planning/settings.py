@@ -54,6 +54,7 @@ class PlanSettings:
     """Assumptions of `covip plan` (config section `plan`)."""
 
     kept_fraction: float = field(default=0.8, metadata={"help": "Share of the synthesized samples the filter keeps (the paper: ~4.1K of 5.2K, 0.79).", "minimum": 0, "maximum": 1})
+    chars_per_token: float = field(default=4.0, metadata={"help": "Characters of prompt or reply text per token: the plan counts text tokens as characters / chars_per_token (benchmarks/plan_tokens.py measures it with a real tokenizer on rendered requests; BENCHMARKS.md)."})
     output_tokens: dict[str, int] = field(default_factory=_output_tokens, metadata={"help": "Expected reply length in tokens per kind of call (dialogue, mcqa, verifier, caption, judge, answer, lar_verdict, rollout), each capped by the max_tokens the request carries."})
     image_output_tokens: int = field(default=1290, metadata={"help": "Tokens an image-generation API bills per generated image (Gemini image models: 1290).", "minimum": 0})
     gpu: str = field(default="H100", metadata={"help": "The GPU in-process models and training run on: a key of `throughput`."})
@@ -63,6 +64,8 @@ class PlanSettings:
     load_seconds: dict[str, float] = field(default_factory=_load_seconds, metadata={"help": "Seconds one start holds its GPUs loading a model from local disk, per in-process backend, 'serve' (a served entry's server), or model name (wins); added to GPU-hours once per start."})
 
     def __post_init__(self):
+        if not self.chars_per_token > 0:
+            raise ValueError(f"plan.chars_per_token must be > 0, got {self.chars_per_token}")
         if not 0.0 < self.kept_fraction <= 1.0:
             raise ValueError(f"plan.kept_fraction must be in (0, 1], got {self.kept_fraction}")
         if self.gpu not in self.throughput:
