@@ -110,6 +110,7 @@ class FaultServer:
         self.authorizations: set[str] = set()
         self.last_user_texts: list[str] = []  # each request's last user message (repair turns show here)
         self.bodies: list[dict] = []  # every request body as it arrived
+        self.paths: Counter[str] = Counter()  # request paths of every POST
         self.hold_after: int | None = None  # after this many completions, hold every new request
         self._released = threading.Event()
         self._lock = threading.Lock()
@@ -184,6 +185,7 @@ class _Handler(BaseHTTPRequestHandler):
             attempt = server.attempts[key]
             server.authorizations.add(self.headers.get("Authorization", ""))
             server.bodies.append(body)
+            server.paths[self.path] += 1
             users = [m for m in body.get("messages", []) if m.get("role") == "user"]
             if users:
                 server.last_user_texts.append(_first_user_text({"messages": users[-1:]}))
