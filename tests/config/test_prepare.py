@@ -71,7 +71,7 @@ def test_a_bad_training_run_fails_at_parse_time(default_config):
 
 def test_resources_come_from_the_rule_own_name(default_config):
     prep = prepared(default_config)
-    assert prep.threads("caption") == 2 and prep.threads("make_splits") == 1  # rules.caption vs default
+    assert prep.threads("train_gspo") == 2 and prep.threads("make_splits") == 1  # rules.train_gspo vs default
     caption = prep.resources("caption")
     assert caption["mem_mb"] == 3000 and callable(caption["gpu"])
     assert prep.resources("make_splits") == {"mem_mb": 1500, "gpu": 0}

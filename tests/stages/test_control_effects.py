@@ -82,3 +82,21 @@ def test_the_looking_policy_loses_acc_pos_when_the_evidence_goes(test_rows, prom
     assert pooled["intact"]["value"] >= 50.0
     for condition in ("text_only", "swapped_context", "blank_query"):
         assert pooled[condition]["drop"] >= 30.0 and pooled[condition]["drop_low"] > 0.0, (condition, pooled[condition])
+
+
+def test_the_looking_policy_matches_each_image_set_once(test_rows, prompts):
+    """Template matching is remembered by the images' bytes: captioning the same samples again matches
+    nothing anew and writes the same captions a fresh policy writes."""
+    rows = test_rows[:3]
+    looking = ModelRegistry({"looking": {"backend": "reference_looking"}}).chat("looking")
+    verifier = looking.inner.verifier
+    matched = []
+    best = verifier._best
+    verifier._best = lambda *args: matched.append(1) or best(*args)
+    first = caption_samples(rows, "looking", looking, prompts, CaptioningSettings(), SEED, progress_file=QUIET)
+    assert len(matched) == sum(len(row["context_images"]) for row in rows)
+    again = caption_samples(rows, "looking", looking, prompts, CaptioningSettings(), SEED, progress_file=QUIET)
+    assert len(matched) == sum(len(row["context_images"]) for row in rows)  # nothing matched twice
+    fresh = ModelRegistry({"looking": {"backend": "reference_looking"}}).chat("looking")
+    fresh_captions = caption_samples(rows, "looking", fresh, prompts, CaptioningSettings(), SEED, progress_file=QUIET)
+    assert [c["caption"] for c in again] == [c["caption"] for c in first] == [c["caption"] for c in fresh_captions]

@@ -89,6 +89,30 @@ class Layout:
             outputs["summary"] = self.out("capeval/{condition}/{policy}/{judge}/summary.parquet")
         return outputs
 
+    def capeval_tables(self) -> list[tuple[str, str]]:
+        """(condition, policy) of every caption table a judge scores, in a fixed order."""
+        return [(condition, policy) for condition in self.conditions for policy in self.config["evaluation"]["policies"]]
+
+    def one_pass_inputs(self) -> dict:
+        """A capeval_one_pass job's inputs: every caption table and each condition's test split."""
+        inputs = {f"test_{condition}": self.condition_input(condition, "test") for condition in self.conditions}
+        inputs.update({f"captions_{i}": self.out(f"captions/{condition}/{policy}.parquet")
+                       for i, (condition, policy) in enumerate(self.capeval_tables())})
+        return inputs
+
+    def one_pass_outputs(self) -> dict:
+        """Every table's answers and summary, at the paths rule capeval would write ({judge} left open)."""
+        outputs = {}
+        for i, (condition, policy) in enumerate(self.capeval_tables()):
+            outputs[f"answers_{i}"] = self.out(f"capeval/{condition}/{policy}/{{judge}}/answers.parquet")
+            outputs[f"summary_{i}"] = self.out(f"capeval/{condition}/{policy}/{{judge}}/summary.parquet")
+        return outputs
+
+    def one_pass_tables(self) -> list[list[str]]:
+        """(captions input, test input, answers output, summary output) names per table, for the script."""
+        return [[f"captions_{i}", f"test_{condition}", f"answers_{i}", f"summary_{i}"]
+                for i, (condition, _) in enumerate(self.capeval_tables())]
+
     # -- control conditions --------------------------------------------------------------------------
     @property
     def conditions(self) -> list[str]:

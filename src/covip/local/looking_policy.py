@@ -24,12 +24,16 @@ Options: those of the pixel verifier (threshold, work_size, ...).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 
 from covip.clients.base import ChatRequest, ChatResponse, Usage
 from covip.core.io import decode_image
 from covip.local.pixel_verifier import PixelVerifier
 from covip.local.reference_policies import OraclePolicy, ReferencePolicyError, _dialogues
+
+
+SEEN_LIMIT = 4096  # image sets remembered by one policy object
 
 
 class LookingPolicy(OraclePolicy):
@@ -40,6 +44,7 @@ class LookingPolicy(OraclePolicy):
     def __init__(self, spec):
         super().__init__(spec)
         self.verifier = PixelVerifier(spec)
+        self._seen: dict[str, list[float]] = {}  # image set -> scores (see _scores)
 
     def complete(self, request: ChatRequest) -> ChatResponse:
         task = request.task
@@ -57,6 +62,23 @@ class LookingPolicy(OraclePolicy):
             raise ReferencePolicyError(f"LookingPolicy serves task kinds 'caption', 'cag_answer' and 'diagnostic', not {task['kind']!r}")
         return ChatResponse(text, self.spec.model or self.label, Usage(0, len(text.split())))
 
+    def _scores(self, images) -> list[float]:
+        """Every context image's match score in the query (the last image). Remembered by the images'
+        bytes: a diagnostic item is matched for its direct answer, its CAG caption and its CAG answer
+        on the same images, and template matching is this policy's whole cost."""
+        key = hashlib.sha256(b"".join(hashlib.sha256(image.data).digest() for image in images)).hexdigest()
+        scores = self._seen.get(key)
+        if scores is None:
+            query = decode_image(images[-1].data, "looking policy query image", mode="RGB")
+            coarse, fine = self.verifier._matchers(query)
+            scores = [self.verifier._best(coarse, fine, decode_image(image.data, f"looking policy context image {k}",
+                                                                     mode="RGBA"))
+                      for k, image in enumerate(images[:-1])]
+            if len(self._seen) >= SEEN_LIMIT:
+                self._seen.clear()
+            self._seen[key] = scores
+        return list(scores)
+
     def find(self, request: ChatRequest, task: Mapping) -> tuple[list[int], list[float]]:
         """Context indices judged present in the query image, and every context image's score.
 
@@ -69,10 +91,7 @@ class LookingPolicy(OraclePolicy):
             images = request.messages[0].images  # the caption request's turn holds the images
         if len(images) != n + 1:
             return [], []
-        query = decode_image(images[-1].data, "looking policy query image", mode="RGB")
-        coarse, fine = self.verifier._matchers(query)
-        scores = [self.verifier._best(coarse, fine, decode_image(image.data, f"looking policy context image {k}", mode="RGBA"))
-                  for k, image in enumerate(images[:-1])]
+        scores = self._scores(images)
         present = [k for k, score in enumerate(scores) if score >= self.verifier.threshold]
         if task["kind"] == "caption" and task.get("context_facts"):
             return present, scores
