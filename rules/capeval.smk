@@ -3,35 +3,32 @@
 # ground truth, and how far the judges agree.
 
 
-if PREP.capeval_judges(one_pass=False):
-
-    rule capeval:
-        # One job per (condition, policy, judge) caption table (and shard).
-        input:
-            unpack(inputs_of("capeval", captions=out("captions/{condition}/{policy}.parquet"),
-                             test=lambda wc: PREP.condition_input(wc.condition, "test"))),
-        output:
-            **capeval_outputs(),
-        log:
-            shard_log("capeval", "capeval/{condition}/{policy}.{judge}"),
-        benchmark:
-            shard_benchmark("capeval", "capeval/{condition}/{policy}.{judge}")
-        wildcard_constraints:
-            judge="|".join(PREP.capeval_judges(one_pass=False)),
-        params:
-            shard_size=shard_size("capeval"),
-            settings=config["capeval"],
-            seed=config["seed"],
-            models=models_of("capeval"),
-            prompts=prompts_of("capeval_judge", "capeval_repair"),
-            code=code_of("capeval.py", "capeval"),
-        threads: threads_of("capeval")
-        resources:
-            **resources_of("capeval"),
-        conda:
-            conda_of("capeval")
-        script:
-            "../workflow_scripts/capeval.py"
+rule capeval:
+    # One job per (condition, policy, judge) caption table (and shard); for a judge under one pass,
+    # only the tables its pass does not cover (e.g. a human study's policy outside evaluation.policies).
+    input:
+        unpack(inputs_of("capeval", captions=out("captions/{condition}/{policy}.parquet"),
+                         test=lambda wc: PREP.condition_input(wc.condition, "test"))),
+    output:
+        **capeval_outputs(),
+    log:
+        shard_log("capeval", "capeval/{condition}/{policy}.{judge}"),
+    benchmark:
+        shard_benchmark("capeval", "capeval/{condition}/{policy}.{judge}")
+    params:
+        shard_size=shard_size("capeval"),
+        settings=config["capeval"],
+        seed=config["seed"],
+        models=models_of("capeval"),
+        prompts=prompts_of("capeval_judge", "capeval_repair"),
+        code=code_of("capeval.py", "capeval"),
+    threads: threads_of("capeval")
+    resources:
+        **resources_of("capeval"),
+    conda:
+        conda_of("capeval")
+    script:
+        "../workflow_scripts/capeval.py"
 
 
 # capeval.one_pass (default for a judge loaded in the job): one job per judge judges every caption
@@ -63,6 +60,8 @@ if PREP.capeval_judges(one_pass=True):
             conda_of("capeval_one_pass")
         script:
             "../workflow_scripts/capeval.py"
+
+    ruleorder: capeval_one_pass > capeval
 
 
 # A sharded capeval writes answers only; once they are gathered, this job pools them into Acc+/Acc-

@@ -24,7 +24,8 @@ def artifact_tables(outdir: Path) -> dict[str, object]:
 
 def test_sharded_stages_write_the_same_rows_as_one_job(tmp_path):
     workdir = copy_workflow(tmp_path)
-    (workdir / "whole.yaml").write_text("outdir: whole\nsharding: {shard_size: null}\n")
+    # One job per table (not one pass over all tables), so two targets need only their own captions.
+    (workdir / "whole.yaml").write_text("outdir: whole\nsharding: {shard_size: null}\ncapeval: {one_pass: false}\n")
     (workdir / "sharded.yaml").write_text(
         "outdir: sharded\nsharding: {shard_size: 5, rules: [synthesize_queries, write_dialogues, write_mcqas]}\n"
     )
@@ -49,7 +50,8 @@ def test_sharded_captioning_and_judging_equal_one_job(tmp_path):
     """caption and capeval shard per (condition, policy[, judge]); the gathered captions and answers,
     and the summary pooled from them, equal the unsharded run's, empty shards included."""
     workdir = copy_workflow(tmp_path)
-    (workdir / "whole.yaml").write_text("outdir: whole\nsharding: {shard_size: null}\n")
+    # One job per table (not one pass over all tables), so two targets need only their own captions.
+    (workdir / "whole.yaml").write_text("outdir: whole\nsharding: {shard_size: null}\ncapeval: {one_pass: false}\n")
     # 12 synthesis ordinals: captions in shards of 4 (3 jobs), answers in shards of 5 (3 jobs); with
     # a 40% test split some shards hold no test sample at all.
     (workdir / "sharded.yaml").write_text(
