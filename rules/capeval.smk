@@ -33,7 +33,7 @@ rule capeval:
 
 # capeval.one_pass (default for a judge loaded in the job): one job per judge judges every caption
 # table of the run, so the engine loads once and schedules every request; it writes the same files.
-if PREP.capeval_judges(one_pass=True):
+if PREP.one_pass_judges():
 
     rule capeval_one_pass:
         input:
@@ -45,7 +45,7 @@ if PREP.capeval_judges(one_pass=True):
         benchmark:
             benchmark_of("capeval_one_pass", "capeval/{judge}.one_pass")
         wildcard_constraints:
-            judge="|".join(PREP.capeval_judges(one_pass=True)),
+            judge="|".join(PREP.one_pass_judges()),
         params:
             tables=PREP.one_pass_tables(),
             settings=config["capeval"],

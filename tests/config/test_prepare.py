@@ -227,8 +227,8 @@ def test_hub_diagnostic_sets_are_fetched_by_the_download_rule_and_checked_at_par
 def test_capeval_one_pass_follows_where_the_judge_runs(default_config):
     # the default's judges are stand-ins loaded in the job: one pass each, over every (condition, policy)
     prep = prepared(default_config)
-    assert prep.capeval_judges(one_pass=True) == ["lexical_judge", "ngram_judge"]
-    assert prep.capeval_judges(one_pass=False) == []
+    assert prep.one_pass_judges() == ["lexical_judge", "ngram_judge"]
+    assert [judge for judge in prep.config["evaluation"]["judges"] if not prep.capeval_one_pass(judge)] == []
     tables = prep.capeval_tables()
     assert len(tables) == 5 * 6 and tables[0] == ("intact", "oracle")
     outputs, inputs = prep.one_pass_outputs(), prep.one_pass_inputs()
@@ -239,10 +239,10 @@ def test_capeval_one_pass_follows_where_the_judge_runs(default_config):
     # an API judge runs one job per table; sharded capeval too, unless one pass is asked for
     api = prepared(default_config, models__api_judge={"backend": "openai", "model": "m", "base_url": "http://localhost:1/v1"},
                    evaluation__judges=["api_judge", "lexical_judge"])
-    assert api.capeval_judges(one_pass=False) == ["api_judge"]
+    assert [judge for judge in api.config["evaluation"]["judges"] if not api.capeval_one_pass(judge)] == ["api_judge"]
     sharded = {"shard_size": 20, "rules": ["capeval"]}
-    assert prepared(default_config, sharding=sharded).capeval_judges(one_pass=True) == []
-    assert prepared(default_config, capeval={"one_pass": False}).capeval_judges(one_pass=True) == []
+    assert prepared(default_config, sharding=sharded).one_pass_judges() == []
+    assert prepared(default_config, capeval={"one_pass": False}).one_pass_judges() == []
     with pytest.raises(ConfigError, match="capeval.one_pass"):
         prepared(default_config, sharding=sharded, capeval={"one_pass": True})
     # a one-pass job takes capeval's resources unless it has its own

@@ -254,9 +254,9 @@ class Prepared(Layout, GeneralLayout):
         spec = self.models[judge]
         return spec.serve is None and BACKENDS[spec.backend].kind != "api" and not self.sharded("capeval")
 
-    def capeval_judges(self, one_pass: bool) -> list[str]:
-        """The run's judges that rule capeval_one_pass (True) or rule capeval (False) serves."""
-        return [judge for judge in self.config["evaluation"]["judges"] if self.capeval_one_pass(judge) == one_pass]
+    def one_pass_judges(self) -> list[str]:
+        """The run's judges that rule capeval_one_pass serves (rule capeval serves the others)."""
+        return [judge for judge in self.config["evaluation"]["judges"] if self.capeval_one_pass(judge)]
 
     # -- training (stage 8) ------------------------------------------------------------------------
     def training_settings(self, run: str) -> TrainingSettings:

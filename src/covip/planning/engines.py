@@ -58,7 +58,7 @@ def jobs(prepared: Prepared) -> Iterator[tuple[str, list[ModelSpec], int]]:
     for _condition in prepared.conditions:
         for policy in evaluation["policies"]:
             yield "caption", specs("caption", policy=policy), _shards(prepared, "caption")
-    for judge in prepared.capeval_judges(one_pass=True):
+    for judge in prepared.one_pass_judges():
         yield "capeval_one_pass", specs("capeval_one_pass", judge=judge), 1
     for _condition, key in prepared.capeval_keys():
         judge = key.split("/")[1]
